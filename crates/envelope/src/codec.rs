@@ -1,0 +1,158 @@
+//! Decoding untrusted bytes into an [`Envelope`]: size limit, JSON shape, field rules.
+
+use crate::{Envelope, Error, Result};
+
+/// The largest envelope accepted, in bytes. Events are meant to be small and focused; a larger
+/// record is refused before any parsing, so hostile input cannot make a consumer allocate much.
+pub const MAX_ENVELOPE_BYTES: usize = 1024 * 1024;
+
+impl Envelope {
+    /// Decodes and validates bytes from outside. Never panics; every failure is a typed [`Error`].
+    ///
+    /// This does not consult a registry: the version is whatever the bytes say. Readers use
+    /// [`crate::Registry::decode`], which also upcasts.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() > MAX_ENVELOPE_BYTES {
+            return Err(Error::TooLarge {
+                size: bytes.len(),
+                limit: MAX_ENVELOPE_BYTES,
+            });
+        }
+        let envelope: Envelope = serde_json::from_slice(bytes).map_err(|e| Error::Malformed {
+            reason: e.to_string(),
+        })?;
+        envelope.validate()?;
+        Ok(envelope)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Kind, Meta};
+
+    fn sample() -> Envelope {
+        Envelope::from_parts(
+            "OrderCreated",
+            2,
+            Kind::Domain,
+            serde_json::json!({"orderId": "o1", "totalMinor": 1299, "currency": "EUR"}),
+            Meta::new("order-service", "o1", 1),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let env = sample();
+        let bytes = env.encode().unwrap();
+        assert_eq!(Envelope::decode(&bytes).unwrap(), env);
+    }
+
+    #[test]
+    fn writes_camel_case_fields_and_seed_style_version() {
+        let env = sample();
+        let json: serde_json::Value = serde_json::from_slice(&env.encode().unwrap()).unwrap();
+        for field in [
+            "eventId",
+            "eventType",
+            "eventVersion",
+            "timestamp",
+            "kind",
+            "source",
+            "aggregateId",
+            "sequence",
+            "correlationId",
+            "data",
+        ] {
+            assert!(json.get(field).is_some(), "missing {field} in {json}");
+        }
+        assert_eq!(json["eventVersion"], "v2");
+        assert_eq!(json["kind"], "domain");
+        let ts = json["timestamp"].as_str().unwrap();
+        assert!(ts.ends_with('Z'), "timestamp {ts} is not UTC");
+        // UUIDv7: the version nibble is 7.
+        let id = json["eventId"].as_str().unwrap();
+        assert_eq!(&id[14..15], "7", "{id} is not a UUIDv7");
+    }
+
+    #[test]
+    fn accepts_numeric_version() {
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&sample().encode().unwrap()).unwrap();
+        json["eventVersion"] = serde_json::json!(2);
+        let env = Envelope::decode(&serde_json::to_vec(&json).unwrap()).unwrap();
+        assert_eq!(env.event_version(), 2);
+    }
+
+    #[test]
+    fn rejects_bad_input_with_typed_errors() {
+        assert!(matches!(
+            Envelope::decode(b"not json"),
+            Err(Error::Malformed { .. })
+        ));
+        assert!(matches!(
+            Envelope::decode(b"[1,2]"),
+            Err(Error::Malformed { .. })
+        ));
+        assert!(matches!(
+            Envelope::decode(b"{}"),
+            Err(Error::Malformed { .. })
+        ));
+
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&sample().encode().unwrap()).unwrap();
+        json["eventVersion"] = serde_json::json!("v0");
+        assert!(matches!(
+            Envelope::decode(&serde_json::to_vec(&json).unwrap()),
+            Err(Error::Invalid {
+                field: "eventVersion",
+                ..
+            })
+        ));
+        json["eventVersion"] = serde_json::json!("two");
+        assert!(matches!(
+            Envelope::decode(&serde_json::to_vec(&json).unwrap()),
+            Err(Error::Malformed { .. })
+        ));
+        json["eventVersion"] = serde_json::json!("v1");
+        json["aggregateId"] = serde_json::json!("");
+        assert!(matches!(
+            Envelope::decode(&serde_json::to_vec(&json).unwrap()),
+            Err(Error::Invalid {
+                field: "aggregateId",
+                ..
+            })
+        ));
+        json["aggregateId"] = serde_json::json!("o1");
+        json["timestamp"] = serde_json::json!("yesterday");
+        assert!(matches!(
+            Envelope::decode(&serde_json::to_vec(&json).unwrap()),
+            Err(Error::Malformed { .. })
+        ));
+        json["timestamp"] = serde_json::json!("2026-01-01T00:00:00Z");
+        json["surprise"] = serde_json::json!(1);
+        assert!(matches!(
+            Envelope::decode(&serde_json::to_vec(&json).unwrap()),
+            Err(Error::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_oversized_input_before_parsing() {
+        let big = vec![b' '; MAX_ENVELOPE_BYTES + 1];
+        assert!(matches!(
+            Envelope::decode(&big),
+            Err(Error::TooLarge { size, limit }) if size == MAX_ENVELOPE_BYTES + 1 && limit == MAX_ENVELOPE_BYTES
+        ));
+    }
+
+    #[test]
+    fn non_utc_offsets_are_normalized_to_utc() {
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&sample().encode().unwrap()).unwrap();
+        json["timestamp"] = serde_json::json!("2026-01-01T02:00:00+02:00");
+        let env = Envelope::decode(&serde_json::to_vec(&json).unwrap()).unwrap();
+        assert_eq!(env.timestamp().to_rfc3339(), "2026-01-01T00:00:00+00:00");
+    }
+}
