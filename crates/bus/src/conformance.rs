@@ -100,7 +100,10 @@ pub async fn publish_acks_and_reads_back<H: Harness>(h: &H) {
         (0, 11)
     );
 
-    let mut c = bus.subscribe(&unique("g"), &[topic.clone()]).await.unwrap();
+    let mut c = bus
+        .subscribe(&unique("g"), std::slice::from_ref(&topic))
+        .await
+        .unwrap();
     let got = poll_n(&mut c, 11, Duration::from_secs(20)).await;
     assert_eq!(got.len(), 11);
     for (i, r) in got.iter().take(10).enumerate() {
@@ -138,7 +141,10 @@ pub async fn ordering_per_partition<H: Harness>(h: &H) {
             );
         }
     }
-    let mut c = bus.subscribe(&unique("g"), &[topic.clone()]).await.unwrap();
+    let mut c = bus
+        .subscribe(&unique("g"), std::slice::from_ref(&topic))
+        .await
+        .unwrap();
     let got = poll_n(&mut c, 200, Duration::from_secs(20)).await;
     assert_eq!(got.len(), 200);
     let mut last_offset: BTreeMap<u32, u64> = BTreeMap::new();
@@ -176,7 +182,10 @@ pub async fn committed_offsets_survive_reopen<H: Harness>(h: &H) {
             .map(|i| msg(&topic, &format!("k{i}"), format!("{i}")))
             .collect();
         bus.publish(batch).await.unwrap();
-        let mut c = bus.subscribe(&group, &[topic.clone()]).await.unwrap();
+        let mut c = bus
+            .subscribe(&group, std::slice::from_ref(&topic))
+            .await
+            .unwrap();
         let got = poll_n(&mut c, 20, Duration::from_secs(20)).await;
         assert_eq!(got.len(), 20);
         // Commit only the first half of each partition.
@@ -203,7 +212,10 @@ pub async fn committed_offsets_survive_reopen<H: Harness>(h: &H) {
         .filter(|(tp, _)| *tp.topic == *topic)
         .map(|(tp, o)| (tp.partition, o))
         .collect();
-    let mut c = bus.subscribe(&group, &[topic.clone()]).await.unwrap();
+    let mut c = bus
+        .subscribe(&group, std::slice::from_ref(&topic))
+        .await
+        .unwrap();
     let expected: usize = {
         let mut total = 0;
         for p in 0..2 {
@@ -243,8 +255,14 @@ pub async fn group_members_split_partitions<H: Harness>(h: &H) {
     let topic = unique("split");
     let group = unique("g");
     bus.create_topic(&topic, &TopicSpec::new(4)).await.unwrap();
-    let mut a = bus.subscribe(&group, &[topic.clone()]).await.unwrap();
-    let mut b = bus.subscribe(&group, &[topic.clone()]).await.unwrap();
+    let mut a = bus
+        .subscribe(&group, std::slice::from_ref(&topic))
+        .await
+        .unwrap();
+    let mut b = bus
+        .subscribe(&group, std::slice::from_ref(&topic))
+        .await
+        .unwrap();
 
     // Let both see the rebalance.
     let end = Instant::now() + h.rebalance_timeout();
@@ -318,7 +336,10 @@ pub async fn lag_is_exact<H: Harness>(h: &H) {
     let topic = unique("lag");
     let group = unique("g");
     bus.create_topic(&topic, &TopicSpec::new(2)).await.unwrap();
-    let mut c = bus.subscribe(&group, &[topic.clone()]).await.unwrap();
+    let mut c = bus
+        .subscribe(&group, std::slice::from_ref(&topic))
+        .await
+        .unwrap();
     let acks = bus
         .publish(
             (0..30)
@@ -372,7 +393,10 @@ pub async fn tail_wakes_waiting_consumer<H: Harness>(h: &H) {
     let bus = h.open().await;
     let topic = unique("tail");
     bus.create_topic(&topic, &TopicSpec::new(1)).await.unwrap();
-    let mut c = bus.subscribe(&unique("g"), &[topic.clone()]).await.unwrap();
+    let mut c = bus
+        .subscribe(&unique("g"), std::slice::from_ref(&topic))
+        .await
+        .unwrap();
     // Make sure the member has its assignment before measuring.
     assert!(
         c.poll(10, Duration::from_millis(200))
@@ -416,7 +440,10 @@ pub async fn commit_is_checked<H: Harness>(h: &H) {
     bus.publish(vec![msg(&topic, "k", "v".into())])
         .await
         .unwrap();
-    let mut c = bus.subscribe(&unique("g"), &[topic.clone()]).await.unwrap();
+    let mut c = bus
+        .subscribe(&unique("g"), std::slice::from_ref(&topic))
+        .await
+        .unwrap();
     let got = poll_n(&mut c, 1, Duration::from_secs(20)).await;
     assert_eq!(got.len(), 1);
     let other = TopicPartition::new(unique("nope").as_str(), 0);
@@ -443,14 +470,20 @@ pub async fn uncommitted_records_are_redelivered<H: Harness>(h: &H) {
     bus.publish((0..10).map(|i| msg(&topic, "k", format!("{i}"))).collect())
         .await
         .unwrap();
-    let mut c = bus.subscribe(&group, &[topic.clone()]).await.unwrap();
+    let mut c = bus
+        .subscribe(&group, std::slice::from_ref(&topic))
+        .await
+        .unwrap();
     let got = poll_n(&mut c, 10, Duration::from_secs(20)).await;
     assert_eq!(got.len(), 10);
     c.commit(&[(TopicPartition::new(topic.as_str(), 0), 4)])
         .await
         .unwrap();
     drop(c); // dies after handling 10, having committed 4
-    let mut c2 = bus.subscribe(&group, &[topic.clone()]).await.unwrap();
+    let mut c2 = bus
+        .subscribe(&group, std::slice::from_ref(&topic))
+        .await
+        .unwrap();
     let again = poll_n(&mut c2, 6, h.rebalance_timeout()).await;
     assert_eq!(
         again.iter().map(|r| r.offset).collect::<Vec<_>>(),

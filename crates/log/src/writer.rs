@@ -315,11 +315,13 @@ fn housekeeping(shared: &Shared) {
                 let mut w = part.w.lock().expect("writer state");
                 let ts = w.active.max_timestamp.load(Ordering::Acquire);
                 let full = w.write_pos > SEGMENT_HEADER_LEN;
-                if full && ts != i64::MIN && ts < now - age {
-                    if let Err(e) = part.roll(&mut w) {
-                        tracing::error!(error = %e, "rolling segment for retention failed");
-                        continue;
-                    }
+                if full
+                    && ts != i64::MIN
+                    && ts < now - age
+                    && let Err(e) = part.roll(&mut w)
+                {
+                    tracing::error!(error = %e, "rolling segment for retention failed");
+                    continue;
                 }
             }
             match part.apply_retention(bytes, age, now) {

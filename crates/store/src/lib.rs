@@ -1,1 +1,43 @@
 #![doc = include_str!("../README.md")]
+
+mod db;
+mod error;
+mod events;
+pub mod inbox;
+pub mod outbox;
+mod postgres;
+mod sqlite;
+mod value;
+
+pub use db::{Backend, Db, Migration, Tx};
+pub use error::{Error, Result};
+pub use events::{AppendStream, EventStore, ExpectedVersion, Snapshot, StoredEvent};
+pub use postgres::{PgDb, PgTx};
+pub use sqlite::{SqliteDb, SqliteTx};
+pub use value::{Row, Value};
+
+/// Migrations of the building blocks' own tables, applied by [`Db::migrate_building_blocks`].
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "event_store",
+        sqlite: include_str!("../migrations/sqlite/001_event_store.sql"),
+        postgres: include_str!("../migrations/postgres/001_event_store.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "outbox",
+        sqlite: include_str!("../migrations/sqlite/002_outbox.sql"),
+        postgres: include_str!("../migrations/postgres/002_outbox.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "inbox",
+        sqlite: include_str!("../migrations/sqlite/003_inbox.sql"),
+        postgres: include_str!("../migrations/postgres/003_inbox.sql"),
+    },
+];
+
+/// The environment variable naming the PostgreSQL server that tests use
+/// (`postgres://postgres@127.0.0.1:5432/test` on a machine set up as CI's).
+pub const TEST_POSTGRES_ENV: &str = "SHOPFLOW_TEST_POSTGRES";

@@ -1,0 +1,424 @@
+//! The event store: append-only streams with optimistic concurrency, a global order, snapshots.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use shopflow_envelope::{Envelope, Registry};
+use tokio_postgres::types::ToSql;
+
+use crate::{Db, Error, Result, Row, Tx, params};
+
+/// Advisory-lock class of event-store appends (PostgreSQL).
+const APPEND_LOCK_CLASS: i32 = 0x5346_4553; // "SFES"
+
+/// What the appender believes the stream's version to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// Append whatever the version.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream must be at exactly this version (its last event has this version).
+    Exact(u64),
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedVersion::Any => f.write_str("any version"),
+            ExpectedVersion::NoStream => f.write_str("no stream"),
+            ExpectedVersion::Exact(v) => write!(f, "version {v}"),
+        }
+    }
+}
+
+/// An event as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Global position: increases in commit order (not necessarily by one).
+    pub position: u64,
+    pub stream_id: String,
+    /// 1 for the first event of a stream; equals the envelope's `sequence`.
+    pub version: u64,
+    pub event_id: String,
+    pub event_type: String,
+    pub event_version: u32,
+    /// The envelope's timestamp, milliseconds since the epoch (UTC).
+    pub recorded_at_ms: i64,
+    /// The envelope's JSON bytes, exactly as appended.
+    pub envelope: Vec<u8>,
+}
+
+impl StoredEvent {
+    /// Decodes the envelope through the registry (upcasting old versions): the one read path for
+    /// live reads, replays and time travel alike.
+    pub fn decode(&self, registry: &Registry) -> Result<Envelope> {
+        Ok(registry.decode(&self.envelope)?)
+    }
+
+    fn from_row(r: &Row) -> Result<Self> {
+        Ok(Self {
+            position: r.u64(0)?,
+            stream_id: r.str(1)?.to_owned(),
+            version: r.u64(2)?,
+            event_id: r.str(3)?.to_owned(),
+            event_type: r.str(4)?.to_owned(),
+            event_version: u32::try_from(r.i64(5)?).map_err(|_| Error::Corrupt {
+                what: "event",
+                reason: "event_version out of range".into(),
+            })?,
+            recorded_at_ms: r.i64(6)?,
+            envelope: r.bytes(7)?.to_vec(),
+        })
+    }
+}
+
+/// The latest snapshot of a stream's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub stream_id: String,
+    /// The version of the last event folded into `state`.
+    pub version: u64,
+    pub state: Vec<u8>,
+    pub taken_at_ms: i64,
+}
+
+/// One stream's part of a batch append.
+#[derive(Clone, Copy, Debug)]
+pub struct AppendStream<'a> {
+    pub stream: &'a str,
+    pub expected: ExpectedVersion,
+    pub events: &'a [Envelope],
+}
+
+const COLUMNS: &str =
+    "position, stream_id, version, event_id, event_type, event_version, recorded_at, envelope";
+
+/// The event store in a service's database. Appends take the caller's transaction, so events,
+/// outbox rows and the service's other writes commit together.
+#[derive(Clone, Debug)]
+pub struct EventStore {
+    db: Db,
+}
+
+struct Encoded {
+    stream: String,
+    version: i64,
+    event_id: String,
+    event_type: String,
+    event_version: i64,
+    recorded_at: i64,
+    envelope: Vec<u8>,
+}
+
+impl EventStore {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Appends events to one stream. Each envelope's `aggregateId` must be the stream and its
+    /// `sequence` the version it takes (current + 1, + 2, …). Returns the new version.
+    pub async fn append(
+        &self,
+        tx: &mut Tx,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[Envelope],
+    ) -> Result<u64> {
+        let v = self
+            .append_batch(
+                tx,
+                &[AppendStream {
+                    stream,
+                    expected,
+                    events,
+                }],
+            )
+            .await?;
+        Ok(v[0])
+    }
+
+    /// Appends to many streams in one go (one statement per table on PostgreSQL). All or nothing:
+    /// a conflict on any stream fails the call, and the caller's transaction should be dropped.
+    pub async fn append_batch(&self, tx: &mut Tx, batch: &[AppendStream<'_>]) -> Result<Vec<u64>> {
+        if let Tx::Postgres(t) = tx {
+            t.client()
+                .execute(
+                    "SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))",
+                    &[&APPEND_LOCK_CLASS],
+                )
+                .await?;
+        }
+        let current = self.current_versions(tx, batch).await?;
+        let mut rows = Vec::new();
+        let mut new_versions = Vec::with_capacity(batch.len());
+        let mut running: HashMap<&str, u64> = HashMap::new();
+        for s in batch {
+            let actual = *running
+                .get(s.stream)
+                .unwrap_or(current.get(s.stream).unwrap_or(&0));
+            let ok = match s.expected {
+                ExpectedVersion::Any => true,
+                ExpectedVersion::NoStream => actual == 0,
+                ExpectedVersion::Exact(v) => actual == v,
+            };
+            if !ok {
+                return Err(Error::Conflict {
+                    stream: s.stream.to_owned(),
+                    expected: s.expected,
+                    actual,
+                });
+            }
+            for (i, e) in s.events.iter().enumerate() {
+                let version = actual + 1 + i as u64;
+                if e.aggregate_id() != s.stream || e.sequence() != version {
+                    return Err(Error::Invalid {
+                        what: "event",
+                        reason: format!(
+                            "event {} has aggregate `{}` sequence {}, but takes version {version} of stream `{}`",
+                            e.event_id(),
+                            e.aggregate_id(),
+                            e.sequence(),
+                            s.stream
+                        ),
+                    });
+                }
+                rows.push(Encoded {
+                    stream: s.stream.to_owned(),
+                    version: version as i64,
+                    event_id: e.event_id().to_string(),
+                    event_type: e.event_type().to_owned(),
+                    event_version: i64::from(e.event_version()),
+                    recorded_at: e.timestamp().timestamp_millis(),
+                    envelope: e.encode()?,
+                });
+            }
+            let new = actual + s.events.len() as u64;
+            running.insert(s.stream, new);
+            new_versions.push(new);
+        }
+        let result = match tx {
+            Tx::Sqlite(t) => insert_sqlite(t.conn(), &rows, &running),
+            Tx::Postgres(t) => insert_postgres(t.client(), &rows, &running).await,
+        };
+        result.map_err(|e| {
+            if e.is_unique_violation() {
+                if e.unique_violation_on("event_id") {
+                    return Error::DuplicateEvent {
+                        event_id: rows.first().map(|r| r.event_id.clone()).unwrap_or_default(),
+                    };
+                }
+                return Error::Conflict {
+                    stream: batch
+                        .first()
+                        .map(|s| s.stream.to_owned())
+                        .unwrap_or_default(),
+                    expected: batch.first().map_or(ExpectedVersion::Any, |s| s.expected),
+                    actual: 0,
+                };
+            }
+            e
+        })?;
+        Ok(new_versions)
+    }
+
+    async fn current_versions(
+        &self,
+        tx: &mut Tx,
+        batch: &[AppendStream<'_>],
+    ) -> Result<HashMap<String, u64>> {
+        let mut out = HashMap::new();
+        match tx {
+            Tx::Sqlite(_) => {
+                for s in batch {
+                    if out.contains_key(s.stream) {
+                        continue;
+                    }
+                    let rows = tx
+                        .query(
+                            "SELECT version FROM streams WHERE stream_id = $1",
+                            params![s.stream],
+                        )
+                        .await?;
+                    let v = rows.first().map(|r| r.u64(0)).transpose()?.unwrap_or(0);
+                    out.insert(s.stream.to_owned(), v);
+                }
+            }
+            Tx::Postgres(t) => {
+                let ids: Vec<&str> = batch.iter().map(|s| s.stream).collect();
+                let stmt = t
+                    .client()
+                    .prepare_cached(
+                        "SELECT stream_id, version FROM streams WHERE stream_id = ANY($1)",
+                    )
+                    .await?;
+                for r in t.client().query(&stmt, &[&ids]).await? {
+                    let id: String = r.try_get(0)?;
+                    let v: i64 = r.try_get(1)?;
+                    out.insert(id, v as u64);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The version of a stream (0 when it has no events).
+    pub async fn stream_version(&self, stream: &str) -> Result<u64> {
+        let rows = self
+            .db
+            .query(
+                "SELECT version FROM streams WHERE stream_id = $1",
+                params![stream],
+            )
+            .await?;
+        Ok(rows.first().map(|r| r.u64(0)).transpose()?.unwrap_or(0))
+    }
+
+    /// Events of a stream with version `>= from_version`, in version order, at most `max`.
+    pub async fn read_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+        max: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events WHERE stream_id = $1 AND version >= $2 ORDER BY version LIMIT $3"
+        );
+        let rows = self
+            .db
+            .query(&sql, params![stream, from_version, max as u64])
+            .await?;
+        rows.iter().map(StoredEvent::from_row).collect()
+    }
+
+    /// Events of every stream with position `> after`, in position (commit) order, at most `max`.
+    pub async fn read_all(&self, after: u64, max: usize) -> Result<Vec<StoredEvent>> {
+        let sql =
+            format!("SELECT {COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2");
+        let rows = self.db.query(&sql, params![after, max as u64]).await?;
+        rows.iter().map(StoredEvent::from_row).collect()
+    }
+
+    /// The position of the newest event (0 when the store is empty).
+    pub async fn head_position(&self) -> Result<u64> {
+        let rows = self
+            .db
+            .query("SELECT MAX(position) FROM events", &[])
+            .await?;
+        Ok(rows
+            .first()
+            .map(|r| r.opt_i64(0))
+            .transpose()?
+            .flatten()
+            .unwrap_or(0) as u64)
+    }
+
+    /// Stores a snapshot of a stream's state at `version`, replacing an older one.
+    pub async fn save_snapshot(
+        &self,
+        tx: &mut Tx,
+        stream: &str,
+        version: u64,
+        state: &[u8],
+    ) -> Result<()> {
+        tx.execute(
+            "INSERT INTO snapshots (stream_id, version, state, taken_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, state = excluded.state,
+                 taken_at = excluded.taken_at
+             WHERE snapshots.version <= excluded.version",
+            params![stream, version, state, chrono::Utc::now().timestamp_millis()],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The latest snapshot of a stream, if any.
+    pub async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>> {
+        let rows = self
+            .db
+            .query(
+                "SELECT stream_id, version, state, taken_at FROM snapshots WHERE stream_id = $1",
+                params![stream],
+            )
+            .await?;
+        rows.first()
+            .map(|r| {
+                Ok(Snapshot {
+                    stream_id: r.str(0)?.to_owned(),
+                    version: r.u64(1)?,
+                    state: r.bytes(2)?.to_vec(),
+                    taken_at_ms: r.i64(3)?,
+                })
+            })
+            .transpose()
+    }
+}
+
+fn insert_sqlite(
+    conn: &rusqlite::Connection,
+    rows: &[Encoded],
+    versions: &HashMap<&str, u64>,
+) -> Result<()> {
+    let mut ins = conn.prepare_cached(
+        "INSERT INTO events (stream_id, version, event_id, event_type, event_version, recorded_at, envelope)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for r in rows {
+        ins.execute(rusqlite::params![
+            r.stream,
+            r.version,
+            r.event_id,
+            r.event_type,
+            r.event_version,
+            r.recorded_at,
+            r.envelope
+        ])?;
+    }
+    let mut up = conn.prepare_cached(
+        "INSERT INTO streams (stream_id, version) VALUES (?1, ?2)
+         ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version",
+    )?;
+    for (s, v) in versions {
+        up.execute(rusqlite::params![s, *v as i64])?;
+    }
+    Ok(())
+}
+
+async fn insert_postgres(
+    client: &deadpool_postgres::Object,
+    rows: &[Encoded],
+    versions: &HashMap<&str, u64>,
+) -> Result<()> {
+    let streams: Vec<&str> = rows.iter().map(|r| r.stream.as_str()).collect();
+    let vers: Vec<i64> = rows.iter().map(|r| r.version).collect();
+    let ids: Vec<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
+    let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
+    let evs: Vec<i64> = rows.iter().map(|r| r.event_version).collect();
+    let ats: Vec<i64> = rows.iter().map(|r| r.recorded_at).collect();
+    let envs: Vec<&[u8]> = rows.iter().map(|r| r.envelope.as_slice()).collect();
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO events (stream_id, version, event_id, event_type, event_version, recorded_at, envelope)
+             SELECT s, v, e, t, ev, r, env
+             FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::bytea[])
+                  WITH ORDINALITY AS x(s, v, e, t, ev, r, env, ord)
+             ORDER BY ord",
+        )
+        .await?;
+    let params: [&(dyn ToSql + Sync); 7] = [&streams, &vers, &ids, &types, &evs, &ats, &envs];
+    client.execute(&stmt, &params).await?;
+    let sids: Vec<&str> = versions.keys().copied().collect();
+    let svs: Vec<i64> = versions.values().map(|v| *v as i64).collect();
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO streams (stream_id, version) SELECT * FROM UNNEST($1::text[], $2::int8[])
+             ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version",
+        )
+        .await?;
+    client.execute(&stmt, &[&sids, &svs]).await?;
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! SQLite backend: one writer connection (SQLite has one writer at a time anyway) and a small pool
+//! of reader connections, in WAL mode with `synchronous=FULL`: a commit is fsynced before it
+//! returns.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::Connection;
+use tokio::sync::{Notify, OwnedMutexGuard};
+
+use crate::{Result, Row, Value};
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) path: PathBuf,
+    writer: Arc<tokio::sync::Mutex<Connection>>,
+    readers: Mutex<Vec<Connection>>,
+    /// Signalled after a commit that wrote outbox rows: the relay's wake-up.
+    pub(crate) outbox_signal: Arc<Notify>,
+}
+
+/// A SQLite database file.
+#[derive(Clone, Debug)]
+pub struct SqliteDb {
+    pub(crate) inner: Arc<Inner>,
+}
+
+fn configure(conn: &Connection) -> Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.set_prepared_statement_cache_capacity(256);
+    Ok(())
+}
+
+impl SqliteDb {
+    pub(crate) fn open(path: &Path) -> Result<Self> {
+        if let Some(parent) = path.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent).map_err(|e| crate::Error::Unavailable {
+                reason: format!("create {}: {e}", parent.display()),
+            })?;
+        }
+        let conn = Connection::open(path)?;
+        configure(&conn)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                writer: Arc::new(tokio::sync::Mutex::new(conn)),
+                readers: Mutex::new(Vec::new()),
+                outbox_signal: Arc::new(Notify::new()),
+            }),
+        })
+    }
+
+    pub(crate) async fn begin(&self) -> Result<SqliteTx> {
+        let conn = self.inner.writer.clone().lock_owned().await;
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(SqliteTx {
+            conn,
+            db: self.inner.clone(),
+            done: false,
+            wrote_outbox: false,
+        })
+    }
+
+    /// Runs a read on a reader connection (WAL: readers never block the writer).
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = match self.inner.readers.lock().expect("readers lock").pop() {
+            Some(c) => c,
+            None => {
+                let c = Connection::open(&self.inner.path)?;
+                configure(&c)?;
+                c
+            }
+        };
+        let result = f(&conn);
+        let mut readers = self.inner.readers.lock().expect("readers lock");
+        if readers.len() < 8 {
+            readers.push(conn);
+        }
+        result
+    }
+
+    pub(crate) fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        self.read(|c| query(c, sql, params))
+    }
+}
+
+/// `$1` placeholders (PostgreSQL's) to `?1` (SQLite's), so one SQL text serves both.
+pub(crate) fn translate(sql: &str) -> std::borrow::Cow<'_, str> {
+    if !sql.contains('$') {
+        return sql.into();
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(|n| n.is_ascii_digit()) {
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
+}
+
+pub(crate) fn query(conn: &Connection, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+    let mut stmt = conn.prepare_cached(&translate(sql))?;
+    let columns = stmt.column_count();
+    let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(Row::from_sqlite(r, columns)?);
+    }
+    Ok(out)
+}
+
+pub(crate) fn execute(conn: &Connection, sql: &str, params: &[Value]) -> Result<u64> {
+    let mut stmt = conn.prepare_cached(&translate(sql))?;
+    Ok(stmt.execute(rusqlite::params_from_iter(params))? as u64)
+}
+
+/// A write transaction holding the writer connection.
+#[derive(Debug)]
+pub struct SqliteTx {
+    conn: OwnedMutexGuard<Connection>,
+    db: Arc<Inner>,
+    done: bool,
+    pub(crate) wrote_outbox: bool,
+}
+
+impl SqliteTx {
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub(crate) fn commit(mut self) -> Result<()> {
+        // The fsync of the WAL happens here; let the runtime move other tasks off this thread.
+        let conn = &self.conn;
+        blocking(|| conn.execute_batch("COMMIT"))?;
+        self.done = true;
+        if self.wrote_outbox {
+            self.db.outbox_signal.notify_one();
+        }
+        Ok(())
+    }
+
+    pub(crate) fn rollback(mut self) -> Result<()> {
+        self.done = true;
+        self.conn.execute_batch("ROLLBACK")?;
+        Ok(())
+    }
+}
+
+impl Drop for SqliteTx {
+    fn drop(&mut self) {
+        if !self.done {
+            // Dropped without commit (an error, a cancelled future): nothing of it may stay.
+            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                tracing::error!(error = %e, "rollback of an abandoned SQLite transaction failed");
+            }
+        }
+    }
+}
+
+/// Runs blocking work in place, telling a multi-threaded runtime to move other tasks away.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn translates_placeholders() {
+        assert_eq!(super::translate("a = $1 AND b = $12"), "a = ?1 AND b = ?12");
+        assert_eq!(super::translate("no params"), "no params");
+    }
+}

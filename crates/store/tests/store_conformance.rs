@@ -1,0 +1,578 @@
+//! One conformance suite for the stores (event store, outbox + relay, inbox), run on SQLite and on
+//! PostgreSQL. PostgreSQL's address comes from `SHOPFLOW_TEST_POSTGRES`; without it the PostgreSQL
+//! half is skipped with a printed reason, except under `CI=true`, where that is a failure.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shopflow_bus::{Bus, Consumer, Message, TopicSpec};
+use shopflow_envelope::{Envelope, Kind, Meta};
+use shopflow_log::Log;
+use shopflow_store::outbox::{self, Relay, RelayConfig};
+use shopflow_store::{AppendStream, Db, Error, EventStore, ExpectedVersion, inbox};
+
+struct TestDb {
+    db: Db,
+    drop_schema: Option<(String, String)>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    async fn cleanup(self) {
+        if let Some((url, schema)) = self.drop_schema {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            client
+                .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn sqlite() -> Option<TestDb> {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open_sqlite(dir.path().join("svc.db")).unwrap();
+    db.migrate_building_blocks().await.unwrap();
+    Some(TestDb {
+        db,
+        drop_schema: None,
+        _dir: Some(dir),
+    })
+}
+
+async fn postgres() -> Option<TestDb> {
+    let Ok(url) = std::env::var(shopflow_store::TEST_POSTGRES_ENV) else {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!(
+                "CI=true but {} is not set: the PostgreSQL store tests must run in CI",
+                shopflow_store::TEST_POSTGRES_ENV
+            );
+        }
+        eprintln!(
+            "skipping PostgreSQL store test: set {} (e.g. postgres://postgres@127.0.0.1:5432/test)",
+            shopflow_store::TEST_POSTGRES_ENV
+        );
+        return None;
+    };
+    let schema = format!(
+        "t_{}",
+        shopflow_bus::conformance::unique("s").replace('-', "_")
+    );
+    let db = Db::connect_postgres(&url, &schema).await.unwrap();
+    db.migrate_building_blocks().await.unwrap();
+    // Migrating twice is a no-op.
+    db.migrate_building_blocks().await.unwrap();
+    Some(TestDb {
+        db,
+        drop_schema: Some((url, schema)),
+        _dir: None,
+    })
+}
+
+fn event(stream: &str, seq: u64, n: u64) -> Envelope {
+    Envelope::from_parts(
+        "ThingHappened",
+        1,
+        Kind::Domain,
+        serde_json::json!({"n": n}),
+        Meta::new("test", stream, seq),
+    )
+    .unwrap()
+}
+
+async fn append_and_read_stream(t: &TestDb) {
+    let store = EventStore::new(t.db.clone());
+    let mut tx = t.db.begin().await.unwrap();
+    let v = store
+        .append(
+            &mut tx,
+            "a",
+            ExpectedVersion::NoStream,
+            &[event("a", 1, 1), event("a", 2, 2)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(v, 2);
+    tx.commit().await.unwrap();
+    let mut tx = t.db.begin().await.unwrap();
+    store
+        .append(&mut tx, "a", ExpectedVersion::Exact(2), &[event("a", 3, 3)])
+        .await
+        .unwrap();
+    store
+        .append(&mut tx, "b", ExpectedVersion::Any, &[event("b", 1, 10)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    assert_eq!(store.stream_version("a").await.unwrap(), 3);
+    assert_eq!(store.stream_version("nope").await.unwrap(), 0);
+    let all = store.read_stream("a", 1, 100).await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    let from2 = store.read_stream("a", 2, 1).await.unwrap();
+    assert_eq!(from2.len(), 1);
+    assert_eq!(from2[0].version, 2);
+    let env = Envelope::decode(&all[2].envelope).unwrap();
+    assert_eq!(env.data()["n"], 3);
+    assert_eq!(all[2].event_type, "ThingHappened");
+}
+
+async fn expected_version_conflicts(t: &TestDb) {
+    let store = EventStore::new(t.db.clone());
+    let mut tx = t.db.begin().await.unwrap();
+    store
+        .append(&mut tx, "c", ExpectedVersion::NoStream, &[event("c", 1, 1)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    for expected in [
+        ExpectedVersion::NoStream,
+        ExpectedVersion::Exact(0),
+        ExpectedVersion::Exact(5),
+    ] {
+        let mut tx = t.db.begin().await.unwrap();
+        let err = store
+            .append(&mut tx, "c", expected, &[event("c", 2, 2)])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Conflict { actual: 1, .. }),
+            "{expected}: {err}"
+        );
+    }
+    // Envelopes that do not fit the stream are refused.
+    let mut tx = t.db.begin().await.unwrap();
+    let err = store
+        .append(&mut tx, "c", ExpectedVersion::Exact(1), &[event("c", 7, 2)])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Invalid { .. }), "{err}");
+    let err = store
+        .append(
+            &mut tx,
+            "c",
+            ExpectedVersion::Exact(1),
+            &[event("other", 2, 2)],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Invalid { .. }), "{err}");
+    drop(tx);
+    assert_eq!(store.stream_version("c").await.unwrap(), 1);
+}
+
+async fn concurrent_appenders_one_wins_each_version(t: &TestDb) {
+    let store = EventStore::new(t.db.clone());
+    let wins = Arc::new(std::sync::Mutex::new(BTreeMap::<u64, Vec<usize>>::new()));
+    let mut tasks = Vec::new();
+    for w in 0..6usize {
+        let store = store.clone();
+        let wins = wins.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = 0;
+            let mut attempts = 0;
+            while mine < 5 && attempts < 2000 {
+                attempts += 1;
+                let v = store.stream_version("race").await.unwrap();
+                let mut tx = store.db().begin().await.unwrap();
+                match store
+                    .append(
+                        &mut tx,
+                        "race",
+                        ExpectedVersion::Exact(v),
+                        &[event("race", v + 1, w as u64)],
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        tx.commit().await.unwrap();
+                        wins.lock().unwrap().entry(v + 1).or_default().push(w);
+                        mine += 1;
+                    }
+                    Err(Error::Conflict { .. }) => {}
+                    Err(e) => panic!("writer {w}: {e}"),
+                }
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(mine, 5, "writer {w} starved");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let events = store.read_stream("race", 1, 1000).await.unwrap();
+    let wins = wins.lock().unwrap().clone();
+    assert_eq!(events.len(), wins.len());
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.version, i as u64 + 1);
+        let winners = &wins[&e.version];
+        assert_eq!(winners.len(), 1, "version {} won by {winners:?}", e.version);
+        let env = Envelope::decode(&e.envelope).unwrap();
+        assert_eq!(env.data()["n"], winners[0] as u64);
+    }
+    assert_eq!(events.len(), 30);
+}
+
+async fn read_all_in_commit_order_and_batches(t: &TestDb) {
+    let store = EventStore::new(t.db.clone());
+    let before = store.head_position().await.unwrap();
+    // A batch over many streams in one transaction.
+    let streams: Vec<String> = (0..50).map(|i| format!("s{i}")).collect();
+    let evs: Vec<Vec<Envelope>> = streams
+        .iter()
+        .map(|s| (1..=4).map(|q| event(s, q, q)).collect())
+        .collect();
+    let batch: Vec<AppendStream<'_>> = streams
+        .iter()
+        .zip(&evs)
+        .map(|(s, e)| AppendStream {
+            stream: s,
+            expected: ExpectedVersion::NoStream,
+            events: e,
+        })
+        .collect();
+    let mut tx = t.db.begin().await.unwrap();
+    let versions = store.append_batch(&mut tx, &batch).await.unwrap();
+    assert!(versions.iter().all(|v| *v == 4));
+    tx.commit().await.unwrap();
+
+    // A rolled-back append leaves nothing.
+    let mut tx = t.db.begin().await.unwrap();
+    store
+        .append(
+            &mut tx,
+            "ghost",
+            ExpectedVersion::NoStream,
+            &[event("ghost", 1, 1)],
+        )
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(store.stream_version("ghost").await.unwrap(), 0);
+
+    let mut tx = t.db.begin().await.unwrap();
+    store
+        .append(
+            &mut tx,
+            "late",
+            ExpectedVersion::NoStream,
+            &[event("late", 1, 99)],
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let mut all = Vec::new();
+    let mut after = before;
+    loop {
+        let page = store.read_all(after, 37).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        all.extend(page);
+    }
+    assert_eq!(all.len(), 201);
+    assert!(all.windows(2).all(|w| w[0].position < w[1].position));
+    assert_eq!(all.last().unwrap().stream_id, "late");
+    // Within the batch, the order of the input.
+    assert_eq!((all[0].stream_id.as_str(), all[0].version), ("s0", 1));
+    assert_eq!((all[4].stream_id.as_str(), all[4].version), ("s1", 1));
+    // The same event (same id) appended again is refused.
+    let again = Envelope::from_parts(
+        "ThingHappened",
+        1,
+        Kind::Domain,
+        serde_json::json!({}),
+        Meta::new("t", "late", 2),
+    )
+    .unwrap();
+    let mut tx = t.db.begin().await.unwrap();
+    store
+        .append(
+            &mut tx,
+            "late",
+            ExpectedVersion::Exact(1),
+            std::slice::from_ref(&again),
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let dup_bytes = again.encode().unwrap();
+    let mut json: serde_json::Value = serde_json::from_slice(&dup_bytes).unwrap();
+    json["sequence"] = serde_json::json!(3);
+    let dup = Envelope::decode(&serde_json::to_vec(&json).unwrap()).unwrap();
+    let mut tx = t.db.begin().await.unwrap();
+    let err = store
+        .append(&mut tx, "late", ExpectedVersion::Exact(2), &[dup])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::DuplicateEvent { .. }), "{err}");
+}
+
+async fn snapshots(t: &TestDb) {
+    let store = EventStore::new(t.db.clone());
+    assert!(store.load_snapshot("x").await.unwrap().is_none());
+    let mut tx = t.db.begin().await.unwrap();
+    store
+        .save_snapshot(&mut tx, "x", 10, b"state@10")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = t.db.begin().await.unwrap();
+    store
+        .save_snapshot(&mut tx, "x", 20, b"state@20")
+        .await
+        .unwrap();
+    // An older snapshot never replaces a newer one.
+    store
+        .save_snapshot(&mut tx, "x", 15, b"state@15")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let s = store.load_snapshot("x").await.unwrap().unwrap();
+    assert_eq!((s.version, s.state.as_slice()), (20, &b"state@20"[..]));
+}
+
+async fn inbox_records_once_and_rolls_back(t: &TestDb) {
+    let mut tx = t.db.begin().await.unwrap();
+    assert!(inbox::record(&mut tx, "payment", "evt-1").await.unwrap());
+    assert!(!inbox::record(&mut tx, "payment", "evt-1").await.unwrap());
+    assert!(
+        inbox::record(&mut tx, "shipping", "evt-1").await.unwrap(),
+        "consumers are separate"
+    );
+    tx.commit().await.unwrap();
+    let mut tx = t.db.begin().await.unwrap();
+    assert!(!inbox::record(&mut tx, "payment", "evt-1").await.unwrap());
+    assert!(inbox::record(&mut tx, "payment", "evt-2").await.unwrap());
+    tx.rollback().await.unwrap();
+    assert!(inbox::contains(&t.db, "payment", "evt-1").await.unwrap());
+    assert!(
+        !inbox::contains(&t.db, "payment", "evt-2").await.unwrap(),
+        "rolled back with its transaction"
+    );
+    assert_eq!(inbox::purge_before(&t.db, i64::MAX).await.unwrap(), 2);
+}
+
+async fn open_log() -> (Log, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), shopflow_log::Config::default()).unwrap();
+    log.create_topic("out", &TopicSpec::new(3)).await.unwrap();
+    (log, dir)
+}
+
+async fn outbox_relays_committed_rows_in_key_order(t: &TestDb) {
+    let (log, _dir) = open_log().await;
+    // A rolled-back transaction leaves nothing to publish.
+    let mut tx = t.db.begin().await.unwrap();
+    outbox::enqueue(&mut tx, &[Message::new("out", "ghost", "never")])
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    for i in 0..60u32 {
+        let mut tx = t.db.begin().await.unwrap();
+        let key = format!("agg-{}", i % 6);
+        outbox::enqueue(
+            &mut tx,
+            &[Message::new("out", key.clone(), format!("{key}:{i}"))
+                .with_header("n", i.to_string())],
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    }
+    assert_eq!(outbox::backlog(&t.db).await.unwrap(), 60);
+    let relay = Relay::new(
+        t.db.clone(),
+        log.clone(),
+        RelayConfig {
+            batch_size: 25,
+            ..RelayConfig::default()
+        },
+    );
+    let mut total = 0;
+    loop {
+        let n = relay.drain_once().await.unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    assert_eq!(total, 60);
+    assert_eq!(
+        outbox::backlog(&t.db).await.unwrap(),
+        0,
+        "published rows are deleted"
+    );
+    let mut c = log.subscribe("check", &["out".into()]).await.unwrap();
+    let got = shopflow_bus::conformance::poll_n(&mut c, 60, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 60);
+    assert!(
+        c.poll(10, Duration::from_millis(200))
+            .await
+            .unwrap()
+            .is_empty(),
+        "the rolled-back row was published"
+    );
+    let mut per_key: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for r in &got {
+        let v = String::from_utf8(r.value.to_vec()).unwrap();
+        let (k, i) = v.split_once(':').unwrap();
+        assert_eq!(r.header("n").unwrap().as_ref(), i.as_bytes());
+        per_key
+            .entry(k.into())
+            .or_default()
+            .push(i.parse().unwrap());
+    }
+    for (k, seq) in per_key {
+        let mut sorted = seq.clone();
+        sorted.sort();
+        assert_eq!(seq, sorted, "order of {k}");
+    }
+    drop(c);
+    log.close().await.unwrap();
+}
+
+/// The relay dies after publishing and before deleting: the next relay publishes the rows again,
+/// and a consumer with an inbox applies each effect once.
+async fn relay_crash_republishes_and_inbox_dedups(t: &TestDb) {
+    let (log, _dir) = open_log().await;
+    let mut tx = t.db.begin().await.unwrap();
+    let msgs: Vec<Message> = (0..10)
+        .map(|i| {
+            Message::new("out", format!("k{i}"), format!("m{i}"))
+                .with_header("id", format!("msg-{i}"))
+        })
+        .collect();
+    outbox::enqueue(&mut tx, &msgs).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let first = Relay::new(t.db.clone(), log.clone(), RelayConfig::default());
+    let batch = first.fetch().await.unwrap();
+    first.publish(&batch).await.unwrap();
+    drop(batch); // killed before `acknowledge`
+    drop(first);
+    let second = Relay::new(t.db.clone(), log.clone(), RelayConfig::default());
+    assert_eq!(
+        second.drain_once().await.unwrap(),
+        10,
+        "the unacknowledged rows are published again"
+    );
+    assert_eq!(second.drain_once().await.unwrap(), 0);
+
+    let mut c = log.subscribe("consumer", &["out".into()]).await.unwrap();
+    let got = shopflow_bus::conformance::poll_n(&mut c, 20, Duration::from_secs(10)).await;
+    assert_eq!(
+        got.len(),
+        20,
+        "each message twice: duplicates allowed, loss never"
+    );
+    let mut applied = 0;
+    for r in &got {
+        let id = String::from_utf8(r.header("id").unwrap().to_vec()).unwrap();
+        let mut tx = t.db.begin().await.unwrap();
+        if inbox::record(&mut tx, "consumer", &id).await.unwrap() {
+            tx.execute(
+                "INSERT INTO snapshots (stream_id, version, state, taken_at) VALUES ($1, 1, $2, 0)",
+                shopflow_store::params![id.clone(), b"x".as_slice()],
+            )
+            .await
+            .unwrap();
+            applied += 1;
+        }
+        tx.commit().await.unwrap();
+    }
+    assert_eq!(applied, 10, "the inbox turned every duplicate into a no-op");
+    drop(c);
+    log.close().await.unwrap();
+}
+
+/// The relay wakes on commit: with a one-minute fallback poll, rows still arrive at once.
+async fn relay_wakes_on_commit(t: &TestDb) {
+    let (log, _dir) = open_log().await;
+    let relay = Arc::new(Relay::new(
+        t.db.clone(),
+        log.clone(),
+        RelayConfig {
+            poll_interval: Duration::from_secs(60),
+            ..RelayConfig::default()
+        },
+    ));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let r = relay.clone();
+    let task = tokio::spawn(async move {
+        r.run(async {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+    let mut c = log.subscribe("wake", &["out".into()]).await.unwrap();
+    // Let the relay settle into waiting (and, on PostgreSQL, LISTEN).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut seen = HashSet::new();
+    for i in 0..5 {
+        let started = Instant::now();
+        let mut tx = t.db.begin().await.unwrap();
+        outbox::enqueue(&mut tx, &[Message::new("out", "k", format!("w{i}"))])
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let got = shopflow_bus::conformance::poll_n(&mut c, 1, Duration::from_secs(20)).await;
+        assert_eq!(got.len(), 1);
+        assert!(seen.insert(got[0].value.clone()));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "relay waited for its fallback poll: {:?}",
+            started.elapsed()
+        );
+    }
+    let _ = stop_tx.send(());
+    task.await.unwrap().unwrap();
+    drop(c);
+    log.close().await.unwrap();
+}
+
+macro_rules! suite {
+    ($backend:ident: $($name:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(t) = super::$backend().await else { return };
+                    super::$name(&t).await;
+                    t.cleanup().await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(sqlite:
+    append_and_read_stream,
+    expected_version_conflicts,
+    concurrent_appenders_one_wins_each_version,
+    read_all_in_commit_order_and_batches,
+    snapshots,
+    inbox_records_once_and_rolls_back,
+    outbox_relays_committed_rows_in_key_order,
+    relay_crash_republishes_and_inbox_dedups,
+    relay_wakes_on_commit,
+);
+
+suite!(postgres:
+    append_and_read_stream,
+    expected_version_conflicts,
+    concurrent_appenders_one_wins_each_version,
+    read_all_in_commit_order_and_batches,
+    snapshots,
+    inbox_records_once_and_rolls_back,
+    outbox_relays_committed_rows_in_key_order,
+    relay_crash_republishes_and_inbox_dedups,
+    relay_wakes_on_commit,
+);
