@@ -140,6 +140,33 @@ fn fsync_rate(dir: &std::path::Path) -> anyhow::Result<f64> {
     Ok(rate)
 }
 
+/// Runs `f` on a throw-away PostgreSQL schema (dropped afterwards, also when `f` fails), or notes
+/// that PostgreSQL was skipped when no URL was given.
+pub(crate) async fn on_postgres<F, Fut>(
+    report: &Report,
+    url: Option<&str>,
+    schema: &str,
+    f: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(shopflow_store::Db) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let Some(url) = url else {
+        report.note("postgres skipped: pass --postgres URL or set SHOPFLOW_POSTGRES_URL");
+        return Ok(());
+    };
+    let schema = format!("{schema}_{}", std::process::id());
+    let db = shopflow_store::Db::connect_postgres(url, &schema).await?;
+    let result = f(db).await;
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await?;
+    result
+}
+
 /// A latency histogram in microseconds.
 pub(crate) fn histogram() -> hdrhistogram::Histogram<u64> {
     hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")

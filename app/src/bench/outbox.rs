@@ -8,7 +8,7 @@ use shopflow_log::{Config, Log};
 use shopflow_store::Db;
 use shopflow_store::outbox::{self, Relay, RelayConfig};
 
-use super::{Common, Report, payload};
+use super::{Common, Report, on_postgres, payload};
 
 #[derive(Debug, Args)]
 pub(crate) struct OutboxArgs {
@@ -39,20 +39,10 @@ pub(crate) async fn run(a: OutboxArgs) -> anyhow::Result<()> {
     report.machine(tmp.path())?;
     let db = Db::open_sqlite(tmp.path().join("svc.db"))?;
     measure(&report, "sqlite", db, tmp.path(), &a).await?;
-    match &a.postgres {
-        Some(url) => {
-            let schema = format!("bench_outbox_{}", std::process::id());
-            let db = Db::connect_postgres(url, &schema).await?;
-            let result = measure(&report, "postgres", db, tmp.path(), &a).await;
-            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-            tokio::spawn(conn);
-            client
-                .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-                .await?;
-            result?;
-        }
-        None => report.note("postgres skipped: pass --postgres URL or set SHOPFLOW_POSTGRES_URL"),
-    }
+    on_postgres(&report, a.postgres.as_deref(), "bench_outbox", |db| {
+        measure(&report, "postgres", db, tmp.path(), &a)
+    })
+    .await?;
     Ok(())
 }
 
@@ -69,14 +59,7 @@ async fn measure(
     log.create_topic(topic, &TopicSpec::new(4)).await?;
     let relay = Arc::new(Relay::new(db.clone(), log.clone(), RelayConfig::default()));
     let stats = relay.stats();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let r = relay.clone();
-    let relay_task = tokio::spawn(async move {
-        r.run(async {
-            let _ = stop_rx.await;
-        })
-        .await
-    });
+    let (stop_tx, relay_task) = spawn_relay(&relay);
 
     let txs_per_producer = a.messages / a.producers / a.per_tx;
     let total = txs_per_producer * a.producers * a.per_tx;
@@ -137,14 +120,7 @@ async fn measure(
 
     // Lag without load: one message per transaction, one at a time.
     stats.lag_us.lock().expect("stats lock").reset();
-    let r = relay.clone();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let relay_task = tokio::spawn(async move {
-        r.run(async {
-            let _ = stop_rx.await;
-        })
-        .await
-    });
+    let (stop_tx, relay_task) = spawn_relay(&relay);
     for i in 0..500u64 {
         let mut tx = db.begin().await?;
         outbox::enqueue(
@@ -177,4 +153,19 @@ async fn measure(
     drop(c);
     log.close().await?;
     Ok(())
+}
+
+type RelayTask = tokio::task::JoinHandle<shopflow_store::Result<()>>;
+
+/// Runs the relay in a task until the returned sender fires.
+fn spawn_relay(relay: &Arc<Relay<Log>>) -> (tokio::sync::oneshot::Sender<()>, RelayTask) {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let r = relay.clone();
+    let task = tokio::spawn(async move {
+        r.run(async {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+    (stop_tx, task)
 }

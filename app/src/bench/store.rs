@@ -4,7 +4,7 @@ use clap::Args;
 use shopflow_envelope::{Envelope, Kind, Meta};
 use shopflow_store::{AppendStream, Db, EventStore, ExpectedVersion};
 
-use super::{Common, Report};
+use super::{Common, Report, on_postgres};
 
 #[derive(Debug, Args)]
 pub(crate) struct StoreArgs {
@@ -32,20 +32,10 @@ pub(crate) async fn run(a: StoreArgs) -> anyhow::Result<()> {
     report.machine(tmp.path())?;
     let sqlite = Db::open_sqlite(tmp.path().join("store.db"))?;
     measure(&report, "sqlite", sqlite, &a).await?;
-    match &a.postgres {
-        Some(url) => {
-            let schema = format!("bench_{}", std::process::id());
-            let db = Db::connect_postgres(url, &schema).await?;
-            let result = measure(&report, "postgres", db, &a).await;
-            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-            tokio::spawn(conn);
-            client
-                .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-                .await?;
-            result?;
-        }
-        None => report.note("postgres skipped: pass --postgres URL or set SHOPFLOW_POSTGRES_URL"),
-    }
+    on_postgres(&report, a.postgres.as_deref(), "bench_store", |db| {
+        measure(&report, "postgres", db, &a)
+    })
+    .await?;
     Ok(())
 }
 
