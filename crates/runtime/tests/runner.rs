@@ -1,0 +1,204 @@
+//! The runner: effects once per event under redelivery, poison records dead-lettered with their
+//! reason while valid events around them are handled, transient failures retried.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use shopflow_bus::{Bus, Consumer, Message, TopicSpec};
+use shopflow_envelope::{Envelope, Kind, Meta, Registry};
+use shopflow_log::Log;
+use shopflow_runtime::{Handler, HandlerError, Outgoing, Runner, RunnerConfig, Shutdown, headers};
+use shopflow_store::outbox::{Relay, RelayConfig};
+use shopflow_store::{Db, Tx, params};
+
+struct Counter {
+    flaky: AtomicU32,
+}
+
+impl Handler for Counter {
+    fn name(&self) -> &'static str {
+        "counter"
+    }
+    fn topics(&self) -> Vec<String> {
+        vec!["in".into()]
+    }
+    async fn handle(&self, tx: &mut Tx, env: &Envelope) -> Result<Vec<Outgoing>, HandlerError> {
+        let n = env.data()["n"]
+            .as_i64()
+            .ok_or_else(|| HandlerError::Permanent("no n".into()))?;
+        if n == 13 {
+            return Err(HandlerError::Permanent("13 is unlucky".into()));
+        }
+        if n == 7 && self.flaky.fetch_add(1, Ordering::SeqCst) < 2 {
+            return Err(HandlerError::Transient("try again".into()));
+        }
+        tx.execute("INSERT INTO seen (n) VALUES ($1)", params![n])
+            .await?;
+        let out = Envelope::from_parts(
+            "Counted",
+            1,
+            Kind::Integration,
+            serde_json::json!({"n": n}),
+            Meta::caused_by(env, "counter", env.aggregate_id(), 1),
+        )?;
+        Ok(vec![Outgoing {
+            topic: "out".into(),
+            envelope: out,
+        }])
+    }
+}
+
+fn event(n: i64) -> Message {
+    let env = Envelope::from_parts(
+        "Numbered",
+        1,
+        Kind::Integration,
+        serde_json::json!({"n": n}),
+        Meta::new("test", format!("agg-{}", n % 3), 1),
+    )
+    .unwrap();
+    Message::new("in", env.aggregate_id().to_owned(), env.encode().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn effects_once_poison_dead_lettered_transient_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path().join("log"), shopflow_log::Config::default()).unwrap();
+    for t in ["in", "out", "in.dlq"] {
+        log.create_topic(t, &TopicSpec::new(2)).await.unwrap();
+    }
+    let db = Db::open_sqlite(dir.path().join("svc.db")).unwrap();
+    db.migrate_building_blocks().await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    tx.batch("CREATE TABLE seen (n INTEGER NOT NULL)")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let mut registry = Registry::new();
+    registry.register_type("Numbered", 1, Kind::Integration);
+    let registry = Arc::new(registry);
+
+    // 20 valid events, each published twice (redelivery), plus poison of every kind.
+    let batch: Vec<Message> = (0..20).map(event).collect();
+    let dupes = batch.clone(); // the same envelopes (same event ids) again
+    log.publish(batch).await.unwrap();
+    log.publish(dupes).await.unwrap();
+    log.publish(vec![
+        Message::new("in", "x", "not json at all"),
+        Message::new("in", "x", r#"{"hello": "world"}"#),
+        Message::new(
+            "in",
+            "x",
+            Envelope::from_parts(
+                "Unknown",
+                1,
+                Kind::Integration,
+                serde_json::json!({}),
+                Meta::new("t", "x", 1),
+            )
+            .unwrap()
+            .encode()
+            .unwrap(),
+        ),
+        Message::new(
+            "in",
+            "x",
+            Envelope::from_parts(
+                "Numbered",
+                9,
+                Kind::Integration,
+                serde_json::json!({}),
+                Meta::new("t", "x", 1),
+            )
+            .unwrap()
+            .encode()
+            .unwrap(),
+        ),
+    ])
+    .await
+    .unwrap();
+
+    let (stop, shutdown) = Shutdown::new();
+    let handler = Arc::new(Counter {
+        flaky: AtomicU32::new(0),
+    });
+    let runner = Runner::new(
+        log.clone(),
+        db.clone(),
+        handler,
+        registry,
+        RunnerConfig {
+            max_batch: 7,
+            retry_backoff: Duration::from_millis(10),
+        },
+    );
+    let stats = runner.stats();
+    let task = tokio::spawn(runner.run(shutdown.clone()));
+    let relay = Arc::new(Relay::new(db.clone(), log.clone(), RelayConfig::default()));
+    let r = relay.clone();
+    let s = shutdown.clone();
+    let relay_task = tokio::spawn(async move { r.run(s.wait()).await });
+
+    let mut out = log.subscribe("check-out", &["out".into()]).await.unwrap();
+    let got = shopflow_bus::conformance::poll_n(&mut out, 19, Duration::from_secs(20)).await;
+    assert_eq!(
+        got.len(),
+        19,
+        "every valid event but the permanent failure emitted once"
+    );
+    let mut dlq = log
+        .subscribe("check-dlq", &["in.dlq".into()])
+        .await
+        .unwrap();
+    let dead = shopflow_bus::conformance::poll_n(&mut dlq, 5, Duration::from_secs(20)).await;
+    assert_eq!(dead.len(), 5, "4 poison records + 1 permanent failure");
+    let reasons: Vec<String> = dead
+        .iter()
+        .map(|r| String::from_utf8(r.header(headers::DLQ_ERROR).unwrap().to_vec()).unwrap())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("malformed")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("unknown event type")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("unsupported version")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("13 is unlucky")),
+        "{reasons:?}"
+    );
+    for d in &dead {
+        assert_eq!(
+            d.header(headers::DLQ_TOPIC).unwrap(),
+            &Bytes::from_static(b"in")
+        );
+        assert!(d.header(headers::DLQ_OFFSET).is_some());
+    }
+    // Nothing more arrives: duplicates were no-ops.
+    assert!(
+        out.poll(10, Duration::from_millis(500))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let rows = db
+        .query("SELECT COUNT(*), COUNT(DISTINCT n) FROM seen", &[])
+        .await
+        .unwrap();
+    assert_eq!((rows[0].i64(0).unwrap(), rows[0].i64(1).unwrap()), (19, 19));
+    assert_eq!(stats.duplicates.load(Ordering::Relaxed), 20);
+    assert!(stats.transient_failures.load(Ordering::Relaxed) >= 2);
+    stop.trigger();
+    task.await.unwrap();
+    relay_task.await.unwrap().unwrap();
+    drop((out, dlq));
+    log.close().await.unwrap();
+}

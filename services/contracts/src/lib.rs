@@ -1,0 +1,308 @@
+#![doc = include_str!("../README.md")]
+
+use serde::{Deserialize, Serialize};
+use shopflow_envelope::{Event, Kind, Registry};
+
+macro_rules! event {
+    ($name:ident, $domain:literal, $version:literal) => {
+        impl Event for $name {
+            const TYPE: &'static str = stringify!($name);
+            const VERSION: u32 = $version;
+            const KIND: Kind = Kind::Integration;
+            const DOMAIN: &'static str = $domain;
+        }
+    };
+}
+
+/// One line of an order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderLine {
+    pub sku: String,
+    pub quantity: u32,
+    pub unit_price_minor: i64,
+}
+
+/// Where an order goes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Address {
+    pub name: String,
+    pub line1: String,
+    pub city: String,
+    pub postal_code: String,
+    /// ISO 3166-1 alpha-2.
+    pub country: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserRegistered {
+    pub user_id: String,
+    pub email: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+}
+event!(UserRegistered, "users", 1);
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProductUpdated {
+    pub sku: String,
+    pub name: String,
+    pub price_minor: i64,
+    pub currency: String,
+}
+event!(ProductUpdated, "inventory", 1);
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InventoryUpdated {
+    pub sku: String,
+    pub available: i64,
+    pub reserved: i64,
+}
+event!(InventoryUpdated, "inventory", 1);
+
+/// v2: money as minor units + currency (v1 had a float `amount`, as in the seed document).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderCreated {
+    pub order_id: String,
+    pub customer_id: String,
+    pub items: Vec<OrderLine>,
+    pub total_minor: i64,
+    pub currency: String,
+    /// The payment method as the simulated gateway's token (`tok_<card digits>`), the way a real
+    /// provider's test mode hands out tokens; never a raw card number in the log.
+    pub payment_token: String,
+    pub card_last4: String,
+    pub shipping_address: Address,
+}
+event!(OrderCreated, "orders", 2);
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderCancelled {
+    pub order_id: String,
+    pub customer_id: String,
+    pub reason: String,
+}
+event!(OrderCancelled, "orders", 1);
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentCompleted {
+    pub order_id: String,
+    pub payment_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    /// Carried on so that the next step needs nothing from another service (event-carried state).
+    pub items: Vec<OrderLine>,
+    pub shipping_address: Address,
+}
+event!(PaymentCompleted, "payments", 1);
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentFailed {
+    pub order_id: String,
+    pub reason: String,
+}
+event!(PaymentFailed, "payments", 1);
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentRefunded {
+    pub order_id: String,
+    pub payment_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub reason: String,
+}
+event!(PaymentRefunded, "payments", 1);
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StockReserved {
+    pub order_id: String,
+    pub items: Vec<OrderLine>,
+    pub shipping_address: Address,
+}
+event!(StockReserved, "inventory", 1);
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StockReservationFailed {
+    pub order_id: String,
+    pub reason: String,
+}
+event!(StockReservationFailed, "inventory", 1);
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StockReleased {
+    pub order_id: String,
+    pub items: Vec<OrderLine>,
+}
+event!(StockReleased, "inventory", 1);
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderShipped {
+    pub order_id: String,
+    pub shipment_id: String,
+    pub carrier: String,
+    pub tracking_number: String,
+    pub items: Vec<OrderLine>,
+}
+event!(OrderShipped, "shipping", 1);
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShipmentFailed {
+    pub order_id: String,
+    pub reason: String,
+    pub items: Vec<OrderLine>,
+}
+event!(ShipmentFailed, "shipping", 1);
+
+/// Every topic of the shop (dead-letter topics are `<topic>.dlq`).
+pub fn topics() -> Vec<String> {
+    vec![
+        UserRegistered::topic(),
+        ProductUpdated::topic(),
+        InventoryUpdated::topic(),
+        OrderCreated::topic(),
+        OrderCancelled::topic(),
+        PaymentCompleted::topic(),
+        PaymentFailed::topic(),
+        PaymentRefunded::topic(),
+        StockReserved::topic(),
+        StockReservationFailed::topic(),
+        StockReleased::topic(),
+        OrderShipped::topic(),
+        ShipmentFailed::topic(),
+    ]
+}
+
+/// Parses the seed's decimal `amount` ("99.99", 99.99 or 99) into minor units without floats.
+fn decimal_to_minor(v: &serde_json::Value) -> Result<i64, String> {
+    let text = match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => n.to_string(),
+        other => return Err(format!("amount {other} is not a number")),
+    };
+    let (whole, frac) = text.split_once('.').unwrap_or((&text, ""));
+    if frac.len() > 2 || !frac.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!("amount {text} has more than two decimals"));
+    }
+    let whole: i64 = whole
+        .parse()
+        .map_err(|_| format!("amount {text} is not a decimal"))?;
+    let frac: i64 = format!("{frac:0<2}")
+        .parse()
+        .map_err(|_| format!("amount {text} is not a decimal"))?;
+    whole
+        .checked_mul(100)
+        .and_then(|w| w.checked_add(if whole < 0 { -frac } else { frac }))
+        .ok_or_else(|| format!("amount {text} is out of range"))
+}
+
+/// The registry of every shop event, with the upcasters for older versions.
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.register::<UserRegistered>()
+        .register::<ProductUpdated>()
+        .register::<InventoryUpdated>()
+        .register::<OrderCreated>()
+        .register::<OrderCancelled>()
+        .register::<PaymentCompleted>()
+        .register::<PaymentFailed>()
+        .register::<PaymentRefunded>()
+        .register::<StockReserved>()
+        .register::<StockReservationFailed>()
+        .register::<StockReleased>()
+        .register::<OrderShipped>()
+        .register::<ShipmentFailed>();
+    // OrderCreated v1 → v2: `amount` (major units, float in the seed) → `totalMinor` + `currency`;
+    // v1 knew one currency (EUR) and had no unit prices, so lines get the average price.
+    r.upcaster("OrderCreated", 1, |env| {
+        let d = env.data();
+        let mut out = d.clone();
+        let total = decimal_to_minor(&d["amount"])?;
+        let obj = out
+            .as_object_mut()
+            .ok_or("OrderCreated v1 data is not an object")?;
+        obj.remove("amount");
+        obj.insert("totalMinor".into(), total.into());
+        obj.insert(
+            "currency".into(),
+            d.get("currency").cloned().unwrap_or_else(|| "EUR".into()),
+        );
+        obj.entry("paymentToken")
+            .or_insert_with(|| "tok_legacy".into());
+        obj.entry("cardLast4").or_insert_with(|| "0000".into());
+        if let Some(items) = obj.get_mut("items").and_then(|i| i.as_array_mut()) {
+            let units: i64 = items
+                .iter()
+                .map(|i| i["quantity"].as_i64().unwrap_or(0))
+                .sum();
+            for i in items.iter_mut() {
+                if i.get("unitPriceMinor").is_none() {
+                    i["unitPriceMinor"] = (if units > 0 { total / units } else { 0 }).into();
+                }
+            }
+        }
+        Ok(out)
+    });
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shopflow_envelope::{Envelope, Kind, Meta};
+
+    #[test]
+    fn order_created_v1_is_read_as_v2() {
+        let v1 = Envelope::from_parts(
+            "OrderCreated",
+            1,
+            Kind::Integration,
+            serde_json::json!({
+                "orderId": "12345", "customerId": "user123", "amount": 99.99,
+                "items": [{"sku": "MUG", "quantity": 2}, {"sku": "CAP", "quantity": 1}],
+                "shippingAddress": {"name": "A", "line1": "B", "city": "C", "postalCode": "1", "country": "DE"}
+            }),
+            Meta::new("legacy-order-service", "12345", 1),
+        )
+        .unwrap();
+        let env = registry().decode(&v1.encode().unwrap()).unwrap();
+        let e: OrderCreated = env.data_as().unwrap();
+        assert_eq!(e.total_minor, 9999);
+        assert_eq!(e.currency, "EUR");
+        assert_eq!(e.items[0].unit_price_minor, 3333);
+    }
+
+    #[test]
+    fn decimals_never_go_through_floats() {
+        assert_eq!(decimal_to_minor(&serde_json::json!("0.10")).unwrap(), 10);
+        assert_eq!(decimal_to_minor(&serde_json::json!(19.9)).unwrap(), 1990);
+        assert_eq!(decimal_to_minor(&serde_json::json!(7)).unwrap(), 700);
+        assert!(decimal_to_minor(&serde_json::json!("1.999")).is_err());
+        assert!(decimal_to_minor(&serde_json::json!(true)).is_err());
+    }
+
+    #[test]
+    fn one_topic_per_type() {
+        let t = topics();
+        let mut dedup = t.clone();
+        dedup.sort();
+        dedup.dedup();
+        assert_eq!(t.len(), dedup.len());
+        assert!(t.contains(&"orders.order-created".to_string()));
+        assert!(t.contains(&"inventory.stock-reservation-failed".to_string()));
+    }
+}
