@@ -54,6 +54,15 @@ impl Db {
         }
     }
 
+    /// A receiver that changes after every commit, where the backend can tell in-process
+    /// followers (SQLite); `None` where followers must poll (PostgreSQL, written by other processes).
+    pub fn commits(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        match self {
+            Db::Sqlite(db) => Some(db.inner.commits.subscribe()),
+            Db::Postgres(_) => None,
+        }
+    }
+
     /// Starts a write transaction. Dropping it without [`Tx::commit`] rolls it back.
     pub async fn begin(&self) -> Result<Tx> {
         Ok(match self {

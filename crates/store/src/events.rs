@@ -83,6 +83,17 @@ pub struct Snapshot {
     pub taken_at_ms: i64,
 }
 
+impl Snapshot {
+    fn from_row(r: &Row) -> Result<Self> {
+        Ok(Snapshot {
+            stream_id: r.str(0)?.to_owned(),
+            version: r.u64(1)?,
+            state: r.bytes(2)?.to_vec(),
+            taken_at_ms: r.i64(3)?,
+        })
+    }
+}
+
 /// One stream's part of a batch append.
 #[derive(Clone, Copy, Debug)]
 pub struct AppendStream<'a> {
@@ -295,6 +306,35 @@ impl EventStore {
         rows.iter().map(StoredEvent::from_row).collect()
     }
 
+    /// Events of a stream from `from_version` on, read inside `tx` (sees the transaction's own
+    /// appends): what a command handler loads an aggregate with.
+    pub async fn read_stream_in(
+        &self,
+        tx: &mut Tx,
+        stream: &str,
+        from_version: u64,
+        max: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events WHERE stream_id = $1 AND version >= $2 ORDER BY version LIMIT $3"
+        );
+        let rows = tx
+            .query(&sql, params![stream, from_version, max as u64])
+            .await?;
+        rows.iter().map(StoredEvent::from_row).collect()
+    }
+
+    /// The latest snapshot of a stream, read inside `tx`.
+    pub async fn load_snapshot_in(&self, tx: &mut Tx, stream: &str) -> Result<Option<Snapshot>> {
+        let rows = tx
+            .query(
+                "SELECT stream_id, version, state, taken_at FROM snapshots WHERE stream_id = $1",
+                params![stream],
+            )
+            .await?;
+        rows.first().map(Snapshot::from_row).transpose()
+    }
+
     /// Events of every stream with position `> after`, in position (commit) order, at most `max`.
     pub async fn read_all(&self, after: u64, max: usize) -> Result<Vec<StoredEvent>> {
         let sql =
@@ -345,16 +385,7 @@ impl EventStore {
                 params![stream],
             )
             .await?;
-        rows.first()
-            .map(|r| {
-                Ok(Snapshot {
-                    stream_id: r.str(0)?.to_owned(),
-                    version: r.u64(1)?,
-                    state: r.bytes(2)?.to_vec(),
-                    taken_at_ms: r.i64(3)?,
-                })
-            })
-            .transpose()
+        rows.first().map(Snapshot::from_row).transpose()
     }
 }
 

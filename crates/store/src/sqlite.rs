@@ -17,6 +17,8 @@ pub(crate) struct Inner {
     readers: Mutex<Vec<Connection>>,
     /// Signalled after a commit that wrote outbox rows: the relay's wake-up.
     pub(crate) outbox_signal: Arc<Notify>,
+    /// Counts commits, for in-process followers (projections) that want to wake on them.
+    pub(crate) commits: tokio::sync::watch::Sender<u64>,
 }
 
 /// A SQLite database file.
@@ -54,6 +56,7 @@ impl SqliteDb {
                 writer: Arc::new(tokio::sync::Mutex::new(conn)),
                 readers: Mutex::new(Vec::new()),
                 outbox_signal: Arc::new(Notify::new()),
+                commits: tokio::sync::watch::Sender::new(0),
             }),
         })
     }
@@ -147,6 +150,7 @@ impl SqliteTx {
         if self.wrote_outbox {
             self.db.outbox_signal.notify_one();
         }
+        self.db.commits.send_modify(|c| *c = c.wrapping_add(1));
         Ok(())
     }
 

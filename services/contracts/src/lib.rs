@@ -14,11 +14,55 @@ macro_rules! event {
     };
 }
 
+macro_rules! id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// A new, time-ordered id (`<prefix>_<uuidv7>`).
+            pub fn generate() -> Self {
+                Self(format!(concat!($prefix, "_{}"), uuid::Uuid::now_v7().simple()))
+            }
+            /// Accepts an id from outside: 1 to 64 of `[A-Za-z0-9_-]`.
+            pub fn parse(s: &str) -> Result<Self, String> {
+                if !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                    Ok(Self(s.to_owned()))
+                } else {
+                    Err(format!(concat!("`{}` is not a valid ", stringify!($name), " (1-64 of A-Z a-z 0-9 _ -)"), s))
+                }
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+id!(/// An order.
+    OrderId, "ord");
+id!(/// A registered user (the customer of an order).
+    UserId, "usr");
+id!(/// A product's stock-keeping unit, chosen by the shop (`MUG-01`).
+    Sku, "sku");
+id!(/// A charge at the payment gateway.
+    PaymentId, "pay");
+id!(/// A shipment.
+    ShipmentId, "shp");
+
 /// One line of an order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderLine {
-    pub sku: String,
+    pub sku: Sku,
     pub quantity: u32,
     pub unit_price_minor: i64,
 }
@@ -38,7 +82,7 @@ pub struct Address {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UserRegistered {
-    pub user_id: String,
+    pub user_id: UserId,
     pub email: String,
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -49,7 +93,7 @@ event!(UserRegistered, "users", 1);
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProductUpdated {
-    pub sku: String,
+    pub sku: Sku,
     pub name: String,
     pub price_minor: i64,
     pub currency: String,
@@ -59,7 +103,7 @@ event!(ProductUpdated, "inventory", 1);
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InventoryUpdated {
-    pub sku: String,
+    pub sku: Sku,
     pub available: i64,
     pub reserved: i64,
 }
@@ -69,8 +113,8 @@ event!(InventoryUpdated, "inventory", 1);
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderCreated {
-    pub order_id: String,
-    pub customer_id: String,
+    pub order_id: OrderId,
+    pub customer_id: UserId,
     pub items: Vec<OrderLine>,
     pub total_minor: i64,
     pub currency: String,
@@ -85,8 +129,8 @@ event!(OrderCreated, "orders", 2);
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderCancelled {
-    pub order_id: String,
-    pub customer_id: String,
+    pub order_id: OrderId,
+    pub customer_id: UserId,
     pub reason: String,
 }
 event!(OrderCancelled, "orders", 1);
@@ -94,8 +138,8 @@ event!(OrderCancelled, "orders", 1);
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentCompleted {
-    pub order_id: String,
-    pub payment_id: String,
+    pub order_id: OrderId,
+    pub payment_id: PaymentId,
     pub amount_minor: i64,
     pub currency: String,
     /// Carried on so that the next step needs nothing from another service (event-carried state).
@@ -107,7 +151,7 @@ event!(PaymentCompleted, "payments", 1);
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentFailed {
-    pub order_id: String,
+    pub order_id: OrderId,
     pub reason: String,
 }
 event!(PaymentFailed, "payments", 1);
@@ -115,8 +159,8 @@ event!(PaymentFailed, "payments", 1);
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentRefunded {
-    pub order_id: String,
-    pub payment_id: String,
+    pub order_id: OrderId,
+    pub payment_id: PaymentId,
     pub amount_minor: i64,
     pub currency: String,
     pub reason: String,
@@ -126,7 +170,7 @@ event!(PaymentRefunded, "payments", 1);
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StockReserved {
-    pub order_id: String,
+    pub order_id: OrderId,
     pub items: Vec<OrderLine>,
     pub shipping_address: Address,
 }
@@ -135,7 +179,7 @@ event!(StockReserved, "inventory", 1);
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StockReservationFailed {
-    pub order_id: String,
+    pub order_id: OrderId,
     pub reason: String,
 }
 event!(StockReservationFailed, "inventory", 1);
@@ -143,7 +187,7 @@ event!(StockReservationFailed, "inventory", 1);
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StockReleased {
-    pub order_id: String,
+    pub order_id: OrderId,
     pub items: Vec<OrderLine>,
 }
 event!(StockReleased, "inventory", 1);
@@ -151,8 +195,8 @@ event!(StockReleased, "inventory", 1);
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderShipped {
-    pub order_id: String,
-    pub shipment_id: String,
+    pub order_id: OrderId,
+    pub shipment_id: ShipmentId,
     pub carrier: String,
     pub tracking_number: String,
     pub items: Vec<OrderLine>,
@@ -162,11 +206,32 @@ event!(OrderShipped, "shipping", 1);
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ShipmentFailed {
-    pub order_id: String,
+    pub order_id: OrderId,
     pub reason: String,
     pub items: Vec<OrderLine>,
 }
 event!(ShipmentFailed, "shipping", 1);
+
+/// Luhn check of a card number given as 12 to 19 ASCII digits.
+pub fn luhn_valid(digits: &str) -> bool {
+    if !(12..=19).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    let sum: u32 = digits
+        .bytes()
+        .rev()
+        .enumerate()
+        .map(|(i, b)| {
+            let d = u32::from(b - b'0');
+            if i % 2 == 1 {
+                if d * 2 > 9 { d * 2 - 9 } else { d * 2 }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum.is_multiple_of(10)
+}
 
 /// Every topic of the shop (dead-letter topics are `<topic>.dlq`).
 pub fn topics() -> Vec<String> {
@@ -293,6 +358,15 @@ mod tests {
         assert_eq!(decimal_to_minor(&serde_json::json!(7)).unwrap(), 700);
         assert!(decimal_to_minor(&serde_json::json!("1.999")).is_err());
         assert!(decimal_to_minor(&serde_json::json!(true)).is_err());
+    }
+
+    #[test]
+    fn luhn() {
+        assert!(luhn_valid("4242424242424242"));
+        assert!(luhn_valid("4000000000000002"));
+        assert!(!luhn_valid("4242424242424241"));
+        assert!(!luhn_valid("42"));
+        assert!(!luhn_valid("42424242424242a2"));
     }
 
     #[test]

@@ -1,0 +1,4 @@
+//! The shopflow app: every service wired together in one process (embedded mode).
+
+pub mod openapi;
+pub mod shop;

@@ -1,0 +1,415 @@
+#![doc = include_str!("../README.md")]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use shopflow_contracts::{
+    InventoryUpdated, OrderLine, OrderShipped, PaymentCompleted, ProductUpdated, ShipmentFailed,
+    Sku, StockReleased, StockReservationFailed, StockReserved,
+};
+use shopflow_envelope::{CorrelationId, Envelope, Event, Meta};
+use shopflow_http::{ApiError, Json, reply};
+use shopflow_runtime::{Handler, HandlerError, Outgoing, emit};
+use shopflow_store::{Db, Migration, Tx, params};
+
+pub const NAME: &str = "inventory";
+const SOURCE: &str = "inventory-service";
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "inventory",
+    sqlite: include_str!("../migrations/001_inventory.sql"),
+    postgres: include_str!("../migrations/001_inventory.sql"),
+}];
+
+#[derive(Clone, Debug)]
+pub struct Inventory {
+    db: Db,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PutProduct {
+    pub name: String,
+    pub price_minor: i64,
+    pub currency: String,
+    pub stock: i64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProductView {
+    pub sku: String,
+    pub name: String,
+    pub price_minor: i64,
+    pub currency: String,
+    pub available: i64,
+    pub reserved: i64,
+    pub shipped: i64,
+}
+
+pub fn validate_currency(c: &str) -> Result<(), ApiError> {
+    if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "`{c}` is not an ISO 4217 currency code (three capital letters)"
+        )))
+    }
+}
+
+impl Inventory {
+    pub async fn open(db: Db) -> shopflow_store::Result<Self> {
+        db.migrate_building_blocks().await?;
+        db.migrate(NAME, MIGRATIONS).await?;
+        Ok(Self { db })
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/products", get(list_products))
+            .route("/products/{sku}", get(get_product).put(put_product))
+            .with_state(Arc::new(self.clone()))
+    }
+
+    /// Creates or updates a product; `stock` becomes its available quantity. Returns whether it
+    /// was created.
+    pub async fn put(
+        &self,
+        sku: &str,
+        req: PutProduct,
+        correlation: CorrelationId,
+    ) -> Result<(bool, ProductView), ApiError> {
+        let sku = Sku::parse(sku).map_err(ApiError::invalid)?;
+        let name = req.name.trim().to_owned();
+        if name.is_empty() || name.len() > 200 {
+            return Err(ApiError::invalid("name must be 1 to 200 characters"));
+        }
+        if !(0..=1_000_000_000_000).contains(&req.price_minor) {
+            return Err(ApiError::invalid(
+                "priceMinor must be between 0 and 10^12 (minor units)",
+            ));
+        }
+        validate_currency(&req.currency)?;
+        if !(0..=1_000_000_000).contains(&req.stock) {
+            return Err(ApiError::invalid("stock must be between 0 and 10^9"));
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut tx = self.db.begin().await?;
+        let existing = tx
+            .query("SELECT name, price_minor, currency, available, reserved, shipped FROM products WHERE sku = $1", params![sku.as_str()])
+            .await?;
+        let (created, catalog_changed, reserved, shipped) = match existing.first() {
+            None => {
+                tx.execute(
+                    "INSERT INTO products (sku, name, price_minor, currency, available, reserved, shipped, stocked, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, 0, 0, $5, $6)",
+                    params![sku.as_str(), name.as_str(), req.price_minor, req.currency.as_str(), req.stock, now],
+                )
+                .await?;
+                (true, true, 0, 0)
+            }
+            Some(r) => {
+                let changed =
+                    r.str(0)? != name || r.i64(1)? != req.price_minor || r.str(2)? != req.currency;
+                let delta = req.stock - r.i64(3)?;
+                tx.execute(
+                    "UPDATE products SET name = $2, price_minor = $3, currency = $4, available = $5,
+                         stocked = stocked + $6, updated_at = $7 WHERE sku = $1",
+                    params![sku.as_str(), name.as_str(), req.price_minor, req.currency.as_str(), req.stock, delta, now],
+                )
+                .await?;
+                (false, changed, r.i64(4)?, r.i64(5)?)
+            }
+        };
+        let meta =
+            || Meta::new(SOURCE, sku.as_str(), now as u64).with_correlation(correlation.clone());
+        let mut out = vec![Outgoing::event(
+            &InventoryUpdated {
+                sku: sku.clone(),
+                available: req.stock,
+                reserved,
+            },
+            meta(),
+        )?];
+        if catalog_changed {
+            let e = ProductUpdated {
+                sku: sku.clone(),
+                name: name.clone(),
+                price_minor: req.price_minor,
+                currency: req.currency.clone(),
+            };
+            out.insert(0, Outgoing::event(&e, meta())?);
+        }
+        emit(&mut tx, out)
+            .await
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
+        tx.commit().await?;
+        Ok((
+            created,
+            ProductView {
+                sku: sku.to_string(),
+                name,
+                price_minor: req.price_minor,
+                currency: req.currency,
+                available: req.stock,
+                reserved,
+                shipped,
+            },
+        ))
+    }
+
+    pub async fn get(&self, sku: &str) -> Result<ProductView, ApiError> {
+        let rows = self
+            .db
+            .query("SELECT sku, name, price_minor, currency, available, reserved, shipped FROM products WHERE sku = $1", params![sku])
+            .await?;
+        rows.first()
+            .map(product_view)
+            .transpose()?
+            .ok_or_else(|| ApiError::not_found("product", sku))
+    }
+
+    pub async fn list(&self) -> Result<Vec<ProductView>, ApiError> {
+        let rows = self
+            .db
+            .query("SELECT sku, name, price_minor, currency, available, reserved, shipped FROM products ORDER BY sku LIMIT 1000", &[])
+            .await?;
+        rows.iter().map(product_view).collect()
+    }
+
+    /// The handler of the inventory's events.
+    pub fn handler(&self) -> StockHandler {
+        StockHandler
+    }
+}
+
+fn product_view(r: &shopflow_store::Row) -> Result<ProductView, ApiError> {
+    Ok(ProductView {
+        sku: r.str(0)?.to_owned(),
+        name: r.str(1)?.to_owned(),
+        price_minor: r.i64(2)?,
+        currency: r.str(3)?.to_owned(),
+        available: r.i64(4)?,
+        reserved: r.i64(5)?,
+        shipped: r.i64(6)?,
+    })
+}
+
+async fn list_products(
+    State(s): State<Arc<Inventory>>,
+) -> Result<Json<Vec<ProductView>>, ApiError> {
+    s.list().await.map(Json)
+}
+
+async fn get_product(
+    State(s): State<Arc<Inventory>>,
+    Path(sku): Path<String>,
+) -> Result<Json<ProductView>, ApiError> {
+    s.get(&sku).await.map(Json)
+}
+
+async fn put_product(
+    State(s): State<Arc<Inventory>>,
+    Path(sku): Path<String>,
+    headers: axum::http::HeaderMap,
+    Json(req): Json<PutProduct>,
+) -> Result<Response, ApiError> {
+    let (created, view) = s
+        .put(&sku, req, shopflow_http::correlation(&headers))
+        .await?;
+    Ok(reply(
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        view,
+    ))
+}
+
+/// Reacts to payments and shipments.
+#[derive(Debug)]
+pub struct StockHandler;
+
+/// Quantities per sku (an order may list a sku twice).
+fn quantities(items: &[OrderLine]) -> BTreeMap<&str, i64> {
+    let mut m = BTreeMap::new();
+    for i in items {
+        *m.entry(i.sku.as_str()).or_insert(0) += i64::from(i.quantity);
+    }
+    m
+}
+
+impl StockHandler {
+    async fn reservation(tx: &mut Tx, order_id: &str) -> Result<Option<String>, HandlerError> {
+        let rows = tx
+            .query(
+                "SELECT status FROM reservations WHERE order_id = $1",
+                params![order_id],
+            )
+            .await?;
+        Ok(rows
+            .first()
+            .map(|r| r.str(0).map(str::to_owned))
+            .transpose()?)
+    }
+
+    async fn reserve(
+        tx: &mut Tx,
+        env: &Envelope,
+        e: PaymentCompleted,
+    ) -> Result<Vec<Outgoing>, HandlerError> {
+        let order = e.order_id.as_str();
+        if Self::reservation(tx, order).await?.is_some() {
+            return Ok(vec![]); // reserved, failed or compensated already
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        let items_json =
+            serde_json::to_string(&e.items).map_err(|e| HandlerError::Permanent(e.to_string()))?;
+        tx.execute("SAVEPOINT reserve", &[]).await?;
+        let mut failure = None;
+        for (sku, q) in quantities(&e.items) {
+            let n = tx
+                .execute(
+                    "UPDATE products SET available = available - $2, reserved = reserved + $2, updated_at = $3
+                     WHERE sku = $1 AND available >= $2",
+                    params![sku, q, now],
+                )
+                .await?;
+            if n == 0 {
+                let known = !tx
+                    .query("SELECT 1 FROM products WHERE sku = $1", params![sku])
+                    .await?
+                    .is_empty();
+                failure = Some(if known {
+                    format!("insufficient stock for {sku}")
+                } else {
+                    format!("unknown sku {sku}")
+                });
+                break;
+            }
+        }
+        let meta = Meta::caused_by(env, SOURCE, order, 1);
+        match failure {
+            None => {
+                tx.execute("RELEASE SAVEPOINT reserve", &[]).await?;
+                tx.execute(
+                    "INSERT INTO reservations (order_id, status, items, updated_at) VALUES ($1, 'RESERVED', $2, $3)",
+                    params![order, items_json, now],
+                )
+                .await?;
+                let r = StockReserved {
+                    order_id: e.order_id,
+                    items: e.items,
+                    shipping_address: e.shipping_address,
+                };
+                Ok(vec![Outgoing::event(&r, meta)?])
+            }
+            Some(reason) => {
+                tx.execute("ROLLBACK TO SAVEPOINT reserve", &[]).await?;
+                tx.execute("RELEASE SAVEPOINT reserve", &[]).await?;
+                tx.execute(
+                    "INSERT INTO reservations (order_id, status, items, reason, updated_at) VALUES ($1, 'FAILED', $2, $3, $4)",
+                    params![order, items_json, reason.as_str(), now],
+                )
+                .await?;
+                Ok(vec![Outgoing::event(
+                    &StockReservationFailed {
+                        order_id: e.order_id,
+                        reason,
+                    },
+                    meta,
+                )?])
+            }
+        }
+    }
+
+    async fn settle(
+        tx: &mut Tx,
+        env: &Envelope,
+        order_id: &shopflow_contracts::OrderId,
+        items: Vec<OrderLine>,
+        shipped: bool,
+    ) -> Result<Vec<Outgoing>, HandlerError> {
+        let order = order_id.as_str();
+        let now = chrono::Utc::now().timestamp_millis();
+        let status = Self::reservation(tx, order).await?;
+        if status.as_deref() != Some("RESERVED") {
+            if status.is_none() {
+                // The compensation arrived before the reservation: leave a tombstone so that a
+                // late PaymentCompleted does not reserve for an order that will not ship.
+                let items_json = serde_json::to_string(&items)
+                    .map_err(|e| HandlerError::Permanent(e.to_string()))?;
+                tx.execute(
+                    "INSERT INTO reservations (order_id, status, items, reason, updated_at) VALUES ($1, 'RELEASED', $2, 'compensated before reservation', $3)",
+                    params![order, items_json, now],
+                )
+                .await?;
+            }
+            return Ok(vec![]);
+        }
+        let sql = if shipped {
+            "UPDATE products SET reserved = reserved - $2, shipped = shipped + $2, updated_at = $3 WHERE sku = $1"
+        } else {
+            "UPDATE products SET reserved = reserved - $2, available = available + $2, updated_at = $3 WHERE sku = $1"
+        };
+        for (sku, q) in quantities(&items) {
+            tx.execute(sql, params![sku, q, now]).await?;
+        }
+        tx.execute(
+            "UPDATE reservations SET status = $2, updated_at = $3 WHERE order_id = $1",
+            params![order, if shipped { "SHIPPED" } else { "RELEASED" }, now],
+        )
+        .await?;
+        if shipped {
+            return Ok(vec![]);
+        }
+        let meta = Meta::caused_by(env, SOURCE, order, 2);
+        Ok(vec![Outgoing::event(
+            &StockReleased {
+                order_id: order_id.clone(),
+                items,
+            },
+            meta,
+        )?])
+    }
+}
+
+impl Handler for StockHandler {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn topics(&self) -> Vec<String> {
+        vec![
+            PaymentCompleted::topic(),
+            ShipmentFailed::topic(),
+            OrderShipped::topic(),
+        ]
+    }
+
+    async fn handle(&self, tx: &mut Tx, env: &Envelope) -> Result<Vec<Outgoing>, HandlerError> {
+        if env.is::<PaymentCompleted>() {
+            Self::reserve(tx, env, env.data_as()?).await
+        } else if env.is::<ShipmentFailed>() {
+            let e: ShipmentFailed = env.data_as()?;
+            Self::settle(tx, env, &e.order_id, e.items, false).await
+        } else if env.is::<OrderShipped>() {
+            let e: OrderShipped = env.data_as()?;
+            Self::settle(tx, env, &e.order_id, e.items, true).await
+        } else {
+            Ok(vec![])
+        }
+    }
+}

@@ -1,0 +1,382 @@
+#![doc = include_str!("../README.md")]
+
+use std::io::Write;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::routing::get;
+use serde::Serialize;
+use shopflow_contracts::{OrderCancelled, OrderCreated, OrderShipped, UserRegistered};
+use shopflow_envelope::{Envelope, Event, Registry};
+use shopflow_http::{ApiError, Json};
+use shopflow_runtime::{Handler, HandlerError, Outgoing};
+use shopflow_store::{Db, Migration, Tx, params};
+
+pub const NAME: &str = "notification";
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "notifications",
+    sqlite: include_str!("../migrations/001_notifications.sql"),
+    postgres: include_str!("../migrations/001_notifications.sql"),
+}];
+
+/// A message to deliver.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    pub id: String,
+    pub channel: &'static str,
+    pub to: String,
+    pub subject: String,
+    pub body: String,
+}
+
+/// Delivers messages; returns where it put one (a file, a message id).
+pub trait Mailer: Send + Sync + 'static {
+    fn deliver(&self, m: &Outbound) -> std::io::Result<String>;
+}
+
+/// Writes RFC 5322 messages to `<dir>/mail/<id>.eml` and SMS to `<dir>/sms/<id>.txt`.
+#[derive(Debug, Clone)]
+pub struct Spool {
+    dir: PathBuf,
+    from: String,
+}
+
+impl Spool {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            from: "shopflow <no-reply@shopflow.invalid>".into(),
+        }
+    }
+}
+
+fn write_atomically(path: &FsPath, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+impl Mailer for Spool {
+    fn deliver(&self, m: &Outbound) -> std::io::Result<String> {
+        let safe: String =
+            m.id.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+        let (dir, name, bytes) = if m.channel == "sms" {
+            (
+                self.dir.join("sms"),
+                format!("{safe}.txt"),
+                format!("To: {}\n\n{}\n", m.to, m.body).into_bytes(),
+            )
+        } else {
+            let date = chrono::Utc::now().to_rfc2822();
+            let eml = format!(
+                "From: {}\r\nTo: {}\r\nSubject: {}\r\nDate: {date}\r\nMessage-ID: <{safe}@shopflow.invalid>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{}\r\n",
+                self.from,
+                m.to,
+                m.subject,
+                m.body.replace('\n', "\r\n")
+            );
+            (
+                self.dir.join("mail"),
+                format!("{safe}.eml"),
+                eml.into_bytes(),
+            )
+        };
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(name);
+        write_atomically(&path, &bytes)?;
+        Ok(path.display().to_string())
+    }
+}
+
+/// The notification service.
+#[derive(Debug)]
+pub struct Notifications<M: Mailer> {
+    db: Db,
+    mailer: Arc<M>,
+    registry: Arc<Registry>,
+}
+
+impl<M: Mailer> Clone for Notifications<M> {
+    fn clone(&self) -> Self {
+        Self {
+            db: self.db.clone(),
+            mailer: self.mailer.clone(),
+            registry: self.registry.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationView {
+    pub id: String,
+    pub event_type: String,
+    pub channel: String,
+    pub recipient: String,
+    pub subject: String,
+    pub location: String,
+}
+
+struct Recipient {
+    user_id: String,
+    email: String,
+    name: String,
+    phone: Option<String>,
+}
+
+fn money(minor: i64, currency: &str) -> String {
+    format!("{}.{:02} {currency}", minor / 100, (minor % 100).abs())
+}
+
+impl<M: Mailer> Notifications<M> {
+    pub async fn open(db: Db, mailer: Arc<M>) -> shopflow_store::Result<Self> {
+        db.migrate_building_blocks().await?;
+        db.migrate(NAME, MIGRATIONS).await?;
+        Ok(Self {
+            db,
+            mailer,
+            registry: Arc::new(shopflow_contracts::registry()),
+        })
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/orders/{id}/notifications", get(list::<M>))
+            .with_state(Arc::new(self.clone()))
+    }
+
+    pub async fn for_order(&self, order_id: &str) -> Result<Vec<NotificationView>, ApiError> {
+        let rows = self
+            .db
+            .query(
+                "SELECT id, event_type, channel, recipient, subject, location FROM notifications WHERE order_id = $1 ORDER BY created_at, id",
+                params![order_id],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(NotificationView {
+                    id: r.str(0)?.to_owned(),
+                    event_type: r.str(1)?.to_owned(),
+                    channel: r.str(2)?.to_owned(),
+                    recipient: r.str(3)?.to_owned(),
+                    subject: r.str(4)?.to_owned(),
+                    location: r.str(5)?.to_owned(),
+                })
+            })
+            .collect()
+    }
+
+    async fn recipient(tx: &mut Tx, user_id: &str) -> Result<Option<Recipient>, HandlerError> {
+        let rows = tx
+            .query(
+                "SELECT user_id, email, name, phone FROM recipients WHERE user_id = $1",
+                params![user_id],
+            )
+            .await?;
+        Ok(match rows.first() {
+            Some(r) => Some(Recipient {
+                user_id: r.str(0)?.to_owned(),
+                email: r.str(1)?.to_owned(),
+                name: r.str(2)?.to_owned(),
+                phone: r.opt_str(3)?.map(str::to_owned),
+            }),
+            None => None,
+        })
+    }
+
+    async fn defer(tx: &mut Tx, env: &Envelope, waits_for: String) -> Result<(), HandlerError> {
+        tx.execute(
+            "INSERT INTO deferred (event_id, waits_for, envelope, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING",
+            params![env.event_id().to_string(), waits_for, env.encode()?, chrono::Utc::now().timestamp_millis()],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Sends what the event calls for, or defers it until its recipient is known.
+    async fn notify(&self, tx: &mut Tx, env: &Envelope) -> Result<(), HandlerError> {
+        let (order_id, user_id, subject, body): (Option<String>, String, String, String) =
+            if env.is::<OrderCreated>() {
+                let e: OrderCreated = env.data_as()?;
+                tx.execute(
+                "INSERT INTO order_customers (order_id, customer_id) VALUES ($1, $2) ON CONFLICT (order_id) DO NOTHING",
+                params![e.order_id.as_str(), e.customer_id.as_str()],
+            )
+            .await?;
+                self.release(tx, &format!("order:{}", e.order_id)).await?;
+                let lines: Vec<String> = e
+                    .items
+                    .iter()
+                    .map(|i| {
+                        format!(
+                            "  {} × {}  {}",
+                            i.quantity,
+                            i.sku,
+                            money(i.unit_price_minor, &e.currency)
+                        )
+                    })
+                    .collect();
+                (
+                    Some(e.order_id.to_string()),
+                    e.customer_id.to_string(),
+                    format!("Your order {} is confirmed", e.order_id),
+                    format!(
+                        "Thank you for your order {}.\n\n{}\n\nTotal: {}\n",
+                        e.order_id,
+                        lines.join("\n"),
+                        money(e.total_minor, &e.currency)
+                    ),
+                )
+            } else if env.is::<OrderShipped>() {
+                let e: OrderShipped = env.data_as()?;
+                let rows = tx
+                    .query(
+                        "SELECT customer_id FROM order_customers WHERE order_id = $1",
+                        params![e.order_id.as_str()],
+                    )
+                    .await?;
+                let Some(r) = rows.first() else {
+                    return Self::defer(tx, env, format!("order:{}", e.order_id)).await;
+                };
+                (
+                    Some(e.order_id.to_string()),
+                    r.str(0)?.to_owned(),
+                    format!("Your order {} has shipped", e.order_id),
+                    format!(
+                        "Your order {} is on its way with {}.\nTracking number: {}\n",
+                        e.order_id, e.carrier, e.tracking_number
+                    ),
+                )
+            } else if env.is::<OrderCancelled>() {
+                let e: OrderCancelled = env.data_as()?;
+                (
+                    Some(e.order_id.to_string()),
+                    e.customer_id.to_string(),
+                    format!("Your order {} was cancelled", e.order_id),
+                    format!(
+                        "We are sorry: your order {} was cancelled ({}).\nAny payment has been refunded.\n",
+                        e.order_id, e.reason
+                    ),
+                )
+            } else if env.is::<UserRegistered>() {
+                let e: UserRegistered = env.data_as()?;
+                tx.execute(
+                "INSERT INTO recipients (user_id, email, name, phone) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (user_id) DO UPDATE SET email = excluded.email, name = excluded.name, phone = excluded.phone",
+                params![e.user_id.as_str(), e.email.as_str(), e.name.as_str(), e.phone.clone()],
+            )
+            .await?;
+                self.release(tx, &format!("user:{}", e.user_id)).await?;
+                (
+                    None,
+                    e.user_id.to_string(),
+                    "Welcome to shopflow".into(),
+                    format!("Hello {},\n\nyour account is ready.\n", e.name),
+                )
+            } else {
+                return Ok(());
+            };
+        let Some(to) = Self::recipient(tx, &user_id).await? else {
+            return Self::defer(tx, env, format!("user:{user_id}")).await;
+        };
+        let body = format!("Hello {},\n\n{body}", to.name);
+        let mut channels = vec![("email", to.email.clone())];
+        if let Some(p) = &to.phone {
+            channels.push(("sms", p.clone()));
+        }
+        for (channel, address) in channels {
+            let id = format!("{}:{channel}", env.event_id());
+            let m = Outbound {
+                id: id.clone(),
+                channel,
+                to: address.clone(),
+                subject: subject.clone(),
+                body: body.clone(),
+            };
+            let inserted = tx
+                .execute(
+                    "INSERT INTO notifications (id, event_id, event_type, order_id, user_id, channel, recipient, subject, location, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '', $9) ON CONFLICT (id) DO NOTHING",
+                    params![id.as_str(), env.event_id().to_string(), env.event_type(), order_id.clone(), to.user_id.as_str(), channel, address.as_str(), subject.as_str(), chrono::Utc::now().timestamp_millis()],
+                )
+                .await?;
+            if inserted == 0 {
+                continue; // sent already
+            }
+            let location = self
+                .mailer
+                .deliver(&m)
+                .map_err(|e| HandlerError::Transient(format!("delivery failed: {e}")))?;
+            tx.execute(
+                "UPDATE notifications SET location = $2 WHERE id = $1",
+                params![id.as_str(), location],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Handles the events that waited for `key`.
+    async fn release(&self, tx: &mut Tx, key: &str) -> Result<(), HandlerError> {
+        let rows = tx
+            .query(
+                "SELECT event_id, envelope FROM deferred WHERE waits_for = $1 ORDER BY created_at",
+                params![key],
+            )
+            .await?;
+        for r in rows {
+            let id = r.str(0)?.to_owned();
+            let env = self.registry.decode(r.bytes(1)?)?;
+            tx.execute("DELETE FROM deferred WHERE event_id = $1", params![id])
+                .await?;
+            Box::pin(self.notify(tx, &env)).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn list<M: Mailer>(
+    State(s): State<Arc<Notifications<M>>>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<NotificationView>>, ApiError> {
+    s.for_order(&id).await.map(Json)
+}
+
+impl<M: Mailer> Handler for Notifications<M> {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn topics(&self) -> Vec<String> {
+        vec![
+            UserRegistered::topic(),
+            OrderCreated::topic(),
+            OrderShipped::topic(),
+            OrderCancelled::topic(),
+        ]
+    }
+
+    async fn handle(&self, tx: &mut Tx, env: &Envelope) -> Result<Vec<Outgoing>, HandlerError> {
+        self.notify(tx, env).await?;
+        Ok(vec![])
+    }
+}

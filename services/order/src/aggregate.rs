@@ -1,0 +1,428 @@
+//! The order aggregate: every business rule in `handle`, state changes only in `apply`.
+
+use serde::{Deserialize, Serialize};
+use shopflow_contracts::{
+    Address, OrderCancelled, OrderCreated, OrderId, OrderLine, PaymentId, ShipmentId, UserId,
+};
+use shopflow_envelope::{Envelope, Event, Kind, Meta};
+
+/// Where an order is. `Shipped` and `Cancelled` are final.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    #[default]
+    Pending,
+    Paid,
+    Reserved,
+    Shipped,
+    Cancelled,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "PENDING",
+            Status::Paid => "PAID",
+            Status::Reserved => "RESERVED",
+            Status::Shipped => "SHIPPED",
+            Status::Cancelled => "CANCELLED",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Status::Pending,
+            Status::Paid,
+            Status::Reserved,
+            Status::Shipped,
+            Status::Cancelled,
+        ]
+        .into_iter()
+        .find(|x| x.as_str() == s)
+    }
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Shipped | Status::Cancelled)
+    }
+    fn rank(self) -> u8 {
+        self as u8
+    }
+}
+
+macro_rules! domain_event {
+    ($name:ident) => {
+        impl Event for $name {
+            const TYPE: &'static str = stringify!($name);
+            const VERSION: u32 = 1;
+            const KIND: Kind = Kind::Domain;
+            const DOMAIN: &'static str = "orders";
+        }
+    };
+}
+
+/// Payment for the order was taken.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderPaid {
+    pub order_id: OrderId,
+    pub payment_id: PaymentId,
+}
+domain_event!(OrderPaid);
+
+/// Stock for the order was reserved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderReserved {
+    pub order_id: OrderId,
+}
+domain_event!(OrderReserved);
+
+/// The order left the warehouse: status SHIPPED.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderCompleted {
+    pub order_id: OrderId,
+    pub shipment_id: ShipmentId,
+    pub carrier: String,
+    pub tracking_number: String,
+}
+domain_event!(OrderCompleted);
+
+/// Everything that happens to an order, as stored in its stream.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OrderEvent {
+    Created(OrderCreated),
+    Paid(OrderPaid),
+    Reserved(OrderReserved),
+    Completed(OrderCompleted),
+    Cancelled(OrderCancelled),
+}
+
+impl OrderEvent {
+    pub fn from_envelope(env: &Envelope) -> shopflow_envelope::Result<Self> {
+        Ok(match env.event_type() {
+            t if t == OrderCreated::TYPE => OrderEvent::Created(env.data_as()?),
+            t if t == OrderPaid::TYPE => OrderEvent::Paid(env.data_as()?),
+            t if t == OrderReserved::TYPE => OrderEvent::Reserved(env.data_as()?),
+            t if t == OrderCompleted::TYPE => OrderEvent::Completed(env.data_as()?),
+            t if t == OrderCancelled::TYPE => OrderEvent::Cancelled(env.data_as()?),
+            other => {
+                return Err(shopflow_envelope::Error::UnknownEventType {
+                    event_type: other.to_owned(),
+                });
+            }
+        })
+    }
+
+    pub fn to_envelope(&self, meta: Meta) -> shopflow_envelope::Result<Envelope> {
+        match self {
+            OrderEvent::Created(e) => Envelope::new(e, meta),
+            OrderEvent::Paid(e) => Envelope::new(e, meta),
+            OrderEvent::Reserved(e) => Envelope::new(e, meta),
+            OrderEvent::Completed(e) => Envelope::new(e, meta),
+            OrderEvent::Cancelled(e) => Envelope::new(e, meta),
+        }
+    }
+
+    /// Whether other services hear of it (the rest stays in the order's stream).
+    pub fn topic(&self) -> Option<String> {
+        match self {
+            OrderEvent::Created(_) => Some(OrderCreated::topic()),
+            OrderEvent::Cancelled(_) => Some(OrderCancelled::topic()),
+            _ => None,
+        }
+    }
+}
+
+/// What the order service is asked to do to an order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    Place(OrderCreated),
+    RecordPayment {
+        payment_id: PaymentId,
+    },
+    RecordReservation,
+    RecordShipment {
+        shipment_id: ShipmentId,
+        carrier: String,
+        tracking_number: String,
+    },
+    Cancel {
+        reason: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DomainError {
+    #[error("order already exists")]
+    AlreadyExists,
+    #[error("order does not exist")]
+    NotFound,
+}
+
+/// An order's state: the fold of its events.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Order {
+    pub order_id: Option<OrderId>,
+    pub customer_id: Option<UserId>,
+    pub status: Status,
+    pub items: Vec<OrderLine>,
+    pub total_minor: i64,
+    pub currency: String,
+    pub card_last4: String,
+    pub shipping_address: Option<Address>,
+    pub cancel_reason: Option<String>,
+    pub payment_id: Option<PaymentId>,
+    pub shipment_id: Option<ShipmentId>,
+    pub carrier: Option<String>,
+    pub tracking_number: Option<String>,
+    /// RFC 3339 UTC of the first and the latest event.
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+    /// The version of the last event folded in.
+    pub version: u64,
+}
+
+impl Order {
+    pub fn exists(&self) -> bool {
+        self.order_id.is_some()
+    }
+
+    /// Decides. Events that arrive late or twice decide nothing: the status only moves forward,
+    /// and a final status never changes.
+    pub fn handle(&self, cmd: Command) -> Result<Vec<OrderEvent>, DomainError> {
+        if let Command::Place(e) = cmd {
+            return if self.exists() {
+                Err(DomainError::AlreadyExists)
+            } else {
+                Ok(vec![OrderEvent::Created(e)])
+            };
+        }
+        let Some(order_id) = self.order_id.clone() else {
+            return Err(DomainError::NotFound);
+        };
+        if self.status.is_final() {
+            return Ok(vec![]);
+        }
+        Ok(match cmd {
+            Command::Place(_) => unreachable!("handled above"),
+            Command::RecordPayment { payment_id } if self.status == Status::Pending => {
+                vec![OrderEvent::Paid(OrderPaid {
+                    order_id,
+                    payment_id,
+                })]
+            }
+            Command::RecordPayment { .. } => vec![],
+            Command::RecordReservation if self.status.rank() < Status::Reserved.rank() => {
+                vec![OrderEvent::Reserved(OrderReserved { order_id })]
+            }
+            Command::RecordReservation => vec![],
+            Command::RecordShipment {
+                shipment_id,
+                carrier,
+                tracking_number,
+            } => {
+                vec![OrderEvent::Completed(OrderCompleted {
+                    order_id,
+                    shipment_id,
+                    carrier,
+                    tracking_number,
+                })]
+            }
+            Command::Cancel { reason } => vec![OrderEvent::Cancelled(OrderCancelled {
+                order_id,
+                customer_id: self.customer_id.clone().ok_or(DomainError::NotFound)?,
+                reason,
+            })],
+        })
+    }
+
+    /// Moves state; no rules here.
+    pub fn apply(&mut self, event: &OrderEvent, version: u64, at: &str) {
+        match event {
+            OrderEvent::Created(e) => {
+                self.order_id = Some(e.order_id.clone());
+                self.customer_id = Some(e.customer_id.clone());
+                self.items = e.items.clone();
+                self.total_minor = e.total_minor;
+                self.currency = e.currency.clone();
+                self.card_last4 = e.card_last4.clone();
+                self.shipping_address = Some(e.shipping_address.clone());
+                self.status = Status::Pending;
+                self.created_at = Some(at.to_owned());
+            }
+            OrderEvent::Paid(e) => {
+                self.payment_id = Some(e.payment_id.clone());
+                self.status = Status::Paid;
+            }
+            OrderEvent::Reserved(_) => self.status = Status::Reserved,
+            OrderEvent::Completed(e) => {
+                self.status = Status::Shipped;
+                self.shipment_id = Some(e.shipment_id.clone());
+                self.carrier = Some(e.carrier.clone());
+                self.tracking_number = Some(e.tracking_number.clone());
+            }
+            OrderEvent::Cancelled(e) => {
+                self.status = Status::Cancelled;
+                self.cancel_reason = Some(e.reason.clone());
+            }
+        }
+        self.version = version;
+        self.updated_at = Some(at.to_owned());
+    }
+
+    /// Folds a stored event.
+    pub fn apply_envelope(&mut self, env: &Envelope) -> shopflow_envelope::Result<()> {
+        let e = OrderEvent::from_envelope(env)?;
+        self.apply(
+            &e,
+            env.sequence(),
+            &env.timestamp()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Given / when / then.
+    use super::*;
+
+    fn created() -> OrderCreated {
+        OrderCreated {
+            order_id: OrderId::parse("ord_1").unwrap(),
+            customer_id: UserId::parse("usr_1").unwrap(),
+            items: vec![OrderLine {
+                sku: shopflow_contracts::Sku::parse("MUG").unwrap(),
+                quantity: 2,
+                unit_price_minor: 1299,
+            }],
+            total_minor: 2598,
+            currency: "EUR".into(),
+            payment_token: "tok_4242424242424242".into(),
+            card_last4: "4242".into(),
+            shipping_address: Address {
+                name: "Ada".into(),
+                line1: "1 Main St".into(),
+                city: "Berlin".into(),
+                postal_code: "10115".into(),
+                country: "DE".into(),
+            },
+        }
+    }
+
+    fn given(events: Vec<OrderEvent>) -> Order {
+        let mut o = Order::default();
+        for (i, e) in events.iter().enumerate() {
+            o.apply(e, i as u64 + 1, "2026-01-01T00:00:00Z");
+        }
+        o
+    }
+
+    fn paid() -> OrderEvent {
+        OrderEvent::Paid(OrderPaid {
+            order_id: OrderId::parse("ord_1").unwrap(),
+            payment_id: PaymentId::parse("pay_1").unwrap(),
+        })
+    }
+
+    #[test]
+    fn placing_creates_once() {
+        let o = given(vec![]);
+        assert_eq!(
+            o.handle(Command::Place(created())).unwrap(),
+            vec![OrderEvent::Created(created())]
+        );
+        let o = given(vec![OrderEvent::Created(created())]);
+        assert_eq!(
+            o.handle(Command::Place(created())),
+            Err(DomainError::AlreadyExists)
+        );
+    }
+
+    #[test]
+    fn payment_moves_pending_to_paid_once() {
+        let o = given(vec![OrderEvent::Created(created())]);
+        let cmd = Command::RecordPayment {
+            payment_id: PaymentId::parse("pay_1").unwrap(),
+        };
+        assert_eq!(o.handle(cmd.clone()).unwrap(), vec![paid()]);
+        let o = given(vec![OrderEvent::Created(created()), paid()]);
+        assert_eq!(o.status, Status::Paid);
+        assert!(
+            o.handle(cmd).unwrap().is_empty(),
+            "a duplicate payment decides nothing"
+        );
+    }
+
+    #[test]
+    fn reservation_overtaking_payment_still_moves_forward() {
+        let o = given(vec![OrderEvent::Created(created())]);
+        let events = o.handle(Command::RecordReservation).unwrap();
+        assert_eq!(events.len(), 1);
+        let mut o = o;
+        o.apply(&events[0], 2, "t");
+        assert_eq!(o.status, Status::Reserved);
+        // The late payment no longer moves it back.
+        assert!(
+            o.handle(Command::RecordPayment {
+                payment_id: PaymentId::parse("pay_1").unwrap()
+            })
+            .unwrap()
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn final_states_never_change() {
+        let cancelled = given(vec![
+            OrderEvent::Created(created()),
+            OrderEvent::Cancelled(OrderCancelled {
+                order_id: OrderId::parse("ord_1").unwrap(),
+                customer_id: UserId::parse("usr_1").unwrap(),
+                reason: "card_declined".into(),
+            }),
+        ]);
+        assert_eq!(cancelled.status, Status::Cancelled);
+        assert!(
+            cancelled
+                .handle(Command::RecordReservation)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            cancelled
+                .handle(Command::Cancel {
+                    reason: "again".into()
+                })
+                .unwrap()
+                .is_empty()
+        );
+        let mut shipped = given(vec![OrderEvent::Created(created()), paid()]);
+        let e = shipped
+            .handle(Command::RecordShipment {
+                shipment_id: ShipmentId::parse("shp_1").unwrap(),
+                carrier: "DHL".into(),
+                tracking_number: "D1".into(),
+            })
+            .unwrap();
+        shipped.apply(&e[0], 3, "t");
+        assert_eq!(shipped.status, Status::Shipped);
+        assert!(
+            shipped
+                .handle(Command::Cancel {
+                    reason: "late refund".into()
+                })
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn commands_for_an_unknown_order_fail() {
+        assert_eq!(
+            given(vec![]).handle(Command::RecordReservation),
+            Err(DomainError::NotFound)
+        );
+    }
+}

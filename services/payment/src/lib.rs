@@ -1,0 +1,405 @@
+#![doc = include_str!("../README.md")]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::routing::get;
+use serde::Serialize;
+use shopflow_contracts::{
+    OrderCreated, OrderId, PaymentCompleted, PaymentFailed, PaymentId, PaymentRefunded,
+    ShipmentFailed, StockReservationFailed,
+};
+use shopflow_envelope::{Envelope, Event, Meta};
+use shopflow_http::{ApiError, Json};
+use shopflow_runtime::{Handler, HandlerError, Outgoing};
+use shopflow_store::{Db, Migration, Tx, params};
+
+pub const NAME: &str = "payment";
+const SOURCE: &str = "payment-service";
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "payments",
+    sqlite: include_str!("../migrations/001_payments.sql"),
+    postgres: include_str!("../migrations/001_payments.sql"),
+}];
+
+/// A charge request. `idempotency_key` is the order id: the same key never charges twice.
+#[derive(Debug, Clone)]
+pub struct Charge {
+    pub idempotency_key: String,
+    pub token: String,
+    pub amount_minor: i64,
+    pub currency: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChargeOutcome {
+    Approved { payment_id: PaymentId },
+    Declined { reason: String },
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum GatewayError {
+    #[error("payment gateway unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// An external payment provider.
+pub trait PaymentGateway: Send + Sync + 'static {
+    fn charge(
+        &self,
+        charge: &Charge,
+    ) -> impl Future<Output = Result<ChargeOutcome, GatewayError>> + Send;
+    fn refund(
+        &self,
+        payment_id: &PaymentId,
+        amount_minor: i64,
+    ) -> impl Future<Output = Result<(), GatewayError>> + Send;
+}
+
+/// A provider's test mode, in process.
+#[derive(Debug, Default)]
+pub struct Simulator {
+    latency: Duration,
+    outage: AtomicBool,
+    charges: Mutex<HashMap<String, PaymentId>>,
+    pub charged: AtomicU64,
+    pub refunded: AtomicU64,
+}
+
+impl Simulator {
+    pub fn new(latency: Duration) -> Self {
+        Self {
+            latency,
+            ..Self::default()
+        }
+    }
+    /// Takes the gateway down (or brings it back).
+    pub fn set_outage(&self, down: bool) {
+        self.outage.store(down, Ordering::SeqCst);
+    }
+}
+
+impl PaymentGateway for Simulator {
+    async fn charge(&self, c: &Charge) -> Result<ChargeOutcome, GatewayError> {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+        if self.outage.load(Ordering::SeqCst) {
+            return Err(GatewayError::Unavailable("simulated outage".into()));
+        }
+        if let Some(id) = self
+            .charges
+            .lock()
+            .expect("charges lock")
+            .get(&c.idempotency_key)
+        {
+            return Ok(ChargeOutcome::Approved {
+                payment_id: id.clone(),
+            });
+        }
+        let card = c.token.strip_prefix("tok_").unwrap_or("");
+        let outcome = match card {
+            _ if !shopflow_contracts::luhn_valid(card) => ChargeOutcome::Declined {
+                reason: "invalid payment token".into(),
+            },
+            "4000000000000002" => ChargeOutcome::Declined {
+                reason: "card_declined".into(),
+            },
+            "4000000000009995" => ChargeOutcome::Declined {
+                reason: "insufficient_funds".into(),
+            },
+            _ if c.amount_minor <= 0 => ChargeOutcome::Declined {
+                reason: "amount must be positive".into(),
+            },
+            _ => {
+                let id = PaymentId::generate();
+                self.charges
+                    .lock()
+                    .expect("charges lock")
+                    .insert(c.idempotency_key.clone(), id.clone());
+                self.charged.fetch_add(1, Ordering::Relaxed);
+                ChargeOutcome::Approved { payment_id: id }
+            }
+        };
+        Ok(outcome)
+    }
+
+    async fn refund(
+        &self,
+        _payment_id: &PaymentId,
+        _amount_minor: i64,
+    ) -> Result<(), GatewayError> {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+        if self.outage.load(Ordering::SeqCst) {
+            return Err(GatewayError::Unavailable("simulated outage".into()));
+        }
+        self.refunded.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// The payment service.
+#[derive(Debug)]
+pub struct Payments<G: PaymentGateway> {
+    db: Db,
+    gateway: Arc<G>,
+}
+
+impl<G: PaymentGateway> Clone for Payments<G> {
+    fn clone(&self) -> Self {
+        Self {
+            db: self.db.clone(),
+            gateway: self.gateway.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentView {
+    pub order_id: String,
+    pub payment_id: Option<String>,
+    pub status: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub card_last4: String,
+    pub reason: Option<String>,
+}
+
+impl<G: PaymentGateway> Payments<G> {
+    pub async fn open(db: Db, gateway: Arc<G>) -> shopflow_store::Result<Self> {
+        db.migrate_building_blocks().await?;
+        db.migrate(NAME, MIGRATIONS).await?;
+        Ok(Self { db, gateway })
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/orders/{id}/payment", get(get_payment::<G>))
+            .with_state(Arc::new(self.clone()))
+    }
+
+    pub async fn get(&self, order_id: &str) -> Result<PaymentView, ApiError> {
+        let rows = self
+            .db
+            .query(
+                "SELECT order_id, payment_id, status, amount_minor, currency, card_last4, reason FROM payments WHERE order_id = $1",
+                params![order_id],
+            )
+            .await?;
+        let r = rows
+            .first()
+            .ok_or_else(|| ApiError::not_found("payment of order", order_id))?;
+        Ok(PaymentView {
+            order_id: r.str(0)?.to_owned(),
+            payment_id: r.opt_str(1)?.map(str::to_owned),
+            status: r.str(2)?.to_owned(),
+            amount_minor: r.i64(3)?,
+            currency: r.str(4)?.to_owned(),
+            card_last4: r.str(5)?.to_owned(),
+            reason: r.opt_str(6)?.map(str::to_owned),
+        })
+    }
+
+    async fn charge(
+        &self,
+        tx: &mut Tx,
+        env: &Envelope,
+        e: OrderCreated,
+    ) -> Result<Vec<Outgoing>, HandlerError> {
+        let existing = tx
+            .query(
+                "SELECT status FROM payments WHERE order_id = $1",
+                params![e.order_id.as_str()],
+            )
+            .await?;
+        let meta = Meta::caused_by(env, SOURCE, e.order_id.as_str(), 1);
+        if let Some(r) = existing.first() {
+            if r.str(0)? == "CANCELLED" {
+                // Compensated before we got to charge: never charge it.
+                let f = PaymentFailed {
+                    order_id: e.order_id,
+                    reason: "order was compensated before payment".into(),
+                };
+                return Ok(vec![Outgoing::event(&f, meta)?]);
+            }
+            return Ok(vec![]); // charged (or declined) already
+        }
+        let charge = Charge {
+            idempotency_key: e.order_id.to_string(),
+            token: e.payment_token.clone(),
+            amount_minor: e.total_minor,
+            currency: e.currency.clone(),
+        };
+        let outcome = self
+            .gateway
+            .charge(&charge)
+            .await
+            .map_err(|g| HandlerError::Transient(g.to_string()))?;
+        let now = chrono::Utc::now().timestamp_millis();
+        match outcome {
+            ChargeOutcome::Approved { payment_id } => {
+                tx.execute(
+                    "INSERT INTO payments (order_id, payment_id, status, amount_minor, currency, card_last4, created_at, updated_at)
+                     VALUES ($1, $2, 'COMPLETED', $3, $4, $5, $6, $6)",
+                    params![e.order_id.as_str(), payment_id.as_str(), e.total_minor, e.currency.as_str(), e.card_last4.as_str(), now],
+                )
+                .await?;
+                let done = PaymentCompleted {
+                    order_id: e.order_id,
+                    payment_id,
+                    amount_minor: e.total_minor,
+                    currency: e.currency,
+                    items: e.items,
+                    shipping_address: e.shipping_address,
+                };
+                Ok(vec![Outgoing::event(&done, meta)?])
+            }
+            ChargeOutcome::Declined { reason } => {
+                tx.execute(
+                    "INSERT INTO payments (order_id, status, amount_minor, currency, card_last4, reason, created_at, updated_at)
+                     VALUES ($1, 'FAILED', $2, $3, $4, $5, $6, $6)",
+                    params![e.order_id.as_str(), e.total_minor, e.currency.as_str(), e.card_last4.as_str(), reason.as_str(), now],
+                )
+                .await?;
+                Ok(vec![Outgoing::event(
+                    &PaymentFailed {
+                        order_id: e.order_id,
+                        reason,
+                    },
+                    meta,
+                )?])
+            }
+        }
+    }
+
+    async fn refund(
+        &self,
+        tx: &mut Tx,
+        env: &Envelope,
+        order_id: OrderId,
+        reason: String,
+    ) -> Result<Vec<Outgoing>, HandlerError> {
+        let rows = tx
+            .query("SELECT status, payment_id, amount_minor, currency FROM payments WHERE order_id = $1", params![order_id.as_str()])
+            .await?;
+        let now = chrono::Utc::now().timestamp_millis();
+        let Some(r) = rows.first() else {
+            // The compensation overtook the charge: remember it, so the charge never happens.
+            tx.execute(
+                "INSERT INTO payments (order_id, status, amount_minor, currency, card_last4, reason, created_at, updated_at)
+                 VALUES ($1, 'CANCELLED', 0, 'XXX', '', $2, $3, $3)",
+                params![order_id.as_str(), reason.as_str(), now],
+            )
+            .await?;
+            return Ok(vec![]);
+        };
+        if r.str(0)? != "COMPLETED" {
+            return Ok(vec![]); // nothing charged, or refunded already
+        }
+        let payment_id =
+            PaymentId::parse(r.opt_str(1)?.unwrap_or_default()).map_err(HandlerError::Permanent)?;
+        let (amount, currency) = (r.i64(2)?, r.str(3)?.to_owned());
+        self.gateway
+            .refund(&payment_id, amount)
+            .await
+            .map_err(|g| HandlerError::Transient(g.to_string()))?;
+        tx.execute(
+            "UPDATE payments SET status = 'REFUNDED', reason = $2, updated_at = $3 WHERE order_id = $1",
+            params![order_id.as_str(), reason.as_str(), now],
+        )
+        .await?;
+        let meta = Meta::caused_by(env, SOURCE, order_id.as_str(), 2);
+        let e = PaymentRefunded {
+            order_id,
+            payment_id,
+            amount_minor: amount,
+            currency,
+            reason,
+        };
+        Ok(vec![Outgoing::event(&e, meta)?])
+    }
+}
+
+async fn get_payment<G: PaymentGateway>(
+    State(s): State<Arc<Payments<G>>>,
+    Path(id): Path<String>,
+) -> Result<Json<PaymentView>, ApiError> {
+    s.get(&id).await.map(Json)
+}
+
+impl<G: PaymentGateway> Handler for Payments<G> {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn topics(&self) -> Vec<String> {
+        vec![
+            OrderCreated::topic(),
+            StockReservationFailed::topic(),
+            ShipmentFailed::topic(),
+        ]
+    }
+
+    async fn handle(&self, tx: &mut Tx, env: &Envelope) -> Result<Vec<Outgoing>, HandlerError> {
+        if env.is::<OrderCreated>() {
+            self.charge(tx, env, env.data_as()?).await
+        } else if env.is::<StockReservationFailed>() {
+            let e: StockReservationFailed = env.data_as()?;
+            self.refund(tx, env, e.order_id, format!("out of stock: {}", e.reason))
+                .await
+        } else if env.is::<ShipmentFailed>() {
+            let e: ShipmentFailed = env.data_as()?;
+            self.refund(
+                tx,
+                env,
+                e.order_id,
+                format!("shipment failed: {}", e.reason),
+            )
+            .await
+        } else {
+            Ok(vec![])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn simulator_is_deterministic_and_idempotent() {
+        let g = Simulator::default();
+        let c = |key: &str, card: &str| Charge {
+            idempotency_key: key.into(),
+            token: format!("tok_{card}"),
+            amount_minor: 100,
+            currency: "EUR".into(),
+        };
+        let a = g.charge(&c("o1", "4242424242424242")).await.unwrap();
+        let b = g.charge(&c("o1", "4242424242424242")).await.unwrap();
+        assert_eq!(a, b, "same key, same charge");
+        assert_eq!(g.charged.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            g.charge(&c("o2", "4000000000000002")).await.unwrap(),
+            ChargeOutcome::Declined {
+                reason: "card_declined".into()
+            }
+        );
+        g.set_outage(true);
+        assert!(g.charge(&c("o3", "4242424242424242")).await.is_err());
+    }
+}
