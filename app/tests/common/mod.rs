@@ -1,0 +1,140 @@
+//! Helpers for driving a running shop over HTTP.
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// A blocking HTTP client for one shop.
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    pub fn new(base: impl Into<String>) -> Self {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build();
+        Self {
+            base: base.into(),
+            agent: config.into(),
+        }
+    }
+
+    fn finish(mut resp: ureq::http::Response<ureq::Body>) -> (u16, Value) {
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, body)
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        Self::finish(
+            self.agent
+                .get(format!("{}{path}", self.base))
+                .call()
+                .expect("GET"),
+        )
+    }
+
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        let mut req = match method {
+            "POST" => self.agent.post(url),
+            "PUT" => self.agent.put(url),
+            other => panic!("method {other}"),
+        };
+        req = req.header("content-type", "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Self::finish(req.send(body.as_bytes()).expect("request"))
+    }
+
+    pub fn post(&self, path: &str, body: &Value, headers: &[(&str, &str)]) -> (u16, Value) {
+        self.send("POST", path, &body.to_string(), headers)
+    }
+
+    pub fn put_product(&self, sku: &str, price: i64, stock: i64) {
+        let (s, b) = self.send("PUT", &format!("/products/{sku}"), &json!({"name": format!("Product {sku}"), "priceMinor": price, "currency": "EUR", "stock": stock}).to_string(), &[]);
+        assert!(s == 200 || s == 201, "PUT product: {s} {b}");
+    }
+
+    pub fn register(&self, email: &str, phone: Option<&str>) -> String {
+        let mut body = json!({"email": email, "name": "Ada Lovelace"});
+        if let Some(p) = phone {
+            body["phone"] = json!(p);
+        }
+        let (s, b) = self.post("/users", &body, &[]);
+        assert_eq!(s, 201, "register: {b}");
+        b["userId"].as_str().unwrap().to_owned()
+    }
+
+    /// Places an order; waits (up to 10 s) for the catalog copy to know the skus.
+    pub fn place(&self, body: &Value, headers: &[(&str, &str)]) -> (u16, Value) {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (s, b) = self.post("/orders", body, headers);
+            let unknown = s == 422
+                && b["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("unknown sku"));
+            if !unknown || Instant::now() > end {
+                return (s, b);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn place_ok(&self, body: &Value) -> String {
+        let (s, b) = self.place(body, &[]);
+        assert_eq!(s, 202, "place: {b}");
+        assert_eq!(b["status"], "PENDING");
+        b["orderId"].as_str().unwrap().to_owned()
+    }
+
+    /// Polls until the order is SHIPPED or CANCELLED (from the read model).
+    pub fn wait_final(&self, order_id: &str) -> Value {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (s, b) = self.get(&format!("/orders/{order_id}"));
+            assert_eq!(s, 200, "get order: {b}");
+            if (b["status"] == "SHIPPED" || b["status"] == "CANCELLED")
+                && b["source"] == "read-model"
+            {
+                return b;
+            }
+            assert!(
+                Instant::now() < end,
+                "order {order_id} never reached a final state: {b}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+pub fn order(customer: &str, sku: &str, quantity: i64, card: &str, country: &str) -> Value {
+    json!({
+        "customerId": customer,
+        "items": [{"sku": sku, "quantity": quantity}],
+        "payment": {"cardNumber": card},
+        "shippingAddress": {"name": "Ada Lovelace", "line1": "1 Analytical St", "city": "London", "postalCode": "N1 9GU", "country": country}
+    })
+}
+
+pub const GOOD_CARD: &str = "4242424242424242";
+pub const DECLINED_CARD: &str = "4000000000000002";
+
+/// Runs blocking client code off the async runtime.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
+}
