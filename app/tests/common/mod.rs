@@ -60,6 +60,17 @@ impl Client {
         Self::finish(req.send(body.as_bytes()).expect("request"))
     }
 
+    /// Like `post`, but a connection failure (the server is down) is `None` instead of a panic.
+    pub fn try_post(&self, path: &str, body: &Value) -> Option<(u16, Value)> {
+        let resp = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .send(body.to_string().as_bytes())
+            .ok()?;
+        Some(Self::finish(resp))
+    }
+
     pub fn post(&self, path: &str, body: &Value, headers: &[(&str, &str)]) -> (u16, Value) {
         self.send("POST", path, &body.to_string(), headers)
     }
