@@ -30,9 +30,48 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         partitions: u32,
     },
+    /// Place orders against a running shop and report throughput, latency and outcomes.
+    Load {
+        /// How many orders.
+        #[arg(long, default_value_t = 1000)]
+        orders: u64,
+        /// Orders per second (default: as fast as the workers go).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// The shop's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        target: String,
+        /// Do not create the LOAD-* catalog first.
+        #[arg(long)]
+        no_seed: bool,
+        /// Every n-th order uses a declining card (0: never).
+        #[arg(long, default_value_t = 0)]
+        decline_every: u64,
+        /// Every n-th order goes to an unsupported country (0: never).
+        #[arg(long, default_value_t = 0)]
+        bad_country_every: u64,
+    },
+    /// Operate projections of a running shop.
+    #[command(subcommand)]
+    Projections(Projections),
     /// Benchmarks anyone can run; results go to docs/BENCHMARKS.md.
     #[command(subcommand)]
     Bench(bench::Bench),
+}
+
+#[derive(Debug, Subcommand)]
+enum Projections {
+    /// Rebuild a read model from the event store while the shop keeps serving.
+    Rebuild {
+        /// The projection (`orders`).
+        name: String,
+        /// The shop's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        target: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,11 +89,60 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Bench(b) => bench::run(b).await,
+            Command::Projections(Projections::Rebuild { name, target }) => {
+                if name != "orders" {
+                    anyhow::bail!("unknown projection `{name}` (known: orders)");
+                }
+                let url = format!(
+                    "{}/admin/projections/orders/rebuild",
+                    target.trim_end_matches('/')
+                );
+                let out = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+                    let agent: ureq::Agent = ureq::Agent::config_builder()
+                        .http_status_as_error(false)
+                        .build()
+                        .into();
+                    let mut resp = agent.post(&url).send_empty()?;
+                    let status = resp.status();
+                    let body = resp.body_mut().read_to_string()?;
+                    if !status.is_success() {
+                        anyhow::bail!("{url} answered {status}: {body}");
+                    }
+                    Ok(body)
+                })
+                .await??;
+                println!("{out}");
+                Ok(())
+            }
             Command::Up {
                 data_dir,
                 listen,
                 partitions,
             } => up(data_dir, listen, partitions).await,
+            Command::Load {
+                orders,
+                rate,
+                concurrency,
+                target,
+                no_seed,
+                decline_every,
+                bad_country_every,
+            } => {
+                let cfg = shopflow::load::LoadConfig {
+                    target,
+                    orders,
+                    rate,
+                    concurrency,
+                    seed: !no_seed,
+                    decline_every,
+                    bad_country_every,
+                    ..Default::default()
+                };
+                let report =
+                    tokio::task::spawn_blocking(move || shopflow::load::run(&cfg)).await??;
+                report.print();
+                Ok(())
+            }
         }
     })
 }

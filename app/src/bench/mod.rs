@@ -4,6 +4,7 @@
 //! object per line, so tools can track them. Each run first reports the machine and its own fsync
 //! rate, so durable figures can be judged against the disk.
 
+mod e2e;
 mod log;
 mod outbox;
 mod store;
@@ -22,6 +23,8 @@ pub(crate) enum Bench {
     Store(store::StoreArgs),
     /// The outbox relay: throughput and commit-to-published lag.
     Outbox(outbox::OutboxArgs),
+    /// The whole shop in process: orders through the saga over HTTP, throughput and latency.
+    E2e(e2e::E2eArgs),
 }
 
 #[derive(Debug, Args, Clone)]
@@ -39,6 +42,7 @@ pub(crate) async fn run(b: Bench) -> anyhow::Result<()> {
         Bench::Log(a) => log::run(a).await,
         Bench::Store(a) => store::run(a).await,
         Bench::Outbox(a) => outbox::run(a).await,
+        Bench::E2e(a) => e2e::run(a).await,
     }
 }
 

@@ -1,0 +1,89 @@
+use std::time::Duration;
+
+use clap::Args;
+use shopflow::load::{LoadConfig, run as run_load};
+use shopflow::shop::{Shop, ShopConfig};
+
+use super::{Common, Report};
+
+#[derive(Debug, Args)]
+pub(crate) struct E2eArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Orders in the throughput case (placed as fast as the clients go).
+    #[arg(long, default_value_t = 20_000)]
+    orders: u64,
+    /// Orders in the latency case, placed at `--rate`.
+    #[arg(long, default_value_t = 10_000)]
+    latency_orders: u64,
+    /// Orders per second in the latency case.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Concurrent HTTP clients.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+}
+
+pub(crate) async fn run(a: E2eArgs) -> anyhow::Result<()> {
+    let report = Report::new(&a.common, "e2e");
+    let tmp = tempfile::Builder::new()
+        .prefix("shopflow-bench-e2e")
+        .tempdir_in(&a.common.dir)?;
+    report.machine(tmp.path())?;
+    let shop = Shop::start(ShopConfig::new(
+        tmp.path().join("data"),
+        "127.0.0.1:0".parse()?,
+    ))
+    .await?;
+    let target = format!("http://{}", shop.addr);
+    let cases = [
+        ("saga_max_throughput", a.orders, None),
+        ("saga_at_rate", a.latency_orders, Some(a.rate)),
+    ];
+    for (case, orders, rate) in cases {
+        let cfg = LoadConfig {
+            target: target.clone(),
+            orders,
+            rate,
+            concurrency: a.concurrency,
+            progress: false,
+            ..LoadConfig::default()
+        };
+        let r = tokio::task::spawn_blocking(move || run_load(&cfg)).await??;
+        let case = match rate {
+            Some(r) => format!("{case}_{r:.0}"),
+            None => case.to_owned(),
+        };
+        report.row(&case, "placed", r.placed as f64 / r.place_secs, "orders/s");
+        report.row(
+            &case,
+            "completed",
+            r.placed as f64 / r.total_secs,
+            "orders/s",
+        );
+        for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
+            report.row(
+                &case,
+                &format!("final_{name}"),
+                r.latency_ms.value_at_quantile(q) as f64,
+                "ms",
+            );
+        }
+        report.row(&case, "final_max", r.latency_ms.max() as f64, "ms");
+        report.row(
+            &case,
+            "post_p99",
+            r.accept_ms.value_at_quantile(0.99) as f64,
+            "ms",
+        );
+        report.row(
+            &case,
+            "shipped",
+            *r.outcomes.get("SHIPPED").unwrap_or(&0) as f64,
+            "orders",
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    shop.stop().await?;
+    Ok(())
+}

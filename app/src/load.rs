@@ -1,0 +1,365 @@
+//! `shopflow load`: places orders against a running shop and measures placed → final.
+//!
+//! Latency is measured from just before the `POST /orders` to the timestamp of the order's final
+//! event (`updatedAt` in the read model), both on this machine's UTC clock, into an HDR histogram.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct LoadConfig {
+    pub target: String,
+    pub orders: u64,
+    /// Orders per second; `None` places as fast as the workers can.
+    pub rate: Option<f64>,
+    pub concurrency: usize,
+    /// Create the catalog and a customer first.
+    pub seed: bool,
+    pub skus: usize,
+    /// Every `n`-th order uses a declining card, every `m`-th an unsupported country (0 = never).
+    pub decline_every: u64,
+    pub bad_country_every: u64,
+    pub progress: bool,
+}
+
+impl Default for LoadConfig {
+    fn default() -> Self {
+        Self {
+            target: "http://127.0.0.1:8080".into(),
+            orders: 1000,
+            rate: None,
+            concurrency: 32,
+            seed: true,
+            skus: 20,
+            decline_every: 0,
+            bad_country_every: 0,
+            progress: true,
+        }
+    }
+}
+
+/// What happened.
+#[derive(Debug)]
+pub struct LoadReport {
+    pub placed: u64,
+    pub rejected: u64,
+    pub place_secs: f64,
+    pub total_secs: f64,
+    pub outcomes: HashMap<String, u64>,
+    pub latency_ms: hdrhistogram::Histogram<u64>,
+    pub accept_ms: hdrhistogram::Histogram<u64>,
+}
+
+impl LoadReport {
+    pub fn print(&self) {
+        let q = |h: &hdrhistogram::Histogram<u64>, p: f64| h.value_at_quantile(p);
+        println!(
+            "placed      {} orders in {:.2} s ({:.0} orders/s accepted), {} rejected",
+            self.placed,
+            self.place_secs,
+            self.placed as f64 / self.place_secs,
+            self.rejected
+        );
+        println!(
+            "completed   all in {:.2} s: {:.0} orders/s through the whole saga",
+            self.total_secs,
+            self.placed as f64 / self.total_secs
+        );
+        println!(
+            "placed→final  p50 {} ms  p90 {} ms  p99 {} ms  max {} ms",
+            q(&self.latency_ms, 0.5),
+            q(&self.latency_ms, 0.9),
+            q(&self.latency_ms, 0.99),
+            self.latency_ms.max()
+        );
+        println!(
+            "POST /orders  p50 {} ms  p99 {} ms",
+            q(&self.accept_ms, 0.5),
+            q(&self.accept_ms, 0.99)
+        );
+        let mut o: Vec<_> = self.outcomes.iter().collect();
+        o.sort();
+        println!(
+            "outcomes    {}",
+            o.iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .max_idle_connections_per_host(256)
+        .build()
+        .into()
+}
+
+fn call(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<(u16, Value)> {
+    let mut resp = match (method, body) {
+        ("GET", _) => agent.get(url).call(),
+        ("POST", Some(b)) => agent
+            .post(url)
+            .header("content-type", "application/json")
+            .send(b.to_string().as_bytes()),
+        ("PUT", Some(b)) => agent
+            .put(url)
+            .header("content-type", "application/json")
+            .send(b.to_string().as_bytes()),
+        _ => bail!("unsupported call {method}"),
+    }
+    .with_context(|| format!("{method} {url}"))?;
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    Ok((
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    ))
+}
+
+fn order_body(customer: &str, i: u64, cfg: &LoadConfig) -> Value {
+    let card = if cfg.decline_every > 0 && i % cfg.decline_every == 0 {
+        "4000000000000002"
+    } else {
+        "4242424242424242"
+    };
+    let country = if cfg.bad_country_every > 0 && i % cfg.bad_country_every == 1 {
+        "XX"
+    } else {
+        "DE"
+    };
+    json!({
+        "customerId": customer,
+        "items": [{"sku": format!("LOAD-{}", i % cfg.skus as u64), "quantity": 1 + (i % 3)}],
+        "payment": {"cardNumber": card},
+        "shippingAddress": {"name": "Load Test", "line1": "1 Bench St", "city": "Berlin", "postalCode": "10115", "country": country}
+    })
+}
+
+fn ms_of(rfc3339: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+/// Runs the load (blocking: call it from a plain thread or `spawn_blocking`).
+pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
+    let agent = agent();
+    let base = cfg.target.trim_end_matches('/').to_owned();
+    let (s, _) = call(&agent, "GET", &format!("{base}/health"), None)
+        .context("is the shop running? (shopflow up)")?;
+    if s != 200 {
+        bail!("{base}/health answered {s}");
+    }
+    let email = format!("load-{}@example.com", chrono::Utc::now().timestamp_micros());
+    let (s, user) = call(
+        &agent,
+        "POST",
+        &format!("{base}/users"),
+        Some(&json!({"email": email, "name": "Load Test"})),
+    )?;
+    if s != 201 {
+        bail!("registering the load customer failed: {s} {user}");
+    }
+    let customer = user["userId"].as_str().unwrap_or_default().to_owned();
+    if cfg.seed {
+        for k in 0..cfg.skus {
+            let (s, b) = call(
+                &agent,
+                "PUT",
+                &format!("{base}/products/LOAD-{k}"),
+                Some(
+                    &json!({"name": format!("Load item {k}"), "priceMinor": 500 + k as i64, "currency": "EUR", "stock": 1_000_000_000}),
+                ),
+            )?;
+            if s != 200 && s != 201 {
+                bail!("seeding LOAD-{k} failed: {s} {b}");
+            }
+        }
+    }
+    // Wait until the order service's catalog copy knows every sku (it is fed by events).
+    let end = Instant::now() + Duration::from_secs(30);
+    'ready: loop {
+        for k in 0..cfg.skus {
+            let probe = json!({"customerId": customer, "items": [{"sku": format!("LOAD-{k}"), "quantity": 0}], "payment": {"cardNumber": "4242424242424242"}, "shippingAddress": {"name": "x", "line1": "x", "city": "x", "postalCode": "x", "country": "DE"}});
+            let (_, b) = call(&agent, "POST", &format!("{base}/orders"), Some(&probe))?;
+            if b["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("unknown sku"))
+            {
+                if Instant::now() > end {
+                    bail!("the catalog never reached the order service");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                continue 'ready;
+            }
+        }
+        break;
+    }
+
+    let next = Arc::new(AtomicU64::new(0));
+    let rejected = Arc::new(AtomicU64::new(0));
+    let placed: Arc<Mutex<Vec<(String, i64)>>> =
+        Arc::new(Mutex::new(Vec::with_capacity(cfg.orders as usize)));
+    let accept = Arc::new(Mutex::new(hdrhistogram::Histogram::<u64>::new_with_bounds(
+        1, 600_000, 3,
+    )?));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..cfg.concurrency.max(1) {
+        let (next, rejected, placed, accept) = (
+            next.clone(),
+            rejected.clone(),
+            placed.clone(),
+            accept.clone(),
+        );
+        let (cfg, base, customer, agent) =
+            (cfg.clone(), base.clone(), customer.clone(), agent.clone());
+        workers.push(std::thread::spawn(move || -> anyhow::Result<()> {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= cfg.orders {
+                    return Ok(());
+                }
+                if let Some(rate) = cfg.rate {
+                    let due = started + Duration::from_secs_f64(i as f64 / rate);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+                let at = chrono::Utc::now().timestamp_millis();
+                let t = Instant::now();
+                let (s, b) = call(
+                    &agent,
+                    "POST",
+                    &format!("{base}/orders"),
+                    Some(&order_body(&customer, i, &cfg)),
+                )?;
+                let _ = accept
+                    .lock()
+                    .expect("histogram")
+                    .record(t.elapsed().as_millis().max(1) as u64);
+                if s == 202 {
+                    placed
+                        .lock()
+                        .expect("placed")
+                        .push((b["orderId"].as_str().unwrap_or_default().to_owned(), at));
+                } else {
+                    rejected.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    while workers.iter().any(|w| !w.is_finished()) {
+        std::thread::sleep(Duration::from_millis(200));
+        if cfg.progress {
+            bar(
+                "placing",
+                next.load(Ordering::Relaxed).min(cfg.orders),
+                cfg.orders,
+            );
+        }
+    }
+    for w in workers {
+        w.join()
+            .map_err(|_| anyhow::anyhow!("a load worker panicked"))??;
+    }
+    let place_secs = started.elapsed().as_secs_f64();
+    let placed = std::mem::take(&mut *placed.lock().expect("placed"));
+    let placed_at: HashMap<String, i64> = placed.iter().cloned().collect();
+
+    // Wait for every order to reach a final state, reading the read model page by page.
+    let mut finals: HashMap<String, (String, i64)> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while finals.len() < placed_at.len() {
+        let mut cursor: Option<String> = None;
+        loop {
+            let url = match &cursor {
+                Some(c) => format!("{base}/orders?customerId={customer}&limit=500&cursor={c}"),
+                None => format!("{base}/orders?customerId={customer}&limit=500"),
+            };
+            let (s, page) = call(&agent, "GET", &url, None)?;
+            if s != 200 {
+                bail!("listing orders failed: {s} {page}");
+            }
+            for o in page["orders"].as_array().into_iter().flatten() {
+                let status = o["status"].as_str().unwrap_or_default();
+                if status == "SHIPPED" || status == "CANCELLED" {
+                    let id = o["orderId"].as_str().unwrap_or_default().to_owned();
+                    let at = o["updatedAt"].as_str().and_then(ms_of).unwrap_or(0);
+                    finals.insert(id, (status.to_owned(), at));
+                }
+            }
+            match page["nextCursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => break,
+            }
+        }
+        if cfg.progress {
+            bar("completing", finals.len() as u64, placed_at.len() as u64);
+        }
+        if finals.len() < placed_at.len() {
+            if Instant::now() > deadline {
+                bail!(
+                    "{} orders did not reach a final state within 5 minutes",
+                    placed_at.len() - finals.len()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    if cfg.progress {
+        eprintln!();
+    }
+    let mut latency = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000, 3)?;
+    let mut outcomes: HashMap<String, u64> = HashMap::new();
+    let mut last_final = 0i64;
+    let first_placed = placed.iter().map(|p| p.1).min().unwrap_or(0);
+    for (id, at) in &placed_at {
+        let (status, done) = &finals[id];
+        *outcomes.entry(status.clone()).or_default() += 1;
+        latency.record((done - at).max(1) as u64)?;
+        last_final = last_final.max(*done);
+    }
+    let total_secs = ((last_final - first_placed) as f64 / 1000.0).max(place_secs.min(0.001));
+    let accept_ms = accept.lock().expect("histogram").clone();
+    Ok(LoadReport {
+        placed: placed.len() as u64,
+        rejected: rejected.load(Ordering::Relaxed),
+        place_secs,
+        total_secs,
+        outcomes,
+        latency_ms: latency,
+        accept_ms,
+    })
+}
+
+fn bar(what: &str, done: u64, total: u64) {
+    let width = 30usize;
+    let filled = if total == 0 {
+        width
+    } else {
+        (done.min(total) * width as u64 / total) as usize
+    };
+    eprint!(
+        "\r{what:<10} [{}{}] {done}/{total}   ",
+        "#".repeat(filled),
+        " ".repeat(width - filled)
+    );
+    let _ = std::io::stderr().flush();
+}
