@@ -133,7 +133,7 @@ fn call(
 }
 
 fn order_body(customer: &str, i: u64, cfg: &LoadConfig) -> Value {
-    let card = if cfg.decline_every > 0 && i % cfg.decline_every == 0 {
+    let card = if cfg.decline_every > 0 && i.is_multiple_of(cfg.decline_every) {
         "4000000000000002"
     } else {
         "4242424242424242"
@@ -351,11 +351,7 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
 
 fn bar(what: &str, done: u64, total: u64) {
     let width = 30usize;
-    let filled = if total == 0 {
-        width
-    } else {
-        (done.min(total) * width as u64 / total) as usize
-    };
+    let filled = (done.min(total) * width as u64).checked_div(total).map_or(width, |f| f as usize);
     eprint!(
         "\r{what:<10} [{}{}] {done}/{total}   ",
         "#".repeat(filled),
