@@ -351,7 +351,9 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
 
 fn bar(what: &str, done: u64, total: u64) {
     let width = 30usize;
-    let filled = (done.min(total) * width as u64).checked_div(total).map_or(width, |f| f as usize);
+    let filled = (done.min(total) * width as u64)
+        .checked_div(total)
+        .map_or(width, |f| f as usize);
     eprint!(
         "\r{what:<10} [{}{}] {done}/{total}   ",
         "#".repeat(filled),

@@ -587,3 +587,44 @@ async fn settle(shop: &Shop) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `shopflow projections rebuild orders` (its endpoint) while orders keep flowing: the read model
+/// afterwards equals a fold of the event store for every order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_model_rebuilds_while_serving() {
+    let (shop, c, _dir) = start().await;
+    blocking(move || {
+        c.put_product("RB", 100, 10_000);
+        let user = c.register("rb@example.com", None);
+        let first: Vec<String> = (0..20)
+            .map(|i| c.place_ok(&order(&user, "RB", 1 + i % 2, GOOD_CARD, "DE")))
+            .collect();
+        for id in &first {
+            c.wait_final(id);
+        }
+        // Keep placing while the rebuild runs.
+        let placer = {
+            let c = c.clone();
+            let user = user.clone();
+            std::thread::spawn(move || {
+                (0..20)
+                    .map(|_| c.place_ok(&order(&user, "RB", 1, GOOD_CARD, "DE")))
+                    .collect::<Vec<_>>()
+            })
+        };
+        let (s, r) = c.post("/admin/projections/orders/rebuild", &json!({}), &[]);
+        assert_eq!(s, 200, "{r}");
+        assert!(r["replayedEvents"].as_u64().unwrap() >= 80, "{r}");
+        let more = placer.join().unwrap();
+        for id in first.iter().chain(&more) {
+            let o = c.wait_final(id);
+            let (_, folded) = c.get(&format!("/orders/{id}?version=1000"));
+            assert_eq!(o["status"], folded["status"], "{id}");
+            assert_eq!(o["version"], folded["version"], "{id}");
+        }
+        let (_, page) = c.get(&format!("/orders?customerId={user}&limit=500"));
+        assert_eq!(page["orders"].as_array().unwrap().len(), 40);
+    })
+    .await;
+    shop.stop().await.unwrap();
+}
