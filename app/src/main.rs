@@ -29,6 +29,9 @@ enum Command {
         /// Partitions per topic (only for topics created by this start).
         #[arg(long, default_value_t = 4)]
         partitions: u32,
+        /// Send e-mail over SMTP (`smtp://host:port`, plain) instead of to <data-dir>/mail.
+        #[arg(long)]
+        smtp: Option<String>,
     },
     /// Place orders against a running shop and report throughput, latency and outcomes.
     Load {
@@ -118,7 +121,8 @@ fn main() -> anyhow::Result<()> {
                 data_dir,
                 listen,
                 partitions,
-            } => up(data_dir, listen, partitions).await,
+                smtp,
+            } => up(data_dir, listen, partitions, smtp).await,
             Command::Load {
                 orders,
                 rate,
@@ -147,9 +151,15 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-async fn up(data_dir: PathBuf, listen: SocketAddr, partitions: u32) -> anyhow::Result<()> {
+async fn up(
+    data_dir: PathBuf,
+    listen: SocketAddr,
+    partitions: u32,
+    smtp: Option<String>,
+) -> anyhow::Result<()> {
     let shop = Shop::start(ShopConfig {
         partitions,
+        smtp,
         ..ShopConfig::new(&data_dir, listen)
     })
     .await?;

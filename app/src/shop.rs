@@ -15,7 +15,7 @@ use shopflow_bus::{Bus, TopicSpec};
 use shopflow_http::ApiError;
 use shopflow_inventory::Inventory;
 use shopflow_log::Log;
-use shopflow_notification::{Notifications, Spool};
+use shopflow_notification::{Delivery, Notifications, Smtp, Spool};
 use shopflow_order::Orders;
 use shopflow_payment::{Payments, Simulator};
 use shopflow_runtime::{Handler, Runner, RunnerConfig, Shutdown, ShutdownTrigger};
@@ -34,6 +34,8 @@ pub struct ShopConfig {
     pub partitions: u32,
     /// Latency of the simulated payment gateway.
     pub gateway_latency: Duration,
+    /// `smtp://host:port` to send e-mail over SMTP instead of to `<data-dir>/mail`.
+    pub smtp: Option<String>,
 }
 
 impl ShopConfig {
@@ -43,6 +45,7 @@ impl ShopConfig {
             listen,
             partitions: 4,
             gateway_latency: Duration::ZERO,
+            smtp: None,
         }
     }
 }
@@ -101,8 +104,13 @@ impl Shop {
         let gateway = Arc::new(Simulator::new(config.gateway_latency));
         let payments = Payments::open(db("payment")?, gateway.clone()).await?;
         let shipping = Shipping::open(db("shipping")?).await?;
-        let notifications =
-            Notifications::open(db("notification")?, Arc::new(Spool::new(dir))).await?;
+        let delivery = match &config.smtp {
+            Some(url) => {
+                Delivery::Smtp(Smtp::new(url, dir).map_err(|e| anyhow::anyhow!("--smtp: {e}"))?)
+            }
+            None => Delivery::Spool(Spool::new(dir)),
+        };
+        let notifications = Notifications::open(db("notification")?, Arc::new(delivery)).await?;
         let orders = Orders::open(db("order")?).await?;
         let registry = orders.registry();
 
