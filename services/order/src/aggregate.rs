@@ -252,7 +252,9 @@ impl Order {
             }
             OrderEvent::Paid(e) => {
                 self.payment_id = Some(e.payment_id.clone());
-                self.status = Status::Paid;
+                if self.status.rank() < Status::Paid.rank() {
+                    self.status = Status::Paid;
+                }
             }
             OrderEvent::Reserved(_) => self.status = Status::Reserved,
             OrderEvent::Completed(e) => {

@@ -48,7 +48,22 @@ pub struct Orders {
     store: EventStore,
     registry: Arc<Registry>,
     snapshot_every: u64,
+    /// Group commit of `POST /orders`: the batcher task takes every placement waiting at that
+    /// moment into one transaction (`None` inside the batcher itself).
+    placer: Option<tokio::sync::mpsc::Sender<PlaceJob>>,
 }
+
+/// A placement waiting for the batcher.
+#[derive(Debug)]
+struct PlaceJob {
+    req: PlaceOrder,
+    key: Option<String>,
+    correlation: CorrelationId,
+    reply: tokio::sync::oneshot::Sender<Result<(bool, OrderId), ApiError>>,
+}
+
+/// Most placements committed in one transaction.
+const MAX_PLACE_BATCH: usize = 256;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -163,12 +178,76 @@ impl Orders {
     pub async fn open(db: Db) -> shopflow_store::Result<Self> {
         db.migrate_building_blocks().await?;
         db.migrate(NAME, MIGRATIONS).await?;
-        Ok(Self {
+        let core = Self {
             store: EventStore::new(db.clone()),
             db,
             registry: Arc::new(registry()),
             snapshot_every: 4,
+            placer: None,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4 * MAX_PLACE_BATCH);
+        tokio::spawn(core.clone().run_placer(rx));
+        Ok(Self {
+            placer: Some(tx),
+            ..core
         })
+    }
+
+    /// Commits placements in groups until every `Orders` handle is gone.
+    async fn run_placer(self, mut rx: tokio::sync::mpsc::Receiver<PlaceJob>) {
+        while let Some(first) = rx.recv().await {
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_PLACE_BATCH {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            self.place_batch(jobs).await;
+        }
+    }
+
+    /// One transaction for many placements, a savepoint each: one bad request fails alone.
+    async fn place_batch(&self, jobs: Vec<PlaceJob>) {
+        let mut tx = match self.db.begin().await {
+            Ok(tx) => tx,
+            Err(e) => {
+                let e = ApiError::from(e);
+                for j in jobs {
+                    let _ = j.reply.send(Err(e.clone()));
+                }
+                return;
+            }
+        };
+        let mut results = Vec::with_capacity(jobs.len());
+        for j in &jobs {
+            let r = async {
+                tx.execute("SAVEPOINT place", &[]).await?;
+                let r = self
+                    .place_in(&mut tx, &j.req, j.key.as_deref(), j.correlation.clone())
+                    .await;
+                if r.is_err() {
+                    tx.execute("ROLLBACK TO SAVEPOINT place", &[]).await?;
+                }
+                tx.execute("RELEASE SAVEPOINT place", &[]).await?;
+                r
+            }
+            .await;
+            results.push(r);
+        }
+        match tx.commit().await {
+            Ok(()) => {
+                for (j, r) in jobs.into_iter().zip(results) {
+                    let _ = j.reply.send(r);
+                }
+            }
+            Err(e) => {
+                let e = ApiError::from(e);
+                for j in jobs {
+                    let _ = j.reply.send(Err(e.clone()));
+                }
+            }
+        }
     }
 
     pub fn db(&self) -> &Db {
@@ -195,11 +274,12 @@ impl Orders {
         idempotency_key: Option<String>,
         correlation: CorrelationId,
     ) -> Result<(bool, OrderId), ApiError> {
-        let customer_id = UserId::parse(&req.customer_id).map_err(ApiError::invalid)?;
+        // Everything that needs no database is checked here, before joining a batch.
+        UserId::parse(&req.customer_id).map_err(ApiError::invalid)?;
         if req.items.is_empty() || req.items.len() > 100 {
             return Err(ApiError::invalid("an order has 1 to 100 lines"));
         }
-        let digits = card_digits(&req.payment.card_number)
+        card_digits(&req.payment.card_number)
             .filter(|d| shopflow_contracts::luhn_valid(d))
             .ok_or_else(|| ApiError::invalid("payment.cardNumber is not a valid card number"))?;
         let a = &req.shipping_address;
@@ -223,13 +303,50 @@ impl Orders {
                 "Idempotency-Key must be 1 to 200 characters",
             ));
         }
-        let mut tx = self.db.begin().await?;
+        let placer = self.placer.as_ref().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the order service is shutting down",
+            )
+        })?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let unavailable = || {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the order service is shutting down",
+            )
+        };
+        placer
+            .send(PlaceJob {
+                req,
+                key: idempotency_key,
+                correlation,
+                reply,
+            })
+            .await
+            .map_err(|_| unavailable())?;
+        answer.await.map_err(|_| unavailable())?
+    }
+
+    /// The transactional half of placing an order, inside the batcher's transaction.
+    async fn place_in(
+        &self,
+        tx: &mut Tx,
+        req: &PlaceOrder,
+        idempotency_key: Option<&str>,
+        correlation: CorrelationId,
+    ) -> Result<(bool, OrderId), ApiError> {
+        let customer_id = UserId::parse(&req.customer_id).map_err(ApiError::invalid)?;
+        let digits = card_digits(&req.payment.card_number)
+            .ok_or_else(|| ApiError::invalid("payment.cardNumber is not a valid card number"))?;
         let request = serde_json::to_string(&req).map_err(|e| ApiError::invalid(e.to_string()))?;
-        if let Some(k) = &idempotency_key {
+        if let Some(k) = idempotency_key {
             let rows = tx
                 .query(
                     "SELECT order_id, request FROM idempotency_keys WHERE idem_key = $1",
-                    params![k.as_str()],
+                    params![k],
                 )
                 .await?;
             if let Some(r) = rows.first() {
@@ -294,7 +411,7 @@ impl Orders {
             .map_err(|e| ApiError::conflict(e.to_string()))?;
         let meta =
             |v: u64| Meta::new(SOURCE, order_id.as_str(), v).with_correlation(correlation.clone());
-        self.commit_events(&mut tx, &order_id, 0, &events, meta)
+        self.commit_events(tx, &order_id, 0, &events, meta)
             .await
             .map_err(|e| match e {
                 HandlerError::Transient(m) => {
@@ -302,14 +419,13 @@ impl Orders {
                 }
                 HandlerError::Permanent(m) => ApiError::invalid(m),
             })?;
-        if let Some(k) = &idempotency_key {
+        if let Some(k) = idempotency_key {
             tx.execute(
                 "INSERT INTO idempotency_keys (idem_key, order_id, request, created_at) VALUES ($1, $2, $3, $4)",
-                params![k.as_str(), order_id.as_str(), request, chrono::Utc::now().timestamp_millis()],
+                params![k, order_id.as_str(), request, chrono::Utc::now().timestamp_millis()],
             )
             .await?;
         }
-        tx.commit().await?;
         Ok((true, order_id))
     }
 
