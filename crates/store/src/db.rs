@@ -66,8 +66,18 @@ impl Db {
     /// Starts a write transaction. Dropping it without [`Tx::commit`] rolls it back.
     pub async fn begin(&self) -> Result<Tx> {
         Ok(match self {
-            Db::Sqlite(db) => Tx::Sqlite(db.begin().await?),
-            Db::Postgres(db) => Tx::Postgres(Box::new(db.begin().await?)),
+            Db::Sqlite(db) => Tx::Sqlite(db.begin(false).await?),
+            Db::Postgres(db) => Tx::Postgres(Box::new(db.begin(false).await?)),
+        })
+    }
+
+    /// Starts a transaction whose commit is atomic and ordered but not waited for on disk: a crash
+    /// may lose it (and nothing committed after it). Only for writes that are safe to lose and
+    /// redo — deleting published outbox rows, advancing a projection — never for effects.
+    pub async fn begin_relaxed(&self) -> Result<Tx> {
+        Ok(match self {
+            Db::Sqlite(db) => Tx::Sqlite(db.begin(true).await?),
+            Db::Postgres(db) => Tx::Postgres(Box::new(db.begin(true).await?)),
         })
     }
 

@@ -88,9 +88,15 @@ impl PgDb {
         })
     }
 
-    pub(crate) async fn begin(&self) -> Result<PgTx> {
+    pub(crate) async fn begin(&self, relaxed: bool) -> Result<PgTx> {
         let client = self.client().await?;
-        client.batch_execute("BEGIN").await?;
+        client
+            .batch_execute(if relaxed {
+                "BEGIN; SET LOCAL synchronous_commit = off"
+            } else {
+                "BEGIN"
+            })
+            .await?;
         Ok(PgTx {
             client: Some(client),
             done: false,

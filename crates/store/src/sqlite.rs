@@ -61,15 +61,23 @@ impl SqliteDb {
         })
     }
 
-    pub(crate) async fn begin(&self) -> Result<SqliteTx> {
+    pub(crate) async fn begin(&self, relaxed: bool) -> Result<SqliteTx> {
         let conn = self.inner.writer.clone().lock_owned().await;
-        conn.execute_batch("BEGIN IMMEDIATE")?;
-        Ok(SqliteTx {
+        if relaxed {
+            // WAL + NORMAL: the commit is atomic and ordered before every later commit, but not
+            // fsynced until the next FULL commit or checkpoint.
+            conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+        }
+        let began = conn.execute_batch("BEGIN IMMEDIATE");
+        let tx = SqliteTx {
             conn,
             db: self.inner.clone(),
             done: false,
             wrote_outbox: false,
-        })
+            relaxed,
+        };
+        began?;
+        Ok(tx)
     }
 
     /// Runs a read on a reader connection (WAL: readers never block the writer).
@@ -135,6 +143,7 @@ pub struct SqliteTx {
     db: Arc<Inner>,
     done: bool,
     pub(crate) wrote_outbox: bool,
+    relaxed: bool,
 }
 
 impl SqliteTx {
@@ -168,6 +177,12 @@ impl Drop for SqliteTx {
             if let Err(e) = self.conn.execute_batch("ROLLBACK") {
                 tracing::error!(error = %e, "rollback of an abandoned SQLite transaction failed");
             }
+        }
+        // Outside any transaction now: SQLite ignores `synchronous` changes inside one.
+        if self.relaxed
+            && let Err(e) = self.conn.execute_batch("PRAGMA synchronous = FULL")
+        {
+            tracing::error!(error = %e, "restoring synchronous=FULL failed");
         }
     }
 }

@@ -360,6 +360,38 @@ async fn inbox_records_once_and_rolls_back(t: &TestDb) {
     assert_eq!(inbox::purge_before(&t.db, i64::MAX).await.unwrap(), 2);
 }
 
+/// A relaxed transaction is atomic and visible like any other, rolls back when dropped, and
+/// leaves the connection durable for the next one.
+async fn relaxed_transactions_are_atomic_and_leave_durability_on(t: &TestDb) {
+    let mut tx = t.db.begin_relaxed().await.unwrap();
+    assert!(inbox::record(&mut tx, "relaxed", "a").await.unwrap());
+    tx.commit().await.unwrap();
+    let mut tx = t.db.begin_relaxed().await.unwrap();
+    assert!(inbox::record(&mut tx, "relaxed", "b").await.unwrap());
+    drop(tx);
+    assert!(inbox::contains(&t.db, "relaxed", "a").await.unwrap());
+    assert!(!inbox::contains(&t.db, "relaxed", "b").await.unwrap());
+    let mut tx = t.db.begin().await.unwrap();
+    let setting = match &tx {
+        shopflow_store::Tx::Sqlite(_) => {
+            let rows = tx.query("PRAGMA synchronous", &[]).await.unwrap();
+            (rows[0].i64(0).unwrap() == 2).to_string() // 2 = FULL
+        }
+        shopflow_store::Tx::Postgres(_) => {
+            let rows = tx
+                .query("SELECT current_setting('synchronous_commit')", &[])
+                .await
+                .unwrap();
+            (rows[0].str(0).unwrap() == "on").to_string()
+        }
+    };
+    assert_eq!(
+        setting, "true",
+        "the next ordinary transaction must be fsynced"
+    );
+    tx.rollback().await.unwrap();
+}
+
 async fn open_log() -> (Log, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), shopflow_log::Config::default()).unwrap();
@@ -563,6 +595,7 @@ suite!(sqlite:
     outbox_relays_committed_rows_in_key_order,
     relay_crash_republishes_and_inbox_dedups,
     relay_wakes_on_commit,
+    relaxed_transactions_are_atomic_and_leave_durability_on,
 );
 
 suite!(postgres:
@@ -575,4 +608,5 @@ suite!(postgres:
     outbox_relays_committed_rows_in_key_order,
     relay_crash_republishes_and_inbox_dedups,
     relay_wakes_on_commit,
+    relaxed_transactions_are_atomic_and_leave_durability_on,
 );

@@ -611,7 +611,9 @@ impl Orders {
         let Some(last) = events.last().map(|e| e.position) else {
             return Ok(0);
         };
-        let mut tx = self.db.begin().await?;
+        // Not fsynced: a projection step lost in a crash is redone from the store (the version
+        // check makes it idempotent).
+        let mut tx = self.db.begin_relaxed().await?;
         for e in &events {
             self.project_one(&mut tx, table, e).await?;
         }
