@@ -35,6 +35,9 @@ fn configure(conn: &Connection) -> Result<()> {
     // 64 MiB of page cache per connection (the default is 2 MiB): batched appends touch many
     // index pages, and re-reading them dominated the profile.
     conn.pragma_update(None, "cache_size", -65536)?;
+    // Savepoint and statement journals in memory rather than in temporary files: every handled
+    // event runs in a savepoint.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.set_prepared_statement_cache_capacity(256);
     Ok(())
 }
