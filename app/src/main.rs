@@ -32,6 +32,9 @@ enum Command {
         /// Send e-mail over SMTP (`smtp://host:port`, plain) instead of to <data-dir>/mail.
         #[arg(long)]
         smtp: Option<String>,
+        /// Latency of the simulated payment gateway, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        gateway_latency_ms: u64,
     },
     /// Place orders against a running shop and report throughput, latency and outcomes.
     Load {
@@ -122,7 +125,16 @@ fn main() -> anyhow::Result<()> {
                 listen,
                 partitions,
                 smtp,
-            } => up(data_dir, listen, partitions, smtp).await,
+                gateway_latency_ms,
+            } => {
+                let config = ShopConfig {
+                    partitions,
+                    smtp,
+                    gateway_latency: std::time::Duration::from_millis(gateway_latency_ms),
+                    ..ShopConfig::new(&data_dir, listen)
+                };
+                up(config).await
+            }
             Command::Load {
                 orders,
                 rate,
@@ -151,18 +163,9 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-async fn up(
-    data_dir: PathBuf,
-    listen: SocketAddr,
-    partitions: u32,
-    smtp: Option<String>,
-) -> anyhow::Result<()> {
-    let shop = Shop::start(ShopConfig {
-        partitions,
-        smtp,
-        ..ShopConfig::new(&data_dir, listen)
-    })
-    .await?;
+async fn up(config: ShopConfig) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.clone();
+    let shop = Shop::start(config).await?;
     println!(
         "shopflow is up: http://{} (OpenAPI at /openapi.json), data in {}",
         shop.addr,

@@ -57,7 +57,8 @@ pub fn document() -> Value {
             "/orders/{id}/payment": {"get": with_params(op("The order's payment", "200", "Payment"), &id)},
             "/orders/{id}/shipment": {"get": with_params(op("The order's shipment", "200", "Shipment"), &id)},
             "/orders/{id}/notifications": {"get": with_params(op("Notifications sent for the order", "200", "Notifications"), &id)},
-            "/admin/projections/orders/rebuild": {"post": op("Rebuild the order read model from the event store while serving", "200", "Rebuilt")}
+            "/admin/projections/orders/rebuild": {"post": op("Rebuild the order read model from the event store while serving", "200", "Rebuilt")},
+            "/admin/payment-gateway": {"put": with_body(op("Take the simulated payment gateway down ({\"outage\": true}) or bring it back", "200", "GatewayMode"), "GatewayMode")}
         },
         "components": {
             "responses": {"Error": {"description": "An error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
@@ -82,6 +83,7 @@ pub fn document() -> Value {
                 "Payment": {"type": "object"},
                 "Shipment": {"type": "object"},
                 "Notifications": {"type": "array", "items": {"type": "object"}},
+                "GatewayMode": {"type": "object", "required": ["outage"], "properties": {"outage": {"type": "boolean"}}},
                 "Rebuilt": {"type": "object", "properties": {"projection": {"type": "string"}, "replayedEvents": {"type": "integer"}}}
             }
         }

@@ -188,6 +188,10 @@ impl Shop {
                 get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
             )
             .route(
+                "/admin/payment-gateway",
+                axum::routing::put(set_gateway).with_state(gateway.clone()),
+            )
+            .route(
                 "/openapi.json",
                 get(|| async { axum::Json(crate::openapi::document()) }),
             )
@@ -235,4 +239,20 @@ impl Shop {
     pub fn db(&self, service: &str) -> Option<&Db> {
         self.dbs.iter().find(|(n, _)| *n == service).map(|(_, d)| d)
     }
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatewayMode {
+    outage: bool,
+}
+
+/// Takes the simulated payment gateway down or brings it back (for reliability drills).
+async fn set_gateway(
+    axum::extract::State(g): axum::extract::State<Arc<Simulator>>,
+    shopflow_http::Json(mode): shopflow_http::Json<GatewayMode>,
+) -> axum::Json<serde_json::Value> {
+    g.set_outage(mode.outage);
+    tracing::warn!(outage = mode.outage, "payment gateway simulator switched");
+    axum::Json(serde_json::json!({"outage": mode.outage}))
 }

@@ -627,3 +627,48 @@ async fn the_read_model_rebuilds_while_serving() {
     .await;
     shop.stop().await.unwrap();
 }
+
+/// The payment gateway goes down: orders wait (transient failures are retried, nothing is
+/// dead-lettered or cancelled) and complete once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_outage_delays_orders_but_loses_none() {
+    let (shop, c, _dir) = start().await;
+    blocking(move || {
+        c.put_product("OUT", 300, 100);
+        let user = c.register("ola@example.com", None);
+        let (s, b) = c.send("PUT", "/admin/payment-gateway", r#"{"outage": true}"#, &[]);
+        assert_eq!(s, 200, "{b}");
+        let ids: Vec<String> = (0..5)
+            .map(|_| c.place_ok(&order(&user, "OUT", 1, GOOD_CARD, "DE")))
+            .collect();
+        std::thread::sleep(Duration::from_millis(700));
+        for id in &ids {
+            assert_eq!(
+                c.get(&format!("/orders/{id}")).1["status"],
+                "PENDING",
+                "charged during the outage"
+            );
+        }
+        let (s, _) = c.send("PUT", "/admin/payment-gateway", r#"{"outage": false}"#, &[]);
+        assert_eq!(s, 200);
+        for id in &ids {
+            assert_eq!(c.wait_final(id)["status"], "SHIPPED");
+            assert_eq!(
+                c.get(&format!("/orders/{id}/payment")).1["status"],
+                "COMPLETED"
+            );
+        }
+        assert_eq!(
+            c.send(
+                "PUT",
+                "/admin/payment-gateway",
+                r#"{"outage": "maybe"}"#,
+                &[]
+            )
+            .0,
+            422
+        );
+    })
+    .await;
+    shop.stop().await.unwrap();
+}
