@@ -154,6 +154,12 @@ impl Db {
         tx.commit().await
     }
 
+    /// A service's database: the building blocks' tables, then the service's own migrations.
+    pub async fn migrate_service(&self, service: &str, migrations: &[Migration]) -> Result<()> {
+        self.migrate_building_blocks().await?;
+        self.migrate(service, migrations).await
+    }
+
     /// The shared building blocks' tables: event store, outbox, inbox.
     pub async fn migrate_building_blocks(&self) -> Result<()> {
         self.migrate("shopflow", crate::MIGRATIONS).await

@@ -105,6 +105,12 @@ pub struct AppendStream<'a> {
 const COLUMNS: &str =
     "position, stream_id, version, event_id, event_type, event_version, recorded_at, envelope";
 
+fn read_stream_sql() -> String {
+    format!(
+        "SELECT {COLUMNS} FROM events WHERE stream_id = $1 AND version >= $2 ORDER BY version LIMIT $3"
+    )
+}
+
 /// The event store in a service's database. Appends take the caller's transaction, so events,
 /// outbox rows and the service's other writes commit together.
 #[derive(Clone, Debug)]
@@ -296,9 +302,7 @@ impl EventStore {
         from_version: u64,
         max: usize,
     ) -> Result<Vec<StoredEvent>> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM events WHERE stream_id = $1 AND version >= $2 ORDER BY version LIMIT $3"
-        );
+        let sql = read_stream_sql();
         let rows = self
             .db
             .query(&sql, params![stream, from_version, max as u64])
@@ -315,9 +319,7 @@ impl EventStore {
         from_version: u64,
         max: usize,
     ) -> Result<Vec<StoredEvent>> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM events WHERE stream_id = $1 AND version >= $2 ORDER BY version LIMIT $3"
-        );
+        let sql = read_stream_sql();
         let rows = tx
             .query(&sql, params![stream, from_version, max as u64])
             .await?;

@@ -66,8 +66,7 @@ pub fn validate_currency(c: &str) -> Result<(), ApiError> {
 
 impl Inventory {
     pub async fn open(db: Db) -> shopflow_store::Result<Self> {
-        db.migrate_building_blocks().await?;
-        db.migrate(NAME, MIGRATIONS).await?;
+        db.migrate_service(NAME, MIGRATIONS).await?;
         Ok(Self { db })
     }
 

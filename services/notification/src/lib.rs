@@ -241,8 +241,7 @@ fn money(minor: i64, currency: &str) -> String {
 
 impl<M: Mailer> Notifications<M> {
     pub async fn open(db: Db, mailer: Arc<M>) -> shopflow_store::Result<Self> {
-        db.migrate_building_blocks().await?;
-        db.migrate(NAME, MIGRATIONS).await?;
+        db.migrate_service(NAME, MIGRATIONS).await?;
         Ok(Self {
             db,
             mailer,

@@ -176,8 +176,7 @@ fn check_text(field: &str, v: &str) -> Result<(), ApiError> {
 
 impl Orders {
     pub async fn open(db: Db) -> shopflow_store::Result<Self> {
-        db.migrate_building_blocks().await?;
-        db.migrate(NAME, MIGRATIONS).await?;
+        db.migrate_service(NAME, MIGRATIONS).await?;
         let core = Self {
             store: EventStore::new(db.clone()),
             db,

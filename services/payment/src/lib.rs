@@ -177,8 +177,7 @@ pub struct PaymentView {
 
 impl<G: PaymentGateway> Payments<G> {
     pub async fn open(db: Db, gateway: Arc<G>) -> shopflow_store::Result<Self> {
-        db.migrate_building_blocks().await?;
-        db.migrate(NAME, MIGRATIONS).await?;
+        db.migrate_service(NAME, MIGRATIONS).await?;
         Ok(Self { db, gateway })
     }
 

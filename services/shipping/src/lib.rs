@@ -74,8 +74,7 @@ pub struct ShipmentView {
 
 impl Shipping {
     pub async fn open(db: Db) -> shopflow_store::Result<Self> {
-        db.migrate_building_blocks().await?;
-        db.migrate(NAME, MIGRATIONS).await?;
+        db.migrate_service(NAME, MIGRATIONS).await?;
         Ok(Self { db })
     }
 

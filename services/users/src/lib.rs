@@ -81,8 +81,7 @@ pub fn validate_phone(phone: &str) -> Result<(), ApiError> {
 
 impl Users {
     pub async fn open(db: Db) -> shopflow_store::Result<Self> {
-        db.migrate_building_blocks().await?;
-        db.migrate(NAME, MIGRATIONS).await?;
+        db.migrate_service(NAME, MIGRATIONS).await?;
         Ok(Self { db })
     }
 
