@@ -18,6 +18,30 @@ use std::time::Duration;
 /// Topics starting with `__` are internal and cannot be created or published to by users.
 pub const INTERNAL_TOPIC_PREFIX: &str = "__";
 
+/// Checks a topic name against Kafka's rules: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
+/// (Whether `__` names are allowed is each backend's business: they are internal.)
+pub fn validate_topic_name(name: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(Error::InvalidTopic {
+            topic: name.to_owned(),
+            reason,
+        })
+    };
+    if name.is_empty() || name.len() > 249 {
+        return bad("must be 1 to 249 characters");
+    }
+    if name == "." || name == ".." {
+        return bad("must not be `.` or `..`");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return bad("may contain only ASCII letters, digits, `.`, `_` and `-`");
+    }
+    Ok(())
+}
+
 /// A partitioned, durable log of records: the event bus.
 ///
 /// # Topics and partitions

@@ -35,27 +35,9 @@ pub(crate) struct Topic {
     round_robin: AtomicU32,
 }
 
-/// Topic names: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..` (Kafka's rules).
+/// Topic names: Kafka's rules ([`shopflow_bus::validate_topic_name`]).
 pub(crate) fn validate_name(name: &str) -> Result<()> {
-    let bad = |reason| {
-        Err(Error::InvalidTopic {
-            topic: name.to_owned(),
-            reason,
-        })
-    };
-    if name.is_empty() || name.len() > 249 {
-        return bad("must be 1 to 249 characters");
-    }
-    if name == "." || name == ".." {
-        return bad("must not be `.` or `..`");
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-    {
-        return bad("may contain only ASCII letters, digits, `.`, `_` and `-`");
-    }
-    Ok(())
+    shopflow_bus::validate_topic_name(name)
 }
 
 impl Topic {
