@@ -164,3 +164,34 @@ pub fn correlation(headers: &axum::http::HeaderMap) -> shopflow_envelope::Correl
         .map(shopflow_envelope::CorrelationId::new)
         .unwrap_or_else(shopflow_envelope::CorrelationId::generate)
 }
+
+/// Middleware: every request gets a correlation id (the caller's `X-Correlation-Id` if sane,
+/// else a fresh one), which handlers see in the request headers, every log line of the request
+/// carries (a `request` span), and the response echoes.
+pub async fn correlate(mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use tracing::Instrument;
+    let id = correlation(req.headers());
+    let value = HeaderValue::from_str(id.as_str()).ok();
+    if let Some(v) = &value {
+        req.headers_mut().insert(CORRELATION_HEADER, v.clone());
+    }
+    let span = tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        correlation_id = %id.as_str(),
+    );
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    let status = resp.status();
+    span.in_scope(|| {
+        if status.is_server_error() {
+            tracing::warn!(%status, "request failed");
+        } else {
+            tracing::debug!(%status, "request");
+        }
+    });
+    if let Some(v) = value {
+        resp.headers_mut().insert(CORRELATION_HEADER, v);
+    }
+    resp
+}

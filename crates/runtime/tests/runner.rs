@@ -132,7 +132,11 @@ async fn effects_once_poison_dead_lettered_transient_retried() {
         registry,
         RunnerConfig {
             max_batch: 7,
-            retry_backoff: Duration::from_millis(10),
+            retry: shopflow_runtime::RetryPolicy {
+                initial: Duration::from_millis(10),
+                ..Default::default()
+            },
+            ..Default::default()
         },
     );
     let stats = runner.stats();

@@ -257,6 +257,7 @@ impl<B: Bus> Relay<B> {
             return Ok(());
         }
         self.bus.publish(batch.messages.clone()).await?;
+        metrics::counter!("shopflow_outbox_published_total").increment(batch.len() as u64);
         let now = now_us();
         let mut h = self.stats.lag_us.lock().expect("stats lock");
         for c in &batch.created_us {
