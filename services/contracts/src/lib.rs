@@ -233,7 +233,144 @@ pub fn luhn_valid(digits: &str) -> bool {
     sum.is_multiple_of(10)
 }
 
-/// Every topic of the shop (dead-letter topics are `<topic>.dlq`).
+// ---- Commands (orchestration) ----------------------------------------------------------------
+//
+// Imperative messages an orchestrator sends to one service, on that service's command topic
+// `<domain>.commands` (keyed by order id, so one order's commands arrive in order). The service
+// answers with the same past-tense events as in the choreography.
+
+macro_rules! command {
+    ($name:ident, $domain:literal) => {
+        impl Event for $name {
+            const TYPE: &'static str = stringify!($name);
+            const VERSION: u32 = 1;
+            const KIND: Kind = Kind::Command;
+            const DOMAIN: &'static str = $domain;
+            fn topic() -> String {
+                command_topic($domain)
+            }
+        }
+    };
+}
+
+/// The command topic of a domain: `payments.commands`.
+pub fn command_topic(domain: &str) -> String {
+    format!("{domain}.commands")
+}
+
+/// Charge an order. Answered by `PaymentCompleted` or `PaymentFailed`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessPayment {
+    pub order_id: OrderId,
+    pub items: Vec<OrderLine>,
+    pub total_minor: i64,
+    pub currency: String,
+    pub payment_token: String,
+    pub card_last4: String,
+    pub shipping_address: Address,
+}
+command!(ProcessPayment, "payments");
+
+impl From<OrderCreated> for ProcessPayment {
+    fn from(e: OrderCreated) -> Self {
+        Self {
+            order_id: e.order_id,
+            items: e.items,
+            total_minor: e.total_minor,
+            currency: e.currency,
+            payment_token: e.payment_token,
+            card_last4: e.card_last4,
+            shipping_address: e.shipping_address,
+        }
+    }
+}
+
+/// Refund an order's charge (a compensation). Answered by `PaymentRefunded`, or by
+/// `PaymentFailed` when nothing was charged (and then nothing ever will be).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefundPayment {
+    pub order_id: OrderId,
+    pub reason: String,
+}
+command!(RefundPayment, "payments");
+
+/// Reserve an order's stock. Answered by `StockReserved` or `StockReservationFailed`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReserveStock {
+    pub order_id: OrderId,
+    pub items: Vec<OrderLine>,
+    pub shipping_address: Address,
+}
+command!(ReserveStock, "inventory");
+
+/// Release an order's reservation (a compensation). Always answered by `StockReleased`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseStock {
+    pub order_id: OrderId,
+    pub items: Vec<OrderLine>,
+}
+command!(ReleaseStock, "inventory");
+
+/// Ship an order. Answered by `OrderShipped` or `ShipmentFailed`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShipOrder {
+    pub order_id: OrderId,
+    pub items: Vec<OrderLine>,
+    pub shipping_address: Address,
+}
+command!(ShipOrder, "shipping");
+
+/// Record an order as paid.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApproveOrder {
+    pub order_id: OrderId,
+    pub payment_id: PaymentId,
+}
+command!(ApproveOrder, "orders");
+
+/// Record an order as shipped (its final state).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompleteOrder {
+    pub order_id: OrderId,
+    pub shipment_id: ShipmentId,
+    pub carrier: String,
+    pub tracking_number: String,
+}
+command!(CompleteOrder, "orders");
+
+/// Cancel an order (its final state), with the reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CancelOrder {
+    pub order_id: OrderId,
+    pub reason: String,
+}
+command!(CancelOrder, "orders");
+
+/// The command topics of the shop.
+pub fn command_topics() -> Vec<String> {
+    ["payments", "inventory", "shipping", "orders"]
+        .into_iter()
+        .map(command_topic)
+        .collect()
+}
+
+/// Every topic of the shop: event topics, then command topics (dead-letter topics are
+/// `<topic>.dlq`).
+pub fn all_topics() -> Vec<String> {
+    let mut t = topics();
+    t.extend(command_topics());
+    t
+}
+
+/// Every event topic of the shop (dead-letter topics are `<topic>.dlq`).
 pub fn topics() -> Vec<String> {
     vec![
         UserRegistered::topic(),
@@ -290,7 +427,15 @@ pub fn registry() -> Registry {
         .register::<StockReservationFailed>()
         .register::<StockReleased>()
         .register::<OrderShipped>()
-        .register::<ShipmentFailed>();
+        .register::<ShipmentFailed>()
+        .register::<ProcessPayment>()
+        .register::<RefundPayment>()
+        .register::<ReserveStock>()
+        .register::<ReleaseStock>()
+        .register::<ShipOrder>()
+        .register::<ApproveOrder>()
+        .register::<CompleteOrder>()
+        .register::<CancelOrder>();
     // OrderCreated v1 → v2: `amount` (major units, float in the seed) → `totalMinor` + `currency`;
     // v1 knew one currency (EUR) and had no unit prices, so lines get the average price.
     r.upcaster("OrderCreated", 1, |env| {
@@ -378,5 +523,23 @@ mod tests {
         assert_eq!(t.len(), dedup.len());
         assert!(t.contains(&"orders.order-created".to_string()));
         assert!(t.contains(&"inventory.stock-reservation-failed".to_string()));
+        assert_eq!(ProcessPayment::topic(), "payments.commands");
+        assert_eq!(all_topics().len(), t.len() + 4);
+    }
+
+    #[test]
+    fn commands_are_a_distinct_kind() {
+        let env = shopflow_envelope::Envelope::new(
+            &CancelOrder {
+                order_id: OrderId::generate(),
+                reason: "test".into(),
+            },
+            shopflow_envelope::Meta::new("order-saga", "ord_1", 1),
+        )
+        .unwrap();
+        assert_eq!(env.kind(), Kind::Command);
+        let back = registry().decode(&env.encode().unwrap()).unwrap();
+        assert!(back.is::<CancelOrder>());
+        assert_eq!(back.kind(), Kind::Command);
     }
 }

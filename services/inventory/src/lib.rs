@@ -10,8 +10,8 @@ use axum::response::Response;
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use shopflow_contracts::{
-    InventoryUpdated, OrderLine, OrderShipped, PaymentCompleted, ProductUpdated, ShipmentFailed,
-    Sku, StockReleased, StockReservationFailed, StockReserved,
+    InventoryUpdated, OrderLine, OrderShipped, PaymentCompleted, ProductUpdated, ReleaseStock,
+    ReserveStock, ShipmentFailed, Sku, StockReleased, StockReservationFailed, StockReserved,
 };
 use shopflow_envelope::{CorrelationId, Envelope, Event, Meta};
 use shopflow_http::{ApiError, Json, reply};
@@ -267,7 +267,7 @@ impl StockHandler {
     async fn reserve(
         tx: &mut Tx,
         env: &Envelope,
-        e: PaymentCompleted,
+        e: ReserveStock,
     ) -> Result<Vec<Outgoing>, HandlerError> {
         let order = e.order_id.as_str();
         if Self::reservation(tx, order).await?.is_some() {
@@ -400,13 +400,62 @@ impl Handler for StockHandler {
 
     async fn handle(&self, tx: &mut Tx, env: &Envelope) -> Result<Vec<Outgoing>, HandlerError> {
         if env.is::<PaymentCompleted>() {
-            Self::reserve(tx, env, env.data_as()?).await
+            let e: PaymentCompleted = env.data_as()?;
+            let cmd = ReserveStock {
+                order_id: e.order_id,
+                items: e.items,
+                shipping_address: e.shipping_address,
+            };
+            Self::reserve(tx, env, cmd).await
         } else if env.is::<ShipmentFailed>() {
             let e: ShipmentFailed = env.data_as()?;
             Self::settle(tx, env, &e.order_id, e.items, false).await
         } else if env.is::<OrderShipped>() {
             let e: OrderShipped = env.data_as()?;
             Self::settle(tx, env, &e.order_id, e.items, true).await
+        } else {
+            Ok(vec![])
+        }
+    }
+}
+
+/// The inventory service's command side (orchestration): `ReserveStock` and `ReleaseStock`,
+/// answered by the same events as in the choreography; it follows `OrderShipped` to move shipped
+/// units out of the reservation, as in the choreography.
+#[derive(Debug, Clone)]
+pub struct StockCommands;
+
+impl Handler for StockCommands {
+    fn name(&self) -> &'static str {
+        "inventory-commands"
+    }
+
+    fn topics(&self) -> Vec<String> {
+        vec![ReserveStock::topic(), OrderShipped::topic()]
+    }
+
+    async fn handle(&self, tx: &mut Tx, env: &Envelope) -> Result<Vec<Outgoing>, HandlerError> {
+        if env.is::<ReserveStock>() {
+            StockHandler::reserve(tx, env, env.data_as()?).await
+        } else if env.is::<ReleaseStock>() {
+            let c: ReleaseStock = env.data_as()?;
+            let out = StockHandler::settle(tx, env, &c.order_id, c.items.clone(), false).await?;
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            // Nothing held (never reserved, failed, or released already): the answer is the
+            // same, so that the orchestrator can carry on.
+            let meta = Meta::caused_by(env, SOURCE, c.order_id.as_str(), 2);
+            Ok(vec![Outgoing::event(
+                &StockReleased {
+                    order_id: c.order_id,
+                    items: c.items,
+                },
+                meta,
+            )?])
+        } else if env.is::<OrderShipped>() {
+            let e: OrderShipped = env.data_as()?;
+            StockHandler::settle(tx, env, &e.order_id, e.items, true).await
         } else {
             Ok(vec![])
         }

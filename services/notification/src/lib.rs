@@ -11,7 +11,7 @@ use serde::Serialize;
 use shopflow_contracts::{OrderCancelled, OrderCreated, OrderShipped, UserRegistered};
 use shopflow_envelope::{Envelope, Event, Registry};
 use shopflow_http::{ApiError, Json};
-use shopflow_runtime::{Handler, HandlerError, Outgoing};
+use shopflow_runtime::{BreakerConfig, CircuitBreaker, Handler, HandlerError, Outgoing};
 use shopflow_store::{Db, Migration, Tx, params};
 
 pub const NAME: &str = "notification";
@@ -205,6 +205,8 @@ pub struct Notifications<M: Mailer> {
     db: Db,
     mailer: Arc<M>,
     registry: Arc<Registry>,
+    /// Every delivery goes through it: while the mail server is down the consumer pauses.
+    breaker: Arc<CircuitBreaker>,
 }
 
 impl<M: Mailer> Clone for Notifications<M> {
@@ -213,6 +215,7 @@ impl<M: Mailer> Clone for Notifications<M> {
             db: self.db.clone(),
             mailer: self.mailer.clone(),
             registry: self.registry.clone(),
+            breaker: self.breaker.clone(),
         }
     }
 }
@@ -246,7 +249,19 @@ impl<M: Mailer> Notifications<M> {
             db,
             mailer,
             registry: Arc::new(shopflow_contracts::registry()),
+            breaker: Arc::new(CircuitBreaker::new("delivery", BreakerConfig::default())),
         })
+    }
+
+    /// Replaces the delivery circuit breaker's settings.
+    pub fn with_breaker(mut self, config: BreakerConfig) -> Self {
+        self.breaker = Arc::new(CircuitBreaker::new("delivery", config));
+        self
+    }
+
+    /// The delivery circuit breaker.
+    pub fn breaker(&self) -> &Arc<CircuitBreaker> {
+        &self.breaker
     }
 
     pub fn db(&self) -> &Db {
@@ -419,9 +434,13 @@ impl<M: Mailer> Notifications<M> {
                 continue; // sent already
             }
             let location = self
-                .mailer
-                .deliver(&m)
-                .map_err(|e| HandlerError::Transient(format!("delivery failed: {e}")))?;
+                .breaker
+                .call_sync(|| {
+                    self.mailer
+                        .deliver(&m)
+                        .map_err(|e| format!("delivery failed: {e}"))
+                })
+                .map_err(|e| self.breaker.handler_error(e))?;
             tx.execute(
                 "UPDATE notifications SET location = $2 WHERE id = $1",
                 params![id.as_str(), location],

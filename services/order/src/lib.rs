@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod aggregate;
+pub mod saga;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,8 +13,9 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use shopflow_contracts::{
-    Address, OrderCreated, OrderId, OrderLine, OrderShipped, PaymentCompleted, PaymentFailed,
-    PaymentRefunded, ProductUpdated, Sku, StockReserved, UserId,
+    Address, ApproveOrder, CancelOrder, CompleteOrder, OrderCreated, OrderId, OrderLine,
+    OrderShipped, PaymentCompleted, PaymentFailed, PaymentRefunded, ProductUpdated, Sku,
+    StockReserved, UserId,
 };
 use shopflow_envelope::{CorrelationId, Envelope, Event, Meta, Registry};
 use shopflow_http::{ApiError, Json, Query, reply};
@@ -177,6 +179,8 @@ fn check_text(field: &str, v: &str) -> Result<(), ApiError> {
 impl Orders {
     pub async fn open(db: Db) -> shopflow_store::Result<Self> {
         db.migrate_service(NAME, MIGRATIONS).await?;
+        // The order service owns the order-fulfilment saga's instances (orchestration).
+        db.migrate("saga", shopflow_saga::MIGRATIONS).await?;
         let core = Self {
             store: EventStore::new(db.clone()),
             db,
@@ -413,7 +417,7 @@ impl Orders {
         self.commit_events(tx, &order_id, 0, &events, meta)
             .await
             .map_err(|e| match e {
-                HandlerError::Transient(m) => {
+                HandlerError::Transient(m) | HandlerError::Unavailable { reason: m, .. } => {
                     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
                 }
                 HandlerError::Permanent(m) => ApiError::invalid(m),
@@ -851,14 +855,77 @@ impl Handler for OutcomeHandler {
         } else {
             return Ok(vec![]);
         };
-        let order = self.0.load_in(tx, &order_id).await?;
+        self.0.decide(tx, env, &order_id, cmd).await
+    }
+}
+
+impl Orders {
+    /// Loads the order, decides `cmd`, appends what it decided (published through the outbox).
+    async fn decide(
+        &self,
+        tx: &mut Tx,
+        env: &Envelope,
+        order_id: &OrderId,
+        cmd: Command,
+    ) -> Result<Vec<Outgoing>, HandlerError> {
+        let order = self.load_in(tx, order_id).await?;
         let events = order.handle(cmd)?;
         let version = order.version;
         let meta = |v: u64| Meta::caused_by(env, SOURCE, order_id.as_str(), v);
-        self.0
-            .commit_events(tx, &order_id, version, &events, meta)
+        self.commit_events(tx, order_id, version, &events, meta)
             .await?;
         Ok(vec![]) // published through commit_events
+    }
+
+    /// The order service's command side (orchestration).
+    pub fn command_handler(&self) -> OrderCommands {
+        OrderCommands(self.clone())
+    }
+}
+
+/// The order service's command side (orchestration): `ApproveOrder`, `CompleteOrder`,
+/// `CancelOrder` move the aggregate as the outcome events do in the choreography; the catalog
+/// copy is fed by `ProductUpdated` in both styles.
+#[derive(Debug, Clone)]
+pub struct OrderCommands(Orders);
+
+impl Handler for OrderCommands {
+    fn name(&self) -> &'static str {
+        "order-commands"
+    }
+
+    fn topics(&self) -> Vec<String> {
+        vec![ProductUpdated::topic(), CancelOrder::topic()]
+    }
+
+    async fn handle(&self, tx: &mut Tx, env: &Envelope) -> Result<Vec<Outgoing>, HandlerError> {
+        let (order_id, cmd) = if env.is::<ProductUpdated>() {
+            return OutcomeHandler(self.0.clone()).handle(tx, env).await;
+        } else if env.is::<ApproveOrder>() {
+            let c: ApproveOrder = env.data_as()?;
+            (
+                c.order_id,
+                Command::RecordPayment {
+                    payment_id: c.payment_id,
+                },
+            )
+        } else if env.is::<CompleteOrder>() {
+            let c: CompleteOrder = env.data_as()?;
+            (
+                c.order_id,
+                Command::RecordShipment {
+                    shipment_id: c.shipment_id,
+                    carrier: c.carrier,
+                    tracking_number: c.tracking_number,
+                },
+            )
+        } else if env.is::<CancelOrder>() {
+            let c: CancelOrder = env.data_as()?;
+            (c.order_id, Command::Cancel { reason: c.reason })
+        } else {
+            return Ok(vec![]);
+        };
+        self.0.decide(tx, env, &order_id, cmd).await
     }
 }
 

@@ -12,11 +12,11 @@ use axum::routing::get;
 use serde::Serialize;
 use shopflow_contracts::{
     OrderCreated, OrderId, PaymentCompleted, PaymentFailed, PaymentId, PaymentRefunded,
-    ShipmentFailed, StockReservationFailed,
+    ProcessPayment, RefundPayment, ShipmentFailed, StockReservationFailed,
 };
 use shopflow_envelope::{Envelope, Event, Meta};
 use shopflow_http::{ApiError, Json};
-use shopflow_runtime::{Handler, HandlerError, Outgoing};
+use shopflow_runtime::{BreakerConfig, CircuitBreaker, Handler, HandlerError, Outgoing};
 use shopflow_store::{Db, Migration, Tx, params};
 
 pub const NAME: &str = "payment";
@@ -152,6 +152,9 @@ impl PaymentGateway for Simulator {
 pub struct Payments<G: PaymentGateway> {
     db: Db,
     gateway: Arc<G>,
+    /// Every call to the gateway goes through it: while the provider is down the payment
+    /// consumer pauses instead of burning retries.
+    breaker: Arc<CircuitBreaker>,
 }
 
 impl<G: PaymentGateway> Clone for Payments<G> {
@@ -159,6 +162,7 @@ impl<G: PaymentGateway> Clone for Payments<G> {
         Self {
             db: self.db.clone(),
             gateway: self.gateway.clone(),
+            breaker: self.breaker.clone(),
         }
     }
 }
@@ -178,7 +182,25 @@ pub struct PaymentView {
 impl<G: PaymentGateway> Payments<G> {
     pub async fn open(db: Db, gateway: Arc<G>) -> shopflow_store::Result<Self> {
         db.migrate_service(NAME, MIGRATIONS).await?;
-        Ok(Self { db, gateway })
+        Ok(Self {
+            db,
+            gateway,
+            breaker: Arc::new(CircuitBreaker::new(
+                "payment-gateway",
+                BreakerConfig::default(),
+            )),
+        })
+    }
+
+    /// Replaces the gateway's circuit breaker settings.
+    pub fn with_breaker(mut self, config: BreakerConfig) -> Self {
+        self.breaker = Arc::new(CircuitBreaker::new("payment-gateway", config));
+        self
+    }
+
+    /// The gateway's circuit breaker.
+    pub fn breaker(&self) -> &Arc<CircuitBreaker> {
+        &self.breaker
     }
 
     pub fn db(&self) -> &Db {
@@ -217,7 +239,7 @@ impl<G: PaymentGateway> Payments<G> {
         &self,
         tx: &mut Tx,
         env: &Envelope,
-        e: OrderCreated,
+        e: ProcessPayment,
     ) -> Result<Vec<Outgoing>, HandlerError> {
         let existing = tx
             .query(
@@ -244,10 +266,10 @@ impl<G: PaymentGateway> Payments<G> {
             currency: e.currency.clone(),
         };
         let outcome = self
-            .gateway
-            .charge(&charge)
+            .breaker
+            .call(self.gateway.charge(&charge))
             .await
-            .map_err(|g| HandlerError::Transient(g.to_string()))?;
+            .map_err(|e| self.breaker.handler_error(e))?;
         let now = chrono::Utc::now().timestamp_millis();
         match outcome {
             ChargeOutcome::Approved { payment_id } => {
@@ -312,10 +334,10 @@ impl<G: PaymentGateway> Payments<G> {
         let payment_id =
             PaymentId::parse(r.opt_str(1)?.unwrap_or_default()).map_err(HandlerError::Permanent)?;
         let (amount, currency) = (r.i64(2)?, r.str(3)?.to_owned());
-        self.gateway
-            .refund(&payment_id, amount)
+        self.breaker
+            .call(self.gateway.refund(&payment_id, amount))
             .await
-            .map_err(|g| HandlerError::Transient(g.to_string()))?;
+            .map_err(|e| self.breaker.handler_error(e))?;
         tx.execute(
             "UPDATE payments SET status = 'REFUNDED', reason = $2, updated_at = $3 WHERE order_id = $1",
             params![order_id.as_str(), reason.as_str(), now],
@@ -355,7 +377,8 @@ impl<G: PaymentGateway> Handler for Payments<G> {
 
     async fn handle(&self, tx: &mut Tx, env: &Envelope) -> Result<Vec<Outgoing>, HandlerError> {
         if env.is::<OrderCreated>() {
-            self.charge(tx, env, env.data_as()?).await
+            let e: OrderCreated = env.data_as()?;
+            self.charge(tx, env, e.into()).await
         } else if env.is::<StockReservationFailed>() {
             let e: StockReservationFailed = env.data_as()?;
             self.refund(tx, env, e.order_id, format!("out of stock: {}", e.reason))
@@ -369,6 +392,67 @@ impl<G: PaymentGateway> Handler for Payments<G> {
                 format!("shipment failed: {}", e.reason),
             )
             .await
+        } else {
+            Ok(vec![])
+        }
+    }
+}
+
+/// The payment service's command side (orchestration): `ProcessPayment` and `RefundPayment`,
+/// answered by the same events as in the choreography.
+#[derive(Debug)]
+pub struct PaymentCommands<G: PaymentGateway>(pub Payments<G>);
+
+impl<G: PaymentGateway> Handler for PaymentCommands<G> {
+    fn name(&self) -> &'static str {
+        "payment-commands"
+    }
+
+    fn topics(&self) -> Vec<String> {
+        vec![ProcessPayment::topic()]
+    }
+
+    async fn handle(&self, tx: &mut Tx, env: &Envelope) -> Result<Vec<Outgoing>, HandlerError> {
+        if env.is::<ProcessPayment>() {
+            self.0.charge(tx, env, env.data_as()?).await
+        } else if env.is::<RefundPayment>() {
+            let c: RefundPayment = env.data_as()?;
+            let out = self
+                .0
+                .refund(tx, env, c.order_id.clone(), c.reason.clone())
+                .await?;
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            // Nothing refunded now: answer with what is true, so the orchestrator can carry on.
+            let rows = tx
+                .query(
+                    "SELECT status, payment_id, amount_minor, currency, reason FROM payments WHERE order_id = $1",
+                    params![c.order_id.as_str()],
+                )
+                .await?;
+            let meta = Meta::caused_by(env, SOURCE, c.order_id.as_str(), 2);
+            match rows.first() {
+                Some(r) if r.str(0)? == "REFUNDED" => {
+                    let payment_id = PaymentId::parse(r.opt_str(1)?.unwrap_or_default())
+                        .map_err(HandlerError::Permanent)?;
+                    let e = PaymentRefunded {
+                        order_id: c.order_id,
+                        payment_id,
+                        amount_minor: r.i64(2)?,
+                        currency: r.str(3)?.to_owned(),
+                        reason: r.opt_str(4)?.unwrap_or_default().to_owned(),
+                    };
+                    Ok(vec![Outgoing::event(&e, meta)?])
+                }
+                _ => Ok(vec![Outgoing::event(
+                    &PaymentFailed {
+                        order_id: c.order_id,
+                        reason: "nothing was charged".into(),
+                    },
+                    meta,
+                )?]),
+            }
         } else {
             Ok(vec![])
         }

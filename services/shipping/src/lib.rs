@@ -6,7 +6,7 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::routing::get;
 use serde::Serialize;
-use shopflow_contracts::{OrderShipped, ShipmentFailed, ShipmentId, StockReserved};
+use shopflow_contracts::{OrderShipped, ShipOrder, ShipmentFailed, ShipmentId, StockReserved};
 use shopflow_envelope::{Envelope, Event, Meta};
 use shopflow_http::{ApiError, Json};
 use shopflow_runtime::{Handler, HandlerError, Outgoing};
@@ -132,6 +132,49 @@ impl Handler for Shipping {
             return Ok(vec![]);
         }
         let e: StockReserved = env.data_as()?;
+        Self::ship(
+            tx,
+            env,
+            ShipOrder {
+                order_id: e.order_id,
+                items: e.items,
+                shipping_address: e.shipping_address,
+            },
+        )
+        .await
+    }
+}
+
+/// The shipping service's command side (orchestration): `ShipOrder`, answered by the same
+/// events as in the choreography.
+#[derive(Debug, Clone)]
+pub struct ShippingCommands;
+
+impl Handler for ShippingCommands {
+    fn name(&self) -> &'static str {
+        "shipping-commands"
+    }
+
+    fn topics(&self) -> Vec<String> {
+        vec![ShipOrder::topic()]
+    }
+
+    async fn handle(&self, tx: &mut Tx, env: &Envelope) -> Result<Vec<Outgoing>, HandlerError> {
+        if env.is::<ShipOrder>() {
+            Shipping::ship(tx, env, env.data_as()?).await
+        } else {
+            Ok(vec![])
+        }
+    }
+}
+
+impl Shipping {
+    /// Creates the order's shipment once; a repeat answers nothing new.
+    async fn ship(
+        tx: &mut Tx,
+        env: &Envelope,
+        e: ShipOrder,
+    ) -> Result<Vec<Outgoing>, HandlerError> {
         let order = e.order_id.as_str();
         if !tx
             .query(
