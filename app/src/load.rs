@@ -27,6 +27,10 @@ pub struct LoadConfig {
     pub decline_every: u64,
     pub bad_country_every: u64,
     pub progress: bool,
+    /// How long a request is retried while the shop is unreachable or answers 503 (a restart, a
+    /// crash): orders are retried with the same `Idempotency-Key`, so a retry never places a
+    /// second order. Zero fails at the first error.
+    pub retry_for: Duration,
 }
 
 impl Default for LoadConfig {
@@ -41,6 +45,7 @@ impl Default for LoadConfig {
             decline_every: 0,
             bad_country_every: 0,
             progress: true,
+            retry_for: Duration::ZERO,
         }
     }
 }
@@ -50,6 +55,8 @@ impl Default for LoadConfig {
 pub struct LoadReport {
     pub placed: u64,
     pub rejected: u64,
+    /// Requests repeated because the shop was unreachable or unavailable.
+    pub retried: u64,
     pub place_secs: f64,
     pub total_secs: f64,
     pub outcomes: HashMap<String, u64>,
@@ -58,6 +65,24 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
+    /// The report as one JSON object (for scripts and tests).
+    pub fn to_json(&self) -> Value {
+        let q = |h: &hdrhistogram::Histogram<u64>, p: f64| h.value_at_quantile(p);
+        json!({
+            "placed": self.placed,
+            "rejected": self.rejected,
+            "retried": self.retried,
+            "placeSecs": self.place_secs,
+            "totalSecs": self.total_secs,
+            "outcomes": self.outcomes,
+            "placedToFinalMs": {
+                "p50": q(&self.latency_ms, 0.5), "p90": q(&self.latency_ms, 0.9),
+                "p99": q(&self.latency_ms, 0.99), "max": self.latency_ms.max()
+            },
+            "acceptMs": {"p50": q(&self.accept_ms, 0.5), "p99": q(&self.accept_ms, 0.99)},
+        })
+    }
+
     pub fn print(&self) {
         let q = |h: &hdrhistogram::Histogram<u64>, p: f64| h.value_at_quantile(p);
         println!(
@@ -67,6 +92,12 @@ impl LoadReport {
             self.placed as f64 / self.place_secs,
             self.rejected
         );
+        if self.retried > 0 {
+            println!(
+                "retried     {} requests while the shop was unreachable",
+                self.retried
+            );
+        }
         println!(
             "completed   all in {:.2} s: {:.0} orders/s through the whole saga",
             self.total_secs,
@@ -105,18 +136,22 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-fn call(
+fn call_with(
     agent: &ureq::Agent,
     method: &str,
     url: &str,
     body: Option<&Value>,
+    idempotency_key: Option<&str>,
 ) -> anyhow::Result<(u16, Value)> {
     let mut resp = match (method, body) {
         ("GET", _) => agent.get(url).call(),
-        ("POST", Some(b)) => agent
-            .post(url)
-            .header("content-type", "application/json")
-            .send(b.to_string().as_bytes()),
+        ("POST", Some(b)) => {
+            let mut req = agent.post(url).header("content-type", "application/json");
+            if let Some(k) = idempotency_key {
+                req = req.header("idempotency-key", k);
+            }
+            req.send(b.to_string().as_bytes())
+        }
         ("PUT", Some(b)) => agent
             .put(url)
             .header("content-type", "application/json")
@@ -130,6 +165,40 @@ fn call(
         status,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     ))
+}
+
+/// Retries while the shop cannot answer (transport errors, 503) for up to `retry_for`.
+struct Retrying<'a> {
+    agent: &'a ureq::Agent,
+    retry_for: Duration,
+    retried: &'a AtomicU64,
+}
+
+impl Retrying<'_> {
+    fn call(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<&Value>,
+        key: Option<&str>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let give_up = Instant::now() + self.retry_for;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let r = call_with(self.agent, method, url, body, key);
+            let retry = match &r {
+                Err(_) => true,
+                Ok((503, _)) => true,
+                Ok(_) => false,
+            };
+            if !retry || Instant::now() >= give_up {
+                return r;
+            }
+            self.retried.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
 }
 
 fn order_body(customer: &str, i: u64, cfg: &LoadConfig) -> Value {
@@ -160,18 +229,26 @@ fn ms_of(rfc3339: &str) -> Option<i64> {
 /// Runs the load (blocking: call it from a plain thread or `spawn_blocking`).
 pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
     let agent = agent();
+    let retried = Arc::new(AtomicU64::new(0));
+    let retrying = Retrying {
+        agent: &agent,
+        retry_for: cfg.retry_for,
+        retried: &retried,
+    };
     let base = cfg.target.trim_end_matches('/').to_owned();
-    let (s, _) = call(&agent, "GET", &format!("{base}/health"), None)
+    let run_id = uuid::Uuid::now_v7().simple().to_string();
+    let (s, _) = retrying
+        .call("GET", &format!("{base}/health"), None, None)
         .context("is the shop running? (shopflow up)")?;
     if s != 200 {
         bail!("{base}/health answered {s}");
     }
     let email = format!("load-{}@example.com", chrono::Utc::now().timestamp_micros());
-    let (s, user) = call(
-        &agent,
+    let (s, user) = retrying.call(
         "POST",
         &format!("{base}/users"),
         Some(&json!({"email": email, "name": "Load Test"})),
+        None,
     )?;
     if s != 201 {
         bail!("registering the load customer failed: {s} {user}");
@@ -179,13 +256,13 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
     let customer = user["userId"].as_str().unwrap_or_default().to_owned();
     if cfg.seed {
         for k in 0..cfg.skus {
-            let (s, b) = call(
-                &agent,
+            let (s, b) = retrying.call(
                 "PUT",
                 &format!("{base}/products/LOAD-{k}"),
                 Some(
                     &json!({"name": format!("Load item {k}"), "priceMinor": 500 + k as i64, "currency": "EUR", "stock": 1_000_000_000}),
                 ),
+                None,
             )?;
             if s != 200 && s != 201 {
                 bail!("seeding LOAD-{k} failed: {s} {b}");
@@ -196,8 +273,10 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
     let end = Instant::now() + Duration::from_secs(30);
     'ready: loop {
         for k in 0..cfg.skus {
-            let probe = json!({"customerId": customer, "items": [{"sku": format!("LOAD-{k}"), "quantity": 0}], "payment": {"cardNumber": "4242424242424242"}, "shippingAddress": {"name": "x", "line1": "x", "city": "x", "postalCode": "x", "country": "DE"}});
-            let (_, b) = call(&agent, "POST", &format!("{base}/orders"), Some(&probe))?;
+            // The first line is priced from the catalog copy (or is an unknown sku); the second,
+            // with quantity 0, then makes the probe fail without placing an order.
+            let probe = json!({"customerId": customer, "items": [{"sku": format!("LOAD-{k}"), "quantity": 1}, {"sku": format!("LOAD-{k}"), "quantity": 0}], "payment": {"cardNumber": "4242424242424242"}, "shippingAddress": {"name": "x", "line1": "x", "city": "x", "postalCode": "x", "country": "DE"}});
+            let (_, b) = retrying.call("POST", &format!("{base}/orders"), Some(&probe), None)?;
             if b["message"]
                 .as_str()
                 .is_some_and(|m| m.contains("unknown sku"))
@@ -228,9 +307,20 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
             placed.clone(),
             accept.clone(),
         );
-        let (cfg, base, customer, agent) =
-            (cfg.clone(), base.clone(), customer.clone(), agent.clone());
+        let (cfg, base, customer, agent, retried, run_id) = (
+            cfg.clone(),
+            base.clone(),
+            customer.clone(),
+            agent.clone(),
+            retried.clone(),
+            run_id.clone(),
+        );
         workers.push(std::thread::spawn(move || -> anyhow::Result<()> {
+            let retrying = Retrying {
+                agent: &agent,
+                retry_for: cfg.retry_for,
+                retried: &retried,
+            };
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= cfg.orders {
@@ -244,17 +334,18 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
                 }
                 let at = chrono::Utc::now().timestamp_millis();
                 let t = Instant::now();
-                let (s, b) = call(
-                    &agent,
+                let key = format!("load-{run_id}-{i}");
+                let (s, b) = retrying.call(
                     "POST",
                     &format!("{base}/orders"),
                     Some(&order_body(&customer, i, &cfg)),
+                    Some(&key),
                 )?;
                 let _ = accept
                     .lock()
                     .expect("histogram")
                     .record(t.elapsed().as_millis().max(1) as u64);
-                if s == 202 {
+                if s == 202 || s == 200 {
                     placed
                         .lock()
                         .expect("placed")
@@ -293,7 +384,7 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
                 Some(c) => format!("{base}/orders?customerId={customer}&limit=500&cursor={c}"),
                 None => format!("{base}/orders?customerId={customer}&limit=500"),
             };
-            let (s, page) = call(&agent, "GET", &url, None)?;
+            let (s, page) = retrying.call("GET", &url, None, None)?;
             if s != 200 {
                 bail!("listing orders failed: {s} {page}");
             }
@@ -341,6 +432,7 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
     Ok(LoadReport {
         placed: placed.len() as u64,
         rejected: rejected.load(Ordering::Relaxed),
+        retried: retried.load(Ordering::Relaxed),
         place_secs,
         total_secs,
         outcomes,

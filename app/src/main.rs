@@ -1,5 +1,6 @@
 //! The `shopflow` command line.
 
+mod admin;
 mod bench;
 
 use std::net::SocketAddr;
@@ -19,22 +20,14 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the whole shop in this process: every service, the API, relays and consumers.
-    Up {
-        /// Where the event log and the services' databases live.
-        #[arg(long, default_value = "./data")]
-        data_dir: PathBuf,
-        /// Where the HTTP API listens.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
-        /// Partitions per topic (only for topics created by this start).
-        #[arg(long, default_value_t = 4)]
-        partitions: u32,
-        /// Send e-mail over SMTP (`smtp://host:port`, plain) instead of to <data-dir>/mail.
-        #[arg(long)]
-        smtp: Option<String>,
-        /// Latency of the simulated payment gateway, in milliseconds.
-        #[arg(long, default_value_t = 0)]
-        gateway_latency_ms: u64,
+    Up(RunArgs),
+    /// Run one service in this process (its consumers, relays and HTTP routes), for the
+    /// distributed deployment: `shopflow service payment --bus kafka://… --db postgres://…`.
+    Service {
+        /// users, inventory, payment, shipping, notification or order.
+        name: shopflow::shop::Service,
+        #[command(flatten)]
+        run: RunArgs,
     },
     /// Place orders against a running shop and report throughput, latency and outcomes.
     Load {
@@ -59,6 +52,58 @@ enum Command {
         /// Every n-th order goes to an unsupported country (0: never).
         #[arg(long, default_value_t = 0)]
         bad_country_every: u64,
+        /// Keep retrying (same Idempotency-Key) for this many seconds while the shop is down or
+        /// answers 503, e.g. across a restart.
+        #[arg(long, default_value_t = 0)]
+        retry_for_secs: u64,
+        /// Print the report as one JSON object (no progress bar).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the business invariants over every service's data; exits 1 on any violation.
+    Verify {
+        /// The data directory of an embedded deployment.
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+        /// The shop has drained: an order still in flight is a violation too.
+        #[arg(long)]
+        settled: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The databases: `sqlite` (the files in --data-dir) or `postgres://…` as given to `up`.
+        #[arg(long, default_value = "sqlite", env = "SHOPFLOW_DB")]
+        db: shopflow::shop::DbConfig,
+    },
+    /// Move a stopped embedded deployment to Kafka and PostgreSQL: databases, topics and consumer
+    /// positions. Then run `shopflow up` (or `shopflow service …`) with the same --bus and --db.
+    Migrate {
+        /// The embedded deployment's data directory (stop it first).
+        #[arg(long)]
+        from: PathBuf,
+        /// `kafka://host:port[,…][?namespace=…&replication=N]`.
+        #[arg(long)]
+        to: String,
+        /// `postgres://…[?schema_prefix=shopflow_]`: fresh schemas for every service.
+        #[arg(long)]
+        db: shopflow::shop::DbConfig,
+        /// Print what was moved as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dead letters of a running shop: list, show, redrive, discard.
+    #[command(subcommand)]
+    Dlq(admin::Dlq),
+    /// Sagas of a running shop (orchestration): list, show, cancel.
+    #[command(subcommand)]
+    Sagas(admin::Sagas),
+    /// Consumer lag of a running shop, per group and partition, and its outbox backlogs.
+    Lag {
+        /// Show partitions without lag too.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        common: admin::Common,
     },
     /// Operate projections of a running shop.
     #[command(subcommand)]
@@ -66,6 +111,88 @@ enum Command {
     /// Benchmarks anyone can run; results go to docs/BENCHMARKS.md.
     #[command(subcommand)]
     Bench(bench::Bench),
+}
+
+/// How to run the shop (or one service of it).
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Where the event log and the services' databases live.
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// Where the HTTP API listens.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Partitions per topic (only for topics created by this start).
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// Send e-mail over SMTP (`smtp://host:port`, plain) instead of to <data-dir>/mail.
+    #[arg(long)]
+    smtp: Option<String>,
+    /// Latency of the simulated payment gateway, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    gateway_latency_ms: u64,
+    /// Attempts per event before a transient failure is dead-lettered.
+    #[arg(long, default_value_t = 10)]
+    max_attempts: u32,
+    /// First retry delay in milliseconds (doubling, with jitter, up to 10 s).
+    #[arg(long, default_value_t = 50)]
+    retry_initial_ms: u64,
+    /// Consecutive failures of the payment gateway or of delivery that open its breaker.
+    #[arg(long, default_value_t = 5)]
+    breaker_failures: u32,
+    /// How long an open breaker waits before it lets a probe through, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    breaker_open_ms: u64,
+    /// How orders are coordinated: `choreography` (services react to events) or
+    /// `orchestration` (the order-fulfilment saga sends commands).
+    #[arg(long, default_value = "choreography", env = "SHOPFLOW_SAGA")]
+    saga: shopflow::shop::SagaStyle,
+    /// Orchestration: a step without a reply for this long is given up and compensated.
+    #[arg(long)]
+    saga_step_timeout_secs: Option<u64>,
+    /// The bus: `embedded` (the durable log in <data-dir>/log) or
+    /// `kafka://host:port[,host:port…][?replication=N]`.
+    #[arg(long, default_value = "embedded", env = "SHOPFLOW_BUS")]
+    bus: shopflow::shop::BusConfig,
+    /// The databases: `sqlite` (one file per service in <data-dir>) or
+    /// `postgres://user@host:port/db[?schema_prefix=shopflow_]` (one schema per service).
+    #[arg(long, default_value = "sqlite", env = "SHOPFLOW_DB")]
+    db: shopflow::shop::DbConfig,
+}
+
+impl RunArgs {
+    fn config(self) -> ShopConfig {
+        let mut saga_timeouts = shopflow_order::saga::SagaTimeouts::default();
+        if let Some(s) = self.saga_step_timeout_secs {
+            let d = std::time::Duration::from_secs(s.max(1));
+            saga_timeouts.payment = d;
+            saga_timeouts.stock = d;
+            saga_timeouts.shipping = d;
+        }
+        ShopConfig {
+            partitions: self.partitions,
+            smtp: self.smtp,
+            gateway_latency: std::time::Duration::from_millis(self.gateway_latency_ms),
+            runner: shopflow_runtime::RunnerConfig {
+                retry: shopflow_runtime::RetryPolicy {
+                    max_attempts: self.max_attempts,
+                    initial: std::time::Duration::from_millis(self.retry_initial_ms),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            breaker: shopflow_runtime::BreakerConfig {
+                failure_threshold: self.breaker_failures,
+                open_for: std::time::Duration::from_millis(self.breaker_open_ms),
+                ..Default::default()
+            },
+            saga: self.saga,
+            saga_timeouts,
+            bus: self.bus,
+            db: self.db,
+            ..ShopConfig::new(&self.data_dir, self.listen)
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,7 +207,14 @@ enum Projections {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -95,6 +229,48 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Bench(b) => bench::run(b).await,
+            Command::Verify {
+                data_dir,
+                settled,
+                json,
+                db,
+            } => {
+                let dbs = shopflow::verify::Databases::open(&data_dir, &db).await?;
+                let report = shopflow::verify::verify(&dbs, settled).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    report.print();
+                }
+                if !report.ok() {
+                    std::process::exit(1);
+                }
+                Ok(())
+            }
+            Command::Migrate { from, to, db, json } => {
+                let kafka = shopflow_kafka::KafkaConfig::from_url(&to)
+                    .map_err(|e| anyhow::anyhow!("--to: {e}"))?;
+                let moved = shopflow::migrate::migrate(&from, kafka, &db).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&moved)?);
+                } else {
+                    let rows: u64 = moved.rows.values().sum();
+                    let records: u64 = moved.records.values().sum();
+                    println!(
+                        "moved {rows} rows in {} tables, {records} records in {} topics, the positions of {} consumer groups",
+                        moved.rows.len(),
+                        moved.records.len(),
+                        moved.groups.len()
+                    );
+                    println!("now run: shopflow up --bus {to} --db <the same --db>");
+                }
+                Ok(())
+            }
+            Command::Dlq(cmd) => tokio::task::spawn_blocking(move || admin::dlq(cmd)).await?,
+            Command::Sagas(cmd) => tokio::task::spawn_blocking(move || admin::sagas(cmd)).await?,
+            Command::Lag { all, common } => {
+                tokio::task::spawn_blocking(move || admin::lag(common, all)).await?
+            }
             Command::Projections(Projections::Rebuild { name, target }) => {
                 if name != "orders" {
                     anyhow::bail!("unknown projection `{name}` (known: orders)");
@@ -120,20 +296,13 @@ fn main() -> anyhow::Result<()> {
                 println!("{out}");
                 Ok(())
             }
-            Command::Up {
-                data_dir,
-                listen,
-                partitions,
-                smtp,
-                gateway_latency_ms,
-            } => {
-                let config = ShopConfig {
-                    partitions,
-                    smtp,
-                    gateway_latency: std::time::Duration::from_millis(gateway_latency_ms),
-                    ..ShopConfig::new(&data_dir, listen)
-                };
-                up(config).await
+            Command::Up(run) => up(run.config()).await,
+            Command::Service { name, run } => {
+                up(ShopConfig {
+                    services: vec![name],
+                    ..run.config()
+                })
+                .await
             }
             Command::Load {
                 orders,
@@ -143,6 +312,8 @@ fn main() -> anyhow::Result<()> {
                 no_seed,
                 decline_every,
                 bad_country_every,
+                retry_for_secs,
+                json,
             } => {
                 let cfg = shopflow::load::LoadConfig {
                     target,
@@ -152,11 +323,17 @@ fn main() -> anyhow::Result<()> {
                     seed: !no_seed,
                     decline_every,
                     bad_country_every,
+                    retry_for: std::time::Duration::from_secs(retry_for_secs),
+                    progress: !json,
                     ..Default::default()
                 };
                 let report =
                     tokio::task::spawn_blocking(move || shopflow::load::run(&cfg)).await??;
-                report.print();
+                if json {
+                    println!("{}", report.to_json());
+                } else {
+                    report.print();
+                }
                 Ok(())
             }
         }
@@ -165,9 +342,10 @@ fn main() -> anyhow::Result<()> {
 
 async fn up(config: ShopConfig) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
+    let style = config.saga;
     let shop = Shop::start(config).await?;
     println!(
-        "shopflow is up: http://{} (OpenAPI at /openapi.json), data in {}",
+        "shopflow is up: http://{} (OpenAPI at /openapi.json), data in {}, sagas by {style}",
         shop.addr,
         data_dir.display()
     );

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use clap::Args;
 use shopflow::load::{LoadConfig, run as run_load};
-use shopflow::shop::{Shop, ShopConfig};
+use shopflow::shop::{BusConfig, DbConfig, Shop, ShopConfig};
 
 use super::{Common, Report};
 
@@ -22,6 +22,15 @@ pub(crate) struct E2eArgs {
     /// Concurrent HTTP clients.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// `choreography` or `orchestration`.
+    #[arg(long, default_value = "choreography")]
+    saga: shopflow::shop::SagaStyle,
+    /// `embedded`, or `kafka://host:port` (a fresh namespace is used and left behind).
+    #[arg(long, default_value = "embedded")]
+    bus: BusConfig,
+    /// `sqlite`, or `postgres://…` (fresh schemas are used and dropped afterwards).
+    #[arg(long, default_value = "sqlite")]
+    db: DbConfig,
 }
 
 pub(crate) async fn run(a: E2eArgs) -> anyhow::Result<()> {
@@ -30,10 +39,43 @@ pub(crate) async fn run(a: E2eArgs) -> anyhow::Result<()> {
         .prefix("shopflow-bench-e2e")
         .tempdir_in(&a.common.dir)?;
     report.machine(tmp.path())?;
-    let shop = Shop::start(ShopConfig::new(
-        tmp.path().join("data"),
-        "127.0.0.1:0".parse()?,
-    ))
+    let run = format!("bench{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
+    let bus = match a.bus {
+        BusConfig::Kafka(mut k) => {
+            if k.namespace.is_empty() {
+                k.namespace = format!("{run}.");
+            }
+            BusConfig::Kafka(k)
+        }
+        other => other,
+    };
+    let db = match a.db {
+        DbConfig::Postgres { url, .. } => DbConfig::Postgres {
+            url,
+            schema_prefix: format!("{run}_"),
+        },
+        other => other,
+    };
+    report.note(&format!(
+        "bus {}, databases {}, sagas by {}",
+        match &bus {
+            BusConfig::Embedded => "embedded log".to_owned(),
+            BusConfig::Kafka(k) => format!("Kafka at {} (namespace {})", k.brokers, k.namespace),
+        },
+        match &db {
+            DbConfig::Sqlite => "SQLite".to_owned(),
+            DbConfig::Postgres { schema_prefix, .. } => {
+                format!("PostgreSQL (schemas {schema_prefix}*)")
+            }
+        },
+        a.saga
+    ));
+    let shop = Shop::start(ShopConfig {
+        saga: a.saga,
+        bus,
+        db: db.clone(),
+        ..ShopConfig::new(tmp.path().join("data"), "127.0.0.1:0".parse()?)
+    })
     .await?;
     let target = format!("http://{}", shop.addr);
     let cases = [
@@ -55,6 +97,9 @@ pub(crate) async fn run(a: E2eArgs) -> anyhow::Result<()> {
             None => case.to_owned(),
         };
         report.row(&case, "placed", r.placed as f64 / r.place_secs, "orders/s");
+        if r.rejected > 0 {
+            report.row(&case, "rejected", r.rejected as f64, "orders");
+        }
         report.row(
             &case,
             "completed",
@@ -85,5 +130,26 @@ pub(crate) async fn run(a: E2eArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     shop.stop().await?;
+    if let DbConfig::Postgres { url, schema_prefix } = db {
+        drop_schemas(&url, &schema_prefix).await?;
+    }
+    Ok(())
+}
+
+async fn drop_schemas(url: &str, prefix: &str) -> anyhow::Result<()> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let rows = client
+        .query(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1",
+            &[&format!("{prefix}%")],
+        )
+        .await?;
+    for r in rows {
+        let name: String = r.get(0);
+        client
+            .batch_execute(&format!("DROP SCHEMA {name} CASCADE"))
+            .await?;
+    }
     Ok(())
 }

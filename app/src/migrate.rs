@@ -1,0 +1,265 @@
+//! `shopflow migrate`: the growth path from an embedded deployment to Kafka + PostgreSQL.
+//!
+//! With the embedded shop stopped, it copies
+//! 1. every service's database (event store, snapshots, outbox, inbox, the service's own tables,
+//!    sagas, dead letters) from its SQLite file into the service's PostgreSQL schema, created and
+//!    migrated first; sequences continue after the copied rows;
+//! 2. every topic's records, partition by partition in offset order, into the Kafka topic of the
+//!    same name (same key, value, headers and timestamp; the same partitioner puts a key on the
+//!    same partition), so Kafka offset = embedded offset − the partition's start;
+//! 3. every consumer group's committed offsets, mapped the same way.
+//!
+//! Targets must be empty (fresh schemas, fresh topics or a fresh namespace): a second run over a
+//! migrated deployment is refused instead of duplicating anything. The inboxes travel with the
+//! databases, so a record delivered again after the move changes nothing.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use shopflow_bus::{Bus, Message, TopicPartition, TopicSpec};
+use shopflow_kafka::{KafkaBus, KafkaConfig};
+use shopflow_log::Log;
+use shopflow_store::{Db, Value};
+
+use crate::shop::{DbConfig, Service};
+
+/// What was moved.
+#[derive(Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Moved {
+    /// Rows per `<schema>.<table>`.
+    pub rows: BTreeMap<String, u64>,
+    /// Records per topic.
+    pub records: BTreeMap<String, u64>,
+    /// Partitions whose committed offset was carried over, per group.
+    pub groups: BTreeMap<String, usize>,
+}
+
+/// The consumer groups a shop may have (both saga styles, and the dead-letter indexer).
+pub const GROUPS: &[&str] = &[
+    "inventory",
+    "payment",
+    "shipping",
+    "notification",
+    "order",
+    "inventory-commands",
+    "payment-commands",
+    "shipping-commands",
+    "order-commands",
+    shopflow_order::saga::FULFILMENT,
+    shopflow_runtime::dlq::Indexer::<Log>::GROUP,
+];
+
+fn databases() -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = Service::ALL.iter().map(|s| s.name()).collect();
+    v.push("ops");
+    v
+}
+
+/// Creates and migrates every service's schema, by opening the services as `shopflow up` does.
+async fn prepare(name: &str, db: Db, data_dir: &Path) -> anyhow::Result<()> {
+    match name {
+        "users" => drop(shopflow_users::Users::open(db).await?),
+        "inventory" => drop(shopflow_inventory::Inventory::open(db).await?),
+        "payment" => drop(
+            shopflow_payment::Payments::open(
+                db,
+                std::sync::Arc::new(shopflow_payment::Simulator::default()),
+            )
+            .await?,
+        ),
+        "shipping" => drop(shopflow_shipping::Shipping::open(db).await?),
+        "notification" => drop(
+            shopflow_notification::Notifications::open(
+                db,
+                std::sync::Arc::new(shopflow_notification::Delivery::Spool(
+                    shopflow_notification::Spool::new(data_dir),
+                )),
+            )
+            .await?,
+        ),
+        "order" => drop(shopflow_order::Orders::open(db).await?),
+        "ops" => {
+            db.migrate_service("ops", shopflow_runtime::dlq::MIGRATIONS)
+                .await?
+        }
+        other => bail!("unknown database {other}"),
+    }
+    Ok(())
+}
+
+async fn copy_tables(from: &Db, to: &Db, schema: &str, moved: &mut Moved) -> anyhow::Result<()> {
+    let tables: Vec<String> = from
+        .query(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name <> 'schema_migrations' ORDER BY name",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.str(0).map(str::to_owned))
+        .collect::<Result<_, _>>()?;
+    for table in tables {
+        let cols: Vec<String> = from
+            .query(&format!("PRAGMA table_info({table})"), &[])
+            .await?
+            .iter()
+            .map(|r| r.str(1).map(str::to_owned))
+            .collect::<Result<_, _>>()?;
+        let occupied = to
+            .query(&format!("SELECT 1 FROM {table} LIMIT 1"), &[])
+            .await
+            .with_context(|| format!("{schema}.{table} is not in the PostgreSQL schema"))?;
+        if !occupied.is_empty() {
+            bail!("{schema}.{table} already has rows: migrate only into fresh schemas");
+        }
+        let rows = from
+            .query(&format!("SELECT {} FROM {table}", cols.join(", ")), &[])
+            .await?;
+        let mut tx = to.begin().await?;
+        for chunk in rows.chunks(500) {
+            let mut sql = format!("INSERT INTO {table} ({}) VALUES ", cols.join(", "));
+            let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * cols.len());
+            for (i, r) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push('(');
+                for j in 0..cols.len() {
+                    if j > 0 {
+                        sql.push_str(", ");
+                    }
+                    params.push(r.0.get(j).cloned().unwrap_or(Value::Null));
+                    sql.push_str(&format!("${}", params.len()));
+                }
+                sql.push(')');
+            }
+            tx.execute(&sql, &params)
+                .await
+                .with_context(|| format!("copying {schema}.{table}"))?;
+        }
+        // Sequences (outbox ids, event store positions) continue after the copied rows.
+        let serials = tx
+            .query(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1 AND column_default LIKE 'nextval%'",
+                shopflow_store::params![table.as_str()],
+            )
+            .await?;
+        for s in serials {
+            let col = s.str(0)?.to_owned();
+            tx.execute(
+                &format!(
+                    "SELECT setval(pg_get_serial_sequence('{table}', '{col}'), COALESCE((SELECT MAX({col}) FROM {table}), 0) + 1, false)"
+                ),
+                &[],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        moved
+            .rows
+            .insert(format!("{schema}.{table}"), rows.len() as u64);
+    }
+    Ok(())
+}
+
+/// Moves the embedded deployment in `data_dir` to Kafka and PostgreSQL.
+pub async fn migrate(data_dir: &Path, kafka: KafkaConfig, db: &DbConfig) -> anyhow::Result<Moved> {
+    let DbConfig::Postgres { schema_prefix, .. } = db else {
+        bail!("--db must be postgres://…: migrate moves an embedded deployment to PostgreSQL");
+    };
+    let mut moved = Moved::default();
+    let log =
+        Log::open(data_dir.join("log"), shopflow_log::Config::default()).with_context(|| {
+            format!(
+                "opening the event log in {} (is the shop stopped?)",
+                data_dir.join("log").display()
+            )
+        })?;
+
+    // 1. Databases.
+    for name in databases() {
+        let from = DbConfig::Sqlite.open_existing(data_dir, name).await?;
+        let schema = format!("{schema_prefix}{name}");
+        let to = db.open(data_dir, name).await?;
+        prepare(name, to.clone(), data_dir).await?;
+        copy_tables(&from, &to, &schema, &mut moved).await?;
+        tracing::info!(schema, "database copied");
+    }
+
+    // 2. Topics.
+    let kafka = KafkaBus::connect(kafka)?;
+    let mut starts: BTreeMap<TopicPartition, u64> = BTreeMap::new();
+    for topic in log.topics().await? {
+        kafka
+            .create_topic(&topic.name, &TopicSpec::new(topic.partitions))
+            .await
+            .with_context(|| format!("creating topic {} on Kafka", topic.name))?;
+        let mut copied = 0u64;
+        for p in 0..topic.partitions {
+            let tp = TopicPartition::new(topic.name.as_str(), p);
+            let (start, end) = log.watermarks(&tp).await?;
+            let (_, kafka_end) = kafka.watermarks(&tp).await?;
+            if kafka_end > 0 && end > start {
+                bail!(
+                    "Kafka topic {tp} is not empty: migrate only into fresh topics (or a fresh namespace)"
+                );
+            }
+            starts.insert(tp.clone(), start);
+            let mut from = start;
+            while from < end {
+                let recs = log.read(&tp, from, 1000)?;
+                let Some(last) = recs.last() else { break };
+                from = last.offset + 1;
+                let offsets: Vec<u64> = recs.iter().map(|r| r.offset).collect();
+                let batch: Vec<Message> = recs
+                    .into_iter()
+                    .map(|r| Message {
+                        topic: r.topic.to_string(),
+                        key: r.key,
+                        value: r.value,
+                        headers: r.headers,
+                        timestamp_ms: Some(r.timestamp_ms),
+                    })
+                    .collect();
+                copied += batch.len() as u64;
+                let acks = kafka.publish(batch).await?;
+                // Offsets must map one to one, or the consumer positions would not.
+                for (ack, offset) in acks.iter().zip(offsets) {
+                    if ack.partition != p || ack.offset != offset - start {
+                        bail!(
+                            "record {tp}@{offset} landed on {}@{} in Kafka; expected {p}@{}",
+                            ack.partition,
+                            ack.offset,
+                            offset - start
+                        );
+                    }
+                }
+            }
+        }
+        moved.records.insert(topic.name.clone(), copied);
+    }
+
+    // 3. Consumer positions.
+    for group in GROUPS {
+        let committed = log.committed(group).await?;
+        if committed.is_empty() {
+            continue;
+        }
+        let mapped: Vec<(TopicPartition, u64)> = committed
+            .into_iter()
+            .map(|(tp, o)| {
+                let start = starts.get(&tp).copied().unwrap_or(0);
+                (tp, o.saturating_sub(start))
+            })
+            .collect();
+        kafka
+            .commit_group(group, &mapped)
+            .await
+            .with_context(|| format!("carrying over the offsets of group {group}"))?;
+        moved.groups.insert((*group).to_owned(), mapped.len());
+    }
+    kafka.close().await?;
+    log.close().await?;
+    Ok(moved)
+}

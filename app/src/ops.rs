@@ -1,0 +1,367 @@
+//! What the person on call touches: dead letters (list, show, redrive, discard), consumer lag,
+//! circuit breakers and Prometheus metrics, under `/admin/*` and `/metrics`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
+use crate::anybus::AnyBus;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde::{Deserialize, Serialize};
+use shopflow_bus::Bus;
+use shopflow_http::{ApiError, Json, Query};
+use shopflow_runtime::CircuitBreaker;
+use shopflow_runtime::dlq::{self, Filter};
+use shopflow_saga::{Orchestrator, SagaError, SagaState};
+use shopflow_store::Db;
+
+/// The process-wide Prometheus recorder (installed on first use; `None` when another recorder
+/// was installed first).
+pub fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("shopflow_handler_seconds".into()),
+                    &[
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 0.5, 1.0, 2.5, 5.0,
+                    ],
+                )
+                .ok()?;
+            match builder.install_recorder() {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics recorder not installed");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+/// The operations side of a running shop.
+#[derive(Debug, Clone)]
+pub struct Ops {
+    /// The operations database: the dead-letter index and its outbox (for redrives).
+    pub db: Db,
+    pub log: AnyBus,
+    /// The consumer groups of the shop.
+    pub groups: Vec<&'static str>,
+    pub breakers: Vec<Arc<CircuitBreaker>>,
+    /// Every database with an outbox, by owner.
+    pub outboxes: Vec<(&'static str, Db)>,
+    /// Present in the process that runs the order service.
+    pub sagas: Option<Sagas>,
+}
+
+/// The order-fulfilment saga's instances (in the order service's database).
+#[derive(Debug, Clone)]
+pub struct Sagas {
+    pub style: crate::shop::SagaStyle,
+    pub orchestrator: Arc<Orchestrator>,
+    pub db: Db,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SagaQuery {
+    state: Option<String>,
+    limit: Option<u32>,
+}
+
+fn no_sagas() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "sagas live in the order service; this process does not run it",
+    )
+}
+
+fn saga_error(e: SagaError) -> ApiError {
+    match e {
+        SagaError::NotFound(id) => ApiError::not_found("saga", &id),
+        e @ SagaError::NotRunning { .. } => ApiError::conflict(e.to_string()),
+        SagaError::Store(e) => ApiError::from(e),
+        SagaError::Failed(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "saga_failed", m),
+    }
+}
+
+async fn list_sagas(
+    State(ops): State<Arc<Ops>>,
+    Query(q): Query<SagaQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let state = q
+        .state
+        .as_deref()
+        .map(SagaState::parse)
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    let Some(s) = &ops.sagas else {
+        return Err(no_sagas());
+    };
+    let list = s
+        .orchestrator
+        .list(&s.db, state, q.limit.unwrap_or(100))
+        .await
+        .map_err(saga_error)?;
+    let counts = s.orchestrator.counts(&s.db).await.map_err(saga_error)?;
+    Ok(Json(serde_json::json!({
+        "style": s.style.to_string(),
+        "sagas": list,
+        "counts": counts,
+    })))
+}
+
+async fn show_saga(
+    State(ops): State<Arc<Ops>>,
+    Path(id): Path<String>,
+) -> Result<Json<shopflow_saga::SagaView>, ApiError> {
+    let Some(s) = &ops.sagas else {
+        return Err(no_sagas());
+    };
+    s.orchestrator
+        .get(&s.db, &id)
+        .await
+        .map_err(saga_error)?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("saga", &id))
+}
+
+async fn cancel_saga(
+    State(ops): State<Arc<Ops>>,
+    Path(id): Path<String>,
+    Json(body): Json<DiscardBody>,
+) -> Result<Json<shopflow_saga::SagaView>, ApiError> {
+    if body.reason.trim().is_empty() {
+        return Err(ApiError::bad_request("a cancellation needs a reason"));
+    }
+    let Some(s) = &ops.sagas else {
+        return Err(no_sagas());
+    };
+    Ok(Json(
+        s.orchestrator
+            .cancel(&s.db, &id, &body.reason)
+            .await
+            .map_err(saga_error)?,
+    ))
+}
+
+/// Lag of one consumer group on one partition.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LagRow {
+    pub group: String,
+    pub topic: String,
+    pub partition: u32,
+    pub committed: Option<u64>,
+    pub end_offset: u64,
+    pub lag: u64,
+}
+
+/// Consumer lag of the whole shop.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LagReport {
+    /// Total lag per group.
+    pub groups: BTreeMap<String, u64>,
+    /// Rows of the outbox not yet published, per owner.
+    pub outbox_backlog: BTreeMap<String, i64>,
+    pub partitions: Vec<LagRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BreakerView {
+    name: String,
+    state: shopflow_runtime::BreakerState,
+    failure_threshold: u32,
+    open_for_ms: u128,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiscardBody {
+    reason: String,
+}
+
+fn dlq_error(e: dlq::Error) -> ApiError {
+    match e {
+        dlq::Error::NotFound(id) => ApiError::not_found("dead letter", &id),
+        e @ dlq::Error::NotOpen { .. } => ApiError::conflict(e.to_string()),
+        dlq::Error::Invalid(m) => ApiError::bad_request(m),
+        dlq::Error::Store(e) => ApiError::from(e),
+    }
+}
+
+impl Ops {
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/admin/dlq", get(list_dlq))
+            .route("/admin/dlq/redrive", post(redrive_matching))
+            .route("/admin/dlq/{id}", get(show_dlq))
+            .route("/admin/dlq/{id}/redrive", post(redrive_one))
+            .route("/admin/dlq/{id}/discard", post(discard))
+            .route("/admin/lag", get(lag))
+            .route("/admin/breakers", get(breakers))
+            .route("/metrics", get(metrics))
+            .route("/sagas", get(list_sagas))
+            .route("/sagas/{id}", get(show_saga))
+            .route("/sagas/{id}/cancel", post(cancel_saga))
+            .with_state(Arc::new(self))
+    }
+
+    /// Lag of every group on every partition, and the outbox backlogs.
+    pub async fn lag(&self) -> Result<LagReport, ApiError> {
+        let mut partitions = Vec::new();
+        let mut groups = BTreeMap::new();
+        for g in &self.groups {
+            let rows = self.log.lag(g).await.map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    e.to_string(),
+                )
+            })?;
+            let mut total = 0;
+            for r in rows {
+                total += r.lag;
+                partitions.push(LagRow {
+                    group: r.group,
+                    topic: r.topic,
+                    partition: r.partition,
+                    committed: r.committed,
+                    end_offset: r.end_offset,
+                    lag: r.lag,
+                });
+            }
+            groups.insert((*g).to_owned(), total);
+        }
+        let mut outbox_backlog = BTreeMap::new();
+        for (owner, db) in &self.outboxes {
+            let rows = db.query("SELECT COUNT(*) FROM outbox", &[]).await?;
+            outbox_backlog.insert((*owner).to_owned(), rows[0].i64(0)?);
+        }
+        Ok(LagReport {
+            groups,
+            outbox_backlog,
+            partitions,
+        })
+    }
+}
+
+async fn list_dlq(
+    State(ops): State<Arc<Ops>>,
+    Query(filter): Query<Filter>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let letters = dlq::list(&ops.db, &filter).await.map_err(dlq_error)?;
+    let counts = dlq::counts(&ops.db).await.map_err(dlq_error)?;
+    Ok(Json(
+        serde_json::json!({"deadLetters": letters, "counts": counts}),
+    ))
+}
+
+async fn show_dlq(
+    State(ops): State<Arc<Ops>>,
+    Path(id): Path<String>,
+) -> Result<Json<dlq::DeadLetterDetail>, ApiError> {
+    Ok(Json(dlq::show(&ops.db, &id).await.map_err(dlq_error)?))
+}
+
+async fn redrive_one(
+    State(ops): State<Arc<Ops>>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let r = dlq::redrive(&ops.db, &id).await.map_err(dlq_error)?;
+    Ok(Json(serde_json::json!({"redriven": [r]})))
+}
+
+async fn redrive_matching(
+    State(ops): State<Arc<Ops>>,
+    Json(filter): Json<Filter>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let r = dlq::redrive_matching(&ops.db, &filter)
+        .await
+        .map_err(dlq_error)?;
+    Ok(Json(serde_json::json!({"redriven": r})))
+}
+
+async fn discard(
+    State(ops): State<Arc<Ops>>,
+    Path(id): Path<String>,
+    Json(body): Json<DiscardBody>,
+) -> Result<Json<dlq::DeadLetter>, ApiError> {
+    Ok(Json(
+        dlq::discard(&ops.db, &id, &body.reason)
+            .await
+            .map_err(dlq_error)?,
+    ))
+}
+
+async fn lag(State(ops): State<Arc<Ops>>) -> Result<Json<LagReport>, ApiError> {
+    Ok(Json(ops.lag().await?))
+}
+
+async fn breakers(State(ops): State<Arc<Ops>>) -> Json<Vec<BreakerView>> {
+    Json(
+        ops.breakers
+            .iter()
+            .map(|b| BreakerView {
+                name: b.name().to_owned(),
+                state: b.state(),
+                failure_threshold: b.config().failure_threshold,
+                open_for_ms: b.config().open_for.as_millis(),
+            })
+            .collect(),
+    )
+}
+
+async fn metrics(State(ops): State<Arc<Ops>>) -> Result<Response, ApiError> {
+    let Some(handle) = metrics_handle() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "no metrics recorder in this process",
+        ));
+    };
+    // Gauges that are cheapest to read when asked.
+    let report = ops.lag().await?;
+    for r in &report.partitions {
+        metrics::gauge!(
+            "shopflow_consumer_lag",
+            "group" => r.group.clone(),
+            "topic" => r.topic.clone(),
+            "partition" => r.partition.to_string()
+        )
+        .set(r.lag as f64);
+    }
+    for (owner, n) in &report.outbox_backlog {
+        metrics::gauge!("shopflow_outbox_backlog", "owner" => owner.clone()).set(*n as f64);
+    }
+    let counts = dlq::counts(&ops.db).await.map_err(dlq_error)?;
+    for status in ["open", "redriven", "discarded"] {
+        let n = counts.get(status).copied().unwrap_or(0);
+        metrics::gauge!("shopflow_dead_letters", "status" => status).set(n as f64);
+    }
+    for b in &ops.breakers {
+        metrics::gauge!("shopflow_breaker_state", "breaker" => b.name().to_owned())
+            .set(b.state().gauge());
+    }
+    if let Some(s) = &ops.sagas {
+        let by_state = s.orchestrator.counts(&s.db).await.map_err(saga_error)?;
+        for (state, n) in by_state {
+            metrics::gauge!("shopflow_sagas", "saga" => s.orchestrator.def().name, "state" => state)
+                .set(n as f64);
+        }
+    }
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response())
+}
