@@ -4,56 +4,20 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Client, DECLINED_CARD, GOOD_CARD, order};
+use common::{Client, DECLINED_CARD, GOOD_CARD, free_port, order, stop_gracefully};
 use shopflow_bus::{Bus, TopicPartition};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn up(dir: &std::path::Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_shopflow"))
-        .args([
-            "up",
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start shopflow up")
-}
-
-fn wait_healthy(c: &Client) {
-    let end = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < end {
-        let ok = std::net::TcpStream::connect(c.base.trim_start_matches("http://")).is_ok()
-            && c.get("/health").0 == 200;
-        if ok {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("shopflow up did not become healthy");
-}
 
 #[test]
 fn sigkill_mid_batch_then_restart_completes_every_order_once() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut child = up(dir.path(), port);
+    let mut child = common::up_process(dir.path(), port, &[]);
     let c = Client::new(format!("http://127.0.0.1:{port}"));
-    wait_healthy(&c);
+    common::wait_healthy(port);
     c.put_product("BOX", 1000, 10_000);
     let user = c.register("kim@example.com", None);
     // Warm the order service's catalog copy.
@@ -104,8 +68,8 @@ fn sigkill_mid_batch_then_restart_completes_every_order_once() {
         accepted.len()
     );
 
-    let mut child = up(dir.path(), port);
-    wait_healthy(&c);
+    let mut child = common::up_process(dir.path(), port, &[]);
+    common::wait_healthy(port);
     // Every order the client heard about completes…
     for id in &accepted {
         c.wait_final(id);
@@ -188,8 +152,23 @@ fn sigkill_mid_batch_then_restart_completes_every_order_once() {
         })
         .count();
 
-    // Stop cleanly, then read the log: at most one distinct PaymentCompleted per order.
+    // Stop cleanly; the invariants hold over every service's data…
     stop_gracefully(&mut child);
+    let verify = Command::new(env!("CARGO_BIN_EXE_shopflow"))
+        .args([
+            "verify",
+            "--settled",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "shopflow verify: {}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    // …and the log holds at most one distinct PaymentCompleted per order.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -230,20 +209,4 @@ fn sigkill_mid_batch_then_restart_completes_every_order_once() {
         );
         log.close().await.unwrap();
     });
-}
-
-/// Stops the child with SIGTERM (graceful shutdown) and waits; falls back to SIGKILL.
-fn stop_gracefully(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let end = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < end {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -71,6 +71,24 @@ impl Client {
         Some(Self::finish(resp))
     }
 
+    /// Like `post` with headers, but a connection failure is `None` instead of a panic.
+    pub fn try_post_with(
+        &self,
+        path: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> Option<(u16, Value)> {
+        let mut req = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send(body.to_string().as_bytes()).ok()?;
+        Some(Self::finish(resp))
+    }
+
     pub fn post(&self, path: &str, body: &Value, headers: &[(&str, &str)]) -> (u16, Value) {
         self.send("POST", path, &body.to_string(), headers)
     }
@@ -115,7 +133,12 @@ impl Client {
 
     /// Polls until the order is SHIPPED or CANCELLED (from the read model).
     pub fn wait_final(&self, order_id: &str) -> Value {
-        let end = Instant::now() + Duration::from_secs(30);
+        self.wait_final_within(order_id, Duration::from_secs(30))
+    }
+
+    /// Polls until the order is final, up to `limit`.
+    pub fn wait_final_within(&self, order_id: &str, limit: Duration) -> Value {
+        let end = Instant::now() + limit;
         loop {
             let (s, b) = self.get(&format!("/orders/{order_id}"));
             assert_eq!(s, 200, "get order: {b}");
@@ -148,4 +171,107 @@ pub const DECLINED_CARD: &str = "4000000000000002";
 /// Runs blocking client code off the async runtime.
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.expect("blocking task")
+}
+
+/// A TCP port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// SIGTERM, then up to 20 s for a clean exit, then SIGKILL.
+pub fn stop_gracefully(child: &mut std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Publishes every record of `topics` (4 partitions each) again, as they are: a redelivery of
+/// everything. Returns how many records it republished.
+pub async fn redeliver_everything(shop: &shopflow::shop::Shop, topics: Vec<String>) -> usize {
+    use shopflow_bus::Bus;
+    let mut n = 0;
+    for topic in topics {
+        for p in 0..4 {
+            let tp = shopflow_bus::TopicPartition::new(topic.as_str(), p);
+            let (start, end) = shop.log.watermarks(&tp).await.unwrap();
+            let mut from = start;
+            while from < end {
+                let recs = shop.log.read(&tp, from, 1000).unwrap();
+                let Some(last) = recs.last() else { break };
+                from = last.offset + 1;
+                let msgs: Vec<shopflow_bus::Message> = recs
+                    .into_iter()
+                    .filter(|r| r.offset < end)
+                    .map(|r| shopflow_bus::Message {
+                        topic: r.topic.to_string(),
+                        key: r.key,
+                        value: r.value,
+                        headers: r.headers,
+                        timestamp_ms: None,
+                    })
+                    .collect();
+                n += msgs.len();
+                shop.log.publish(msgs).await.unwrap();
+            }
+        }
+    }
+    n
+}
+
+/// Starts `shopflow up` on `dir` and `port` as a child process (output discarded).
+pub fn up_process(dir: &std::path::Path, port: u16, extra: &[&str]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_shopflow"))
+        .args([
+            "up",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start shopflow up")
+}
+
+pub fn healthy(port: u16) -> bool {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    use std::io::{Read, Write};
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.starts_with("HTTP/1.1 200")
+}
+
+/// Waits (up to 60 s) until `/health` answers on `port`; returns how long that took.
+pub fn wait_healthy(port: u16) -> Duration {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(60) {
+        if healthy(port) {
+            return t.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("shopflow up did not become healthy");
 }

@@ -1,0 +1,462 @@
+//! The on-call surface of a running shop, end to end over HTTP: dead letters from exhausted
+//! retries and from poison on the bus, their redrive (effects once), lag and metrics.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Client, GOOD_CARD, blocking, order};
+use serde_json::{Value, json};
+use shopflow::shop::{Shop, ShopConfig};
+use shopflow_bus::{Bus, Message};
+use shopflow_runtime::{BreakerConfig, RetryPolicy, RunnerConfig};
+
+async fn start(tune: impl FnOnce(&mut ShopConfig)) -> (Shop, Client, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ShopConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap());
+    tune(&mut config);
+    let shop = Shop::start(config).await.unwrap();
+    let client = Client::new(format!("http://{}", shop.addr));
+    (shop, client, dir)
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn dead_letters(c: &Client, query: &str) -> Vec<Value> {
+    let (s, v) = c.get(&format!("/admin/dlq?{query}"));
+    assert_eq!(s, 200, "{v}");
+    v["deadLetters"].as_array().unwrap().clone()
+}
+
+fn eml_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir.join("mail"))
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "eml"))
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Delivery fails (the mail spool is not a directory) with a breaker that never opens: after
+/// two attempts each welcome mail is dead-lettered. Once the spool is fixed, a redrive sends
+/// each exactly once, and a second redrive is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_retries_are_dead_lettered_and_redriven_once() {
+    let (shop, c, dir) = start(|cfg| {
+        cfg.runner = RunnerConfig {
+            retry: RetryPolicy {
+                max_attempts: 2,
+                initial: Duration::from_millis(10),
+                ..RetryPolicy::default()
+            },
+            ..RunnerConfig::default()
+        };
+        cfg.breaker = BreakerConfig {
+            failure_threshold: 1000,
+            ..BreakerConfig::default()
+        };
+    })
+    .await;
+    let data = dir.path().to_owned();
+    blocking(move || {
+        let mail = data.join("mail");
+        let _ = std::fs::remove_dir_all(&mail);
+        std::fs::write(&mail, b"not a directory").unwrap();
+        c.register("ann@example.com", None);
+        c.register("bob@example.com", None);
+        wait_until("two dead letters of notification", || {
+            dead_letters(&c, "consumer=notification").len() == 2
+        });
+        let letters = dead_letters(&c, "consumer=notification&eventType=UserRegistered");
+        assert_eq!(letters.len(), 2);
+        for l in &letters {
+            assert_eq!(l["status"], "open");
+            assert_eq!(l["attempts"], 2);
+            assert_eq!(l["originalTopic"], "users.user-registered");
+            let e = l["error"].as_str().unwrap();
+            assert!(
+                e.contains("gave up after 2 attempts") && e.contains("delivery failed"),
+                "{e}"
+            );
+            assert!(l["correlationId"].is_string());
+        }
+        let id = letters[0]["id"].as_str().unwrap().to_owned();
+        let (s, detail) = c.get(&format!("/admin/dlq/{id}"));
+        assert_eq!(s, 200);
+        assert_eq!(detail["payload"]["eventType"], "UserRegistered");
+        assert!(detail["headers"]["dlq-first-failed-at"].is_string());
+
+        // Bad operator input is a clear 4xx.
+        assert_eq!(c.get("/admin/dlq?status=weird").0, 400);
+        assert_eq!(c.get("/admin/dlq?limit=-1").0, 400);
+        assert_eq!(c.get("/admin/dlq/users.user-registered.dlq:9:999").0, 404);
+        assert_eq!(
+            c.send("POST", &format!("/admin/dlq/{id}/discard"), "{}", &[])
+                .0,
+            422
+        );
+        assert_eq!(
+            c.send(
+                "POST",
+                &format!("/admin/dlq/{id}/discard"),
+                r#"{"reason": " "}"#,
+                &[]
+            )
+            .0,
+            400
+        );
+
+        // Fix the spool and redrive every open dead letter of the notification consumer.
+        std::fs::remove_file(&mail).unwrap();
+        let (s, r) = c.send(
+            "POST",
+            "/admin/dlq/redrive",
+            r#"{"consumer": "notification"}"#,
+            &[],
+        );
+        assert_eq!(s, 200, "{r}");
+        assert_eq!(r["redriven"].as_array().unwrap().len(), 2);
+        wait_until("both welcome mails", || eml_files(&data) == 2);
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(eml_files(&data), 2, "each redriven mail sent exactly once");
+        assert_eq!(
+            c.send("POST", &format!("/admin/dlq/{id}/redrive"), "", &[])
+                .0,
+            409
+        );
+        assert_eq!(dead_letters(&c, "status=redriven").len(), 2);
+        let open = dead_letters(&c, "");
+        assert!(open.is_empty(), "nothing open any more: {open:#?}");
+    })
+    .await;
+    shop.stop().await.unwrap();
+}
+
+/// Records on `orders.order-created` that are not JSON, not an envelope, of an unknown type, of
+/// an unsupported version, and a known event whose data does not decode: each consumer of the
+/// topic (payment, notification) dead-letters each with its reason, and real orders around
+/// them complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_on_the_bus_is_dead_lettered_while_orders_flow() {
+    let (shop, c, _dir) = start(|_| {}).await;
+    let c2 = c.clone();
+    let (user, first) = blocking(move || {
+        c2.put_product("P1", 500, 100);
+        let user = c2.register("pat@example.com", None);
+        let first = c2.place_ok(&order(&user, "P1", 1, GOOD_CARD, "DE"));
+        (user, first)
+    })
+    .await;
+    let envelope = |ty: &str, version: u32, data: Value| {
+        json!({
+            "eventId": "0190d4c2-7f0a-7cc3-9a1b-2a6b9d5e8f01",
+            "eventType": ty, "eventVersion": version, "timestamp": "2026-11-24T10:00:00Z",
+            "data": data, "aggregateId": "poison", "sequence": 1,
+            "correlationId": "poison-test", "causationId": null, "source": "test", "kind": "integration"
+        })
+        .to_string()
+    };
+    let topic = "orders.order-created";
+    shop.log
+        .publish(vec![
+            Message::new(topic, "poison", "this is not json"),
+            Message::new(topic, "poison", r#"{"just": "json"}"#),
+            Message::new(topic, "poison", envelope("OrderTeleported", 1, json!({}))),
+            Message::new(topic, "poison", envelope("OrderCreated", 99, json!({}))),
+            Message::new(
+                topic,
+                "poison",
+                envelope("OrderCreated", 2, json!({"orderId": 42})),
+            ),
+        ])
+        .await
+        .unwrap();
+    let c2 = c.clone();
+    blocking(move || {
+        let second = c2.place_ok(&order(&user, "P1", 1, GOOD_CARD, "DE"));
+        for id in [&first, &second] {
+            assert_eq!(c2.wait_final(id)["status"], "SHIPPED");
+        }
+        // payment, notification and order consume the topic: 5 poison records each.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while dead_letters(&c2, "topic=orders.order-created").len() < 10 {
+            assert!(
+                Instant::now() < deadline,
+                "10 dead letters expected: {:#?}",
+                dead_letters(&c2, "status=all")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let letters = dead_letters(&c2, "topic=orders.order-created");
+        let errors: Vec<&str> = letters
+            .iter()
+            .map(|l| l["error"].as_str().unwrap())
+            .collect();
+        for needle in [
+            "expected ident",
+            "unknown field `just`",
+            "unknown event type `OrderTeleported`",
+            "unsupported version v99",
+            "does not match its type",
+        ] {
+            assert_eq!(
+                errors.iter().filter(|e| e.contains(needle)).count(),
+                2,
+                "`{needle}` in {errors:#?}"
+            );
+        }
+        let consumers: std::collections::BTreeSet<&str> = letters
+            .iter()
+            .map(|l| l["consumer"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            consumers.into_iter().collect::<Vec<_>>(),
+            vec!["notification", "payment"]
+        );
+        // Discard one with a reason; filters by error find the rest.
+        let junk = dead_letters(&c2, "error=malformed");
+        assert_eq!(junk.len(), 4);
+        let id = junk[0]["id"].as_str().unwrap();
+        let (s, d) = c2.send(
+            "POST",
+            &format!("/admin/dlq/{id}/discard"),
+            r#"{"reason": "garbage from a broken producer"}"#,
+            &[],
+        );
+        assert_eq!(s, 200, "{d}");
+        assert_eq!(d["status"], "discarded");
+        assert_eq!(d["statusReason"], "garbage from a broken producer");
+        assert_eq!(dead_letters(&c2, "error=malformed").len(), 3);
+        assert_eq!(
+            dead_letters(&c2, "error=malformed&status=discarded")[0]["id"],
+            *id
+        );
+    })
+    .await;
+    shop.stop().await.unwrap();
+}
+
+/// Lag and metrics after the shop drained: every group at zero lag, and the metric families an
+/// operator alerts on are exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_and_metrics_report_a_drained_shop() {
+    let (shop, c, _dir) = start(|_| {}).await;
+    blocking(move || {
+        c.put_product("M1", 500, 100);
+        let user = c.register("mo@example.com", None);
+        let ids: Vec<String> = (0..10)
+            .map(|_| c.place_ok(&order(&user, "M1", 1, GOOD_CARD, "DE")))
+            .collect();
+        for id in &ids {
+            assert_eq!(c.wait_final(id)["status"], "SHIPPED");
+        }
+        wait_until("zero lag everywhere", || {
+            let (s, lag) = c.get("/admin/lag");
+            assert_eq!(s, 200);
+            lag["groups"].as_object().unwrap().values().all(|v| v == 0)
+                && lag["outboxBacklog"]
+                    .as_object()
+                    .unwrap()
+                    .values()
+                    .all(|v| v == 0)
+        });
+        let (_, lag) = c.get("/admin/lag");
+        for g in [
+            "inventory",
+            "payment",
+            "shipping",
+            "notification",
+            "order",
+            "dlq-index",
+        ] {
+            assert!(lag["groups"].get(g).is_some(), "{g} in {lag}");
+        }
+        let row = &lag["partitions"][0];
+        for k in [
+            "group",
+            "topic",
+            "partition",
+            "committed",
+            "endOffset",
+            "lag",
+        ] {
+            assert!(row.get(k).is_some(), "{k} in {row}");
+        }
+        let (_, breakers) = c.get("/admin/breakers");
+        assert_eq!(breakers.as_array().unwrap().len(), 2);
+        assert_eq!(breakers[0]["state"], "closed");
+
+        let (s, text) = c.get("/metrics");
+        assert_eq!(s, 200);
+        let text = text.as_str().unwrap();
+        for family in [
+            "shopflow_events_consumed_total{consumer=\"payment\"}",
+            "shopflow_outbox_published_total",
+            "shopflow_handler_seconds_bucket{consumer=\"order\"",
+            "shopflow_consumer_lag{",
+            "shopflow_outbox_backlog{owner=\"order\"}",
+            "shopflow_breaker_state{breaker=\"payment-gateway\"}",
+            "shopflow_dead_letters{status=\"open\"}",
+        ] {
+            assert!(text.contains(family), "{family} missing from /metrics");
+        }
+    })
+    .await;
+    shop.stop().await.unwrap();
+}
+
+/// The caller's `X-Correlation-Id` is echoed, and every event of the order — also those recorded
+/// in reaction to other services' events (payment, stock, shipping) — carries it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_correlation_id_flows_from_the_request_through_every_event() {
+    let (shop, c, _dir) = start(|_| {}).await;
+    blocking(move || {
+        c.put_product("C1", 700, 10);
+        let user = c.register("cy@example.com", None);
+        // Once the order service's catalog copy knows the sku.
+        c.place_ok(&order(&user, "C1", 1, GOOD_CARD, "DE"));
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut resp = agent
+            .post(format!("{}/orders", c.base))
+            .header("content-type", "application/json")
+            .header("x-correlation-id", "drill-42")
+            .send(
+                order(&user, "C1", 1, GOOD_CARD, "DE")
+                    .to_string()
+                    .as_bytes(),
+            )
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+        assert_eq!(resp.headers().get("x-correlation-id").unwrap(), "drill-42");
+        let body: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+        let id = body["orderId"].as_str().unwrap();
+        assert_eq!(c.wait_final(id)["status"], "SHIPPED");
+        let (_, events) = c.get(&format!("/orders/{id}/events"));
+        let events = events.as_array().unwrap_or_else(|| panic!("{events}"));
+        // OrderCreated and OrderCompleted are always there; OrderPaid and OrderReserved are
+        // not recorded when the shipment overtook them on the way to the order service.
+        let types: Vec<&str> = events
+            .iter()
+            .filter_map(|e| e["eventType"].as_str())
+            .collect();
+        assert_eq!(types.first(), Some(&"OrderCreated"), "{events:?}");
+        assert_eq!(types.last(), Some(&"OrderCompleted"), "{events:?}");
+        for e in events {
+            assert_eq!(e["correlationId"], "drill-42", "{e}");
+        }
+        // A request without one gets a fresh id, echoed.
+        let resp = agent.get(format!("{}/health", c.base)).call().unwrap();
+        assert!(!resp.headers().get("x-correlation-id").unwrap().is_empty());
+    })
+    .await;
+    shop.stop().await.unwrap();
+}
+
+/// Operating sagas on a running shop (orchestration): a saga stuck on a payment provider that is
+/// down is listed, inspected and cancelled by an operator; it compensates (the charge that
+/// happens once the provider is back is refunded) and the order is cancelled with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_lists_shows_and_cancels_a_stuck_saga() {
+    let (shop, c, _dir) = start(|cfg| cfg.saga = shopflow::shop::SagaStyle::Orchestration).await;
+    blocking(move || {
+        c.put_product("S1", 900, 10);
+        let user = c.register("sam@example.com", None);
+        let (s, _) = c.send("PUT", "/admin/payment-gateway", r#"{"outage": true}"#, &[]);
+        assert_eq!(s, 200);
+        let id = c.place_ok(&order(&user, "S1", 1, GOOD_CARD, "DE"));
+        wait_until("the saga waits on its payment", || {
+            let (s, v) = c.get(&format!("/sagas/{id}"));
+            s == 200 && v["state"] == "running" && v["currentStep"] == "payment"
+        });
+        let (_, list) = c.get("/sagas?state=running");
+        assert_eq!(list["style"], "orchestration");
+        assert!(
+            list["sagas"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|g| g["sagaId"] == id.as_str()),
+            "{list}"
+        );
+        assert_eq!(c.get("/sagas?state=bogus").0, 400);
+        assert_eq!(c.get("/sagas/ord_nope").0, 404);
+        assert_eq!(
+            c.send(
+                "POST",
+                &format!("/sagas/{id}/cancel"),
+                r#"{"reason": ""}"#,
+                &[]
+            )
+            .0,
+            400
+        );
+        let (s, v) = c.send(
+            "POST",
+            &format!("/sagas/{id}/cancel"),
+            r#"{"reason": "customer called"}"#,
+            &[],
+        );
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["state"], "compensating");
+        assert_eq!(v["failure"]["kind"], "cancelled");
+        assert_eq!(
+            c.send(
+                "POST",
+                &format!("/sagas/{id}/cancel"),
+                r#"{"reason": "again"}"#,
+                &[]
+            )
+            .0,
+            409
+        );
+        // The provider comes back: the queued charge happens, then its refund.
+        c.send("PUT", "/admin/payment-gateway", r#"{"outage": false}"#, &[]);
+        let o = c.wait_final(&id);
+        assert_eq!(o["status"], "CANCELLED");
+        assert_eq!(
+            o["cancelReason"],
+            "cancelled by an operator: customer called"
+        );
+        wait_until("the refund", || {
+            c.get(&format!("/orders/{id}/payment")).1["status"] == "REFUNDED"
+        });
+        let (_, v) = c.get(&format!("/sagas/{id}"));
+        assert_eq!(v["state"], "compensated");
+        let steps: Vec<String> = v["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}:{}:{}",
+                    s["step"].as_str().unwrap(),
+                    s["kind"].as_str().unwrap(),
+                    s["outcome"].as_str().unwrap_or("-")
+                )
+            })
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                "payment:action:cancelled",
+                "payment:compensation:compensated",
+                "compensated:notify:sent"
+            ]
+        );
+        assert_eq!(c.get("/products/S1").1["available"], 10);
+    })
+    .await;
+    shop.stop().await.unwrap();
+}
