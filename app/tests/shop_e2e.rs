@@ -81,11 +81,11 @@ async fn happy_path_ships_with_one_confirmation_and_one_shipping_email() {
             "no SMS without a phone: {n}"
         );
         for m in n.as_array().unwrap() {
-            let eml = std::fs::read_to_string(m["location"].as_str().unwrap()).unwrap();
+            let eml = shopflow_notification::read_spooled(m["location"].as_str().unwrap()).unwrap();
             assert!(
                 eml.starts_with("From: ")
-                    && eml.contains("\r\nTo: ada@example.com\r\n")
-                    && eml.contains("\r\nSubject: "),
+                    && eml.contains("\nTo: ada@example.com\n")
+                    && eml.contains("\nSubject: "),
                 "{eml}"
             );
             assert!(
