@@ -38,7 +38,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
-    #[error(transparent)]
+    /// tokio-postgres prints only "db error" for a server error; this says what the server said.
+    #[error("{}", postgres_message(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("connection pool: {reason}")]
     Pool { reason: String },
@@ -103,3 +104,19 @@ impl Error {
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A PostgreSQL error as the server reported it (`ERROR 40P01: deadlock detected (detail)`), or
+/// the client's own message with its cause for errors that never reached the server.
+fn postgres_message(e: &tokio_postgres::Error) -> String {
+    if let Some(d) = e.as_db_error() {
+        let mut m = format!("{} {}: {}", d.severity(), d.code().code(), d.message());
+        if let Some(detail) = d.detail() {
+            m.push_str(&format!(" ({detail})"));
+        }
+        return m;
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}

@@ -610,3 +610,19 @@ suite!(postgres:
     relay_wakes_on_commit,
     relaxed_transactions_are_atomic_and_leave_durability_on,
 );
+
+/// A server error reads as what the server said (tokio-postgres alone prints "db error"), so a
+/// dead letter's reason or a log line tells the operator what went wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_errors_say_what_the_server_said() {
+    let Some(t) = postgres().await else { return };
+    let err =
+        t.db.query("SELECT * FROM no_such_table", &[])
+            .await
+            .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("42P01"), "{text}");
+    assert!(text.contains("no_such_table"), "{text}");
+    assert!(!err.is_transient(), "{text}");
+    t.cleanup().await;
+}
