@@ -28,6 +28,12 @@ pub const NAME: &str = "order";
 const SOURCE: &str = "order-service";
 const PROJECTION: &str = "order_view";
 
+/// Advisory-lock class of projection steps on PostgreSQL (key: `hashtext(<projection name>)`).
+/// Several order-service instances share one schema: each projection step takes this lock for its
+/// transaction, so one instance projects at a time and another takes over when it stops (the lock
+/// goes with its transaction), instead of all of them doing the same work.
+pub const PROJECTOR_LOCK_CLASS: i32 = 0x5346_5052; // "SFPR"
+
 pub const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
     name: "order",
@@ -602,8 +608,29 @@ impl Orders {
         table: &str,
         max: usize,
     ) -> Result<usize, HandlerError> {
-        let rows = self
-            .db
+        // Not fsynced: a projection step lost in a crash is redone from the store (the version
+        // check makes it idempotent).
+        let mut tx = self.db.begin_relaxed().await?;
+        if let Tx::Postgres(_) = tx {
+            let rows = tx
+                .query(
+                    "SELECT pg_try_advisory_xact_lock($1, hashtext($2))",
+                    params![PROJECTOR_LOCK_CLASS, projection],
+                )
+                .await?;
+            if !rows
+                .first()
+                .map(|r| r.bool(0))
+                .transpose()?
+                .unwrap_or(false)
+            {
+                // Another instance is projecting; its steps serve this one's reads too.
+                tx.rollback().await?;
+                return Ok(0);
+            }
+        }
+        // The position is read under the lock, so it never moves backwards.
+        let rows = tx
             .query(
                 "SELECT position FROM projections WHERE name = $1",
                 params![projection],
@@ -612,11 +639,9 @@ impl Orders {
         let position = rows.first().map(|r| r.u64(0)).transpose()?.unwrap_or(0);
         let events = self.store.read_all(position, max).await?;
         let Some(last) = events.last().map(|e| e.position) else {
+            tx.rollback().await?;
             return Ok(0);
         };
-        // Not fsynced: a projection step lost in a crash is redone from the store (the version
-        // check makes it idempotent).
-        let mut tx = self.db.begin_relaxed().await?;
         for e in &events {
             self.project_one(&mut tx, table, e).await?;
         }
