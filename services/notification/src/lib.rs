@@ -17,6 +17,10 @@ use shopflow_store::{Db, Migration, Tx, params};
 
 pub const NAME: &str = "notification";
 
+/// Advisory-lock class of deferring and releasing notifications (PostgreSQL; key:
+/// `hashtext(<what the event waits for>)`).
+const DEFER_LOCK_CLASS: i32 = 0x5346_4e44; // "SFND"
+
 pub const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
     name: "notifications",
@@ -532,7 +536,50 @@ impl<M: Mailer> Notifications<M> {
         })
     }
 
-    async fn defer(tx: &mut Tx, env: &Envelope, waits_for: String) -> Result<(), HandlerError> {
+    /// On PostgreSQL, serializes deferring on `key` with releasing it. Without it, two instances
+    /// (or two transactions) could interleave so that an event is deferred for a recipient whose
+    /// `UserRegistered` committed meanwhile without seeing the deferred row, and would wait
+    /// forever. (SQLite has a single writer: its transactions never interleave.)
+    async fn lock_key(tx: &mut Tx, key: &str) -> Result<(), HandlerError> {
+        if let Tx::Postgres(_) = tx {
+            tx.execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                params![DEFER_LOCK_CLASS, key],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Whether what `key` waits for (`user:<id>`, `order:<id>`) is known now.
+    async fn arrived(tx: &mut Tx, key: &str) -> Result<bool, HandlerError> {
+        let rows = if let Some(user) = key.strip_prefix("user:") {
+            tx.query("SELECT 1 FROM recipients WHERE user_id = $1", params![user])
+                .await?
+        } else if let Some(order) = key.strip_prefix("order:") {
+            tx.query(
+                "SELECT 1 FROM order_customers WHERE order_id = $1",
+                params![order],
+            )
+            .await?
+        } else {
+            Vec::new()
+        };
+        Ok(!rows.is_empty())
+    }
+
+    /// Defers `env` until `waits_for` arrives — unless it arrived while this transaction ran, in
+    /// which case the event is handled now.
+    async fn defer(
+        &self,
+        tx: &mut Tx,
+        env: &Envelope,
+        waits_for: String,
+    ) -> Result<(), HandlerError> {
+        Self::lock_key(tx, &waits_for).await?;
+        if Self::arrived(tx, &waits_for).await? {
+            return Box::pin(self.notify(tx, env)).await;
+        }
         tx.execute(
             "INSERT INTO deferred (event_id, waits_for, envelope, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING",
             params![env.event_id().to_string(), waits_for, env.encode()?, chrono::Utc::now().timestamp_millis()],
@@ -584,7 +631,7 @@ impl<M: Mailer> Notifications<M> {
                     )
                     .await?;
                 let Some(r) = rows.first() else {
-                    return Self::defer(tx, env, format!("order:{}", e.order_id)).await;
+                    return self.defer(tx, env, format!("order:{}", e.order_id)).await;
                 };
                 (
                     Some(e.order_id.to_string()),
@@ -625,7 +672,7 @@ impl<M: Mailer> Notifications<M> {
                 return Ok(());
             };
         let Some(to) = Self::recipient(tx, &user_id).await? else {
-            return Self::defer(tx, env, format!("user:{user_id}")).await;
+            return self.defer(tx, env, format!("user:{user_id}")).await;
         };
         let body = format!("Hello {},\n\n{body}", to.name);
         let mut channels = vec![("email", to.email.clone())];
@@ -669,6 +716,7 @@ impl<M: Mailer> Notifications<M> {
 
     /// Handles the events that waited for `key`.
     async fn release(&self, tx: &mut Tx, key: &str) -> Result<(), HandlerError> {
+        Self::lock_key(tx, key).await?;
         let rows = tx
             .query(
                 "SELECT event_id, envelope FROM deferred WHERE waits_for = $1 ORDER BY created_at",

@@ -1,0 +1,122 @@
+//! Deferred notifications on PostgreSQL with two instances: an event deferred for a recipient in
+//! one transaction, while another transaction registers that recipient, is still sent (exactly
+//! once). PostgreSQL's address comes from `SHOPFLOW_TEST_POSTGRES`; without it the test is skipped
+//! with a printed reason, except under `CI=true`, where that is a failure.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shopflow_contracts::{Address, OrderCreated, OrderId, OrderLine, Sku, UserId, UserRegistered};
+use shopflow_envelope::{Envelope, Meta};
+use shopflow_notification::{Notifications, Spool};
+use shopflow_runtime::Handler;
+use shopflow_store::{Db, params};
+
+fn postgres_url() -> Option<String> {
+    match std::env::var(shopflow_store::TEST_POSTGRES_ENV) {
+        Ok(url) => Some(url),
+        Err(_) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!(
+            "CI=true but {} is not set: the PostgreSQL notification test must run in CI",
+            shopflow_store::TEST_POSTGRES_ENV
+        ),
+        Err(_) => {
+            eprintln!(
+                "skipping the PostgreSQL notification test: set {}",
+                shopflow_store::TEST_POSTGRES_ENV
+            );
+            None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_deferred_while_its_recipient_registers_is_still_sent() {
+    let Some(url) = postgres_url() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let schema = format!("t_notify_{}", std::process::id());
+    let db_a = Db::connect_postgres(&url, &schema).await.unwrap();
+    let db_b = Db::connect_postgres(&url, &schema).await.unwrap();
+    let spool = Arc::new(Spool::new(dir.path()));
+    let a = Notifications::open(db_a.clone(), spool.clone())
+        .await
+        .unwrap();
+    let b = Arc::new(Notifications::open(db_b.clone(), spool).await.unwrap());
+
+    let user = UserId::generate();
+    let order = OrderId::generate();
+    let created = Envelope::new(
+        &OrderCreated {
+            order_id: order.clone(),
+            customer_id: user.clone(),
+            items: vec![OrderLine {
+                sku: Sku::parse("MUG").unwrap(),
+                quantity: 1,
+                unit_price_minor: 1250,
+            }],
+            total_minor: 1250,
+            currency: "EUR".into(),
+            payment_token: "tok_4242424242424242".into(),
+            card_last4: "4242".into(),
+            shipping_address: Address {
+                name: "Ada".into(),
+                line1: "1 Analytical St".into(),
+                city: "London".into(),
+                postal_code: "N1 9GU".into(),
+                country: "GB".into(),
+            },
+        },
+        Meta::new("order-service", order.as_str(), 1),
+    )
+    .unwrap();
+    let registered = Envelope::new(
+        &UserRegistered {
+            user_id: user.clone(),
+            email: "ada@example.com".into(),
+            name: "Ada".into(),
+            phone: None,
+        },
+        Meta::new("user-service", user.as_str(), 1),
+    )
+    .unwrap();
+
+    // Instance A: the order arrives first; its recipient is unknown, so it is deferred (not
+    // committed yet).
+    let mut tx_a = db_a.begin().await.unwrap();
+    a.handle(&mut tx_a, &created).await.unwrap();
+    // Instance B registers the recipient meanwhile.
+    let registering = {
+        let (b, db_b, registered) = (b.clone(), db_b.clone(), registered.clone());
+        tokio::spawn(async move {
+            let mut tx = db_b.begin().await.unwrap();
+            b.handle(&mut tx, &registered).await.unwrap();
+            tx.commit().await.unwrap();
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tx_a.commit().await.unwrap();
+    registering.await.unwrap();
+
+    let sent = db_a
+        .query(
+            "SELECT event_type FROM notifications WHERE user_id = $1 ORDER BY event_type",
+            params![user.as_str()],
+        )
+        .await
+        .unwrap();
+    let sent: Vec<String> = sent.iter().map(|r| r.str(0).unwrap().to_owned()).collect();
+    assert_eq!(sent, ["OrderCreated", "UserRegistered"]);
+    let waiting = db_a
+        .query("SELECT event_id FROM deferred", &[])
+        .await
+        .unwrap();
+    assert!(
+        waiting.is_empty(),
+        "an event still waits for a recipient that is known"
+    );
+
+    let mut tx = db_a.begin().await.unwrap();
+    tx.batch(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
