@@ -105,8 +105,18 @@ impl Inventory {
         }
         let now = chrono::Utc::now().timestamp_millis();
         let mut tx = self.db.begin().await?;
+        // The row is read to compute the stock delta: on PostgreSQL it is locked for that, or a
+        // reservation committing in between would be counted wrong (SQLite's writer is alone).
+        let lock = if let Tx::Postgres(_) = tx {
+            " FOR UPDATE"
+        } else {
+            ""
+        };
         let existing = tx
-            .query("SELECT name, price_minor, currency, available, reserved, shipped FROM products WHERE sku = $1", params![sku.as_str()])
+            .query(
+                &format!("SELECT name, price_minor, currency, available, reserved, shipped FROM products WHERE sku = $1{lock}"),
+                params![sku.as_str()],
+            )
             .await?;
         let (created, catalog_changed, reserved, shipped) = match existing.first() {
             None => {
