@@ -64,6 +64,11 @@ impl From<shopflow_store::Error> for ApiError {
         match &e {
             E::Conflict { .. } | E::DuplicateEvent { .. } => ApiError::conflict(e.to_string()),
             E::Invalid { .. } => ApiError::invalid(e.to_string()),
+            // Two requests creating the same record at once (on PostgreSQL both may pass their
+            // existence check): the loser is told to try again, which then finds the record.
+            _ if e.is_unique_violation() => {
+                ApiError::conflict("a concurrent request changed the same record; try again")
+            }
             _ if e.is_transient() => {
                 tracing::warn!(error = %e, "store unavailable");
                 ApiError::new(
@@ -194,4 +199,29 @@ pub async fn correlate(mut req: axum::extract::Request, next: axum::middleware::
         resp.headers_mut().insert(CORRELATION_HEADER, v);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A unique violation (two requests creating one record) is a 409 to retry, not a 500.
+    #[tokio::test]
+    async fn a_unique_violation_is_a_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = shopflow_store::Db::open_sqlite(dir.path().join("t.db")).unwrap();
+        let mut tx = db.begin().await.unwrap();
+        tx.batch("CREATE TABLE t (k TEXT PRIMARY KEY)")
+            .await
+            .unwrap();
+        tx.execute("INSERT INTO t (k) VALUES ('a')", &[])
+            .await
+            .unwrap();
+        let e = tx
+            .execute("INSERT INTO t (k) VALUES ('a')", &[])
+            .await
+            .unwrap_err();
+        assert!(e.is_unique_violation(), "{e}");
+        assert_eq!(ApiError::from(e).status, StatusCode::CONFLICT);
+    }
 }

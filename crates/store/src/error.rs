@@ -88,7 +88,7 @@ impl Error {
     }
 
     /// Whether this is a unique (or primary-key) violation, on either backend.
-    pub(crate) fn is_unique_violation(&self) -> bool {
+    pub fn is_unique_violation(&self) -> bool {
         match self {
             Error::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
                 e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
