@@ -45,19 +45,7 @@ async fn sqlite() -> Option<TestDb> {
 }
 
 async fn postgres() -> Option<TestDb> {
-    let Ok(url) = std::env::var(shopflow_store::TEST_POSTGRES_ENV) else {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!(
-                "CI=true but {} is not set: the PostgreSQL store tests must run in CI",
-                shopflow_store::TEST_POSTGRES_ENV
-            );
-        }
-        eprintln!(
-            "skipping PostgreSQL store test: set {} (e.g. postgres://postgres@127.0.0.1:5432/test)",
-            shopflow_store::TEST_POSTGRES_ENV
-        );
-        return None;
-    };
+    let url = shopflow_store::test_postgres_url("the PostgreSQL store tests")?;
     let schema = format!(
         "t_{}",
         shopflow_bus::conformance::unique("s").replace('-', "_")

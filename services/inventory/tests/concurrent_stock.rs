@@ -7,23 +7,6 @@ use shopflow_envelope::CorrelationId;
 use shopflow_inventory::{Inventory, PutProduct};
 use shopflow_store::{Db, params};
 
-fn postgres_url() -> Option<String> {
-    match std::env::var(shopflow_store::TEST_POSTGRES_ENV) {
-        Ok(url) => Some(url),
-        Err(_) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!(
-            "CI=true but {} is not set: the PostgreSQL stock test must run in CI",
-            shopflow_store::TEST_POSTGRES_ENV
-        ),
-        Err(_) => {
-            eprintln!(
-                "skipping the PostgreSQL stock test: set {}",
-                shopflow_store::TEST_POSTGRES_ENV
-            );
-            None
-        }
-    }
-}
-
 fn stock(n: i64) -> PutProduct {
     PutProduct {
         name: "Mug".into(),
@@ -36,7 +19,9 @@ fn stock(n: i64) -> PutProduct {
 /// stocked = available + reserved + shipped holds however restocks and reservations interleave.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restocks_racing_reservations_keep_the_books_balanced() {
-    let Some(url) = postgres_url() else { return };
+    let Some(url) = shopflow_store::test_postgres_url("the PostgreSQL stock test") else {
+        return;
+    };
     let schema = format!("t_stock_{}", std::process::id());
     let db_a = Db::connect_postgres(&url, &schema).await.unwrap();
     let db_b = Db::connect_postgres(&url, &schema).await.unwrap();

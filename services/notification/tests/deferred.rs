@@ -12,26 +12,11 @@ use shopflow_notification::{Notifications, Spool};
 use shopflow_runtime::Handler;
 use shopflow_store::{Db, params};
 
-fn postgres_url() -> Option<String> {
-    match std::env::var(shopflow_store::TEST_POSTGRES_ENV) {
-        Ok(url) => Some(url),
-        Err(_) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!(
-            "CI=true but {} is not set: the PostgreSQL notification test must run in CI",
-            shopflow_store::TEST_POSTGRES_ENV
-        ),
-        Err(_) => {
-            eprintln!(
-                "skipping the PostgreSQL notification test: set {}",
-                shopflow_store::TEST_POSTGRES_ENV
-            );
-            None
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_deferred_while_its_recipient_registers_is_still_sent() {
-    let Some(url) = postgres_url() else { return };
+    let Some(url) = shopflow_store::test_postgres_url("the PostgreSQL notification test") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let schema = format!("t_notify_{}", std::process::id());
     let db_a = Db::connect_postgres(&url, &schema).await.unwrap();

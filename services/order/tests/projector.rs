@@ -9,23 +9,6 @@ use shopflow_order::{Orders, PROJECTOR_LOCK_CLASS, PlaceOrder};
 use shopflow_runtime::Shutdown;
 use shopflow_store::{Db, params};
 
-fn postgres_url() -> Option<String> {
-    match std::env::var(shopflow_store::TEST_POSTGRES_ENV) {
-        Ok(url) => Some(url),
-        Err(_) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!(
-            "CI=true but {} is not set: the PostgreSQL projector test must run in CI",
-            shopflow_store::TEST_POSTGRES_ENV
-        ),
-        Err(_) => {
-            eprintln!(
-                "skipping the PostgreSQL projector test: set {}",
-                shopflow_store::TEST_POSTGRES_ENV
-            );
-            None
-        }
-    }
-}
-
 fn order() -> PlaceOrder {
     serde_json::from_value(serde_json::json!({
         "customerId": "usr_0192d5e0a1b27c3d8e4f5a6b7c8d9e0f",
@@ -47,7 +30,9 @@ async fn sources(orders: &Orders, ids: &[String]) -> Vec<&'static str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_instance_projects_at_a_time_and_another_takes_over() {
-    let Some(url) = postgres_url() else { return };
+    let Some(url) = shopflow_store::test_postgres_url("the PostgreSQL projector test") else {
+        return;
+    };
     let schema = format!("t_proj_{}", std::process::id());
     let db_a = Db::connect_postgres(&url, &schema).await.unwrap();
     let db_b = Db::connect_postgres(&url, &schema).await.unwrap();
