@@ -244,8 +244,8 @@ impl Ops {
         }
         let mut outbox_backlog = BTreeMap::new();
         for (owner, db) in &self.outboxes {
-            let rows = db.query("SELECT COUNT(*) FROM outbox", &[]).await?;
-            outbox_backlog.insert((*owner).to_owned(), rows[0].i64(0)?);
+            let n = shopflow_store::outbox::backlog(db).await?;
+            outbox_backlog.insert((*owner).to_owned(), n as i64);
         }
         Ok(LagReport {
             groups,
