@@ -247,22 +247,8 @@ impl CircuitBreaker {
     where
         F: Future<Output = Result<T, E>>,
     {
-        if let Err(retry_after) = self.try_acquire() {
-            return Err(BreakerError::Open {
-                breaker: self.name.clone(),
-                retry_after,
-            });
-        }
-        match call.await {
-            Ok(v) => {
-                self.on_success();
-                Ok(v)
-            }
-            Err(error) => {
-                let opened = self.on_failure();
-                Err(BreakerError::Failed { error, opened })
-            }
-        }
+        self.admit()?;
+        self.record(call.await)
     }
 
     /// Makes a blocking `call` through the breaker; every `Err` counts as a failure.
@@ -270,13 +256,22 @@ impl CircuitBreaker {
         &self,
         call: impl FnOnce() -> Result<T, E>,
     ) -> Result<T, BreakerError<E>> {
-        if let Err(retry_after) = self.try_acquire() {
-            return Err(BreakerError::Open {
+        self.admit()?;
+        self.record(call())
+    }
+
+    /// Lets a call through, or says for how long the breaker stays open.
+    fn admit<E>(&self) -> Result<(), BreakerError<E>> {
+        self.try_acquire()
+            .map_err(|retry_after| BreakerError::Open {
                 breaker: self.name.clone(),
                 retry_after,
-            });
-        }
-        match call() {
+            })
+    }
+
+    /// Counts a call's outcome.
+    fn record<T, E>(&self, outcome: Result<T, E>) -> Result<T, BreakerError<E>> {
+        match outcome {
             Ok(v) => {
                 self.on_success();
                 Ok(v)
