@@ -248,6 +248,17 @@ struct Failures {
     last: DateTime<Utc>,
 }
 
+impl Failures {
+    /// A first failure, now.
+    fn first(now: DateTime<Utc>) -> Self {
+        Self {
+            count: 1,
+            first: now,
+            last: now,
+        }
+    }
+}
+
 type Attempts = HashMap<(TopicPartition, u64), Failures>;
 
 /// Why a batch stopped before its end.
@@ -260,6 +271,18 @@ enum Stop {
         retry_after: Duration,
         reason: String,
     },
+}
+
+/// Counts one more failure of the record at `key`.
+fn count_failure<'a>(attempts: &'a mut Attempts, key: &(TopicPartition, u64)) -> &'a Failures {
+    let now = Utc::now();
+    attempts
+        .entry(key.clone())
+        .and_modify(|f| {
+            f.count += 1;
+            f.last = now;
+        })
+        .or_insert_with(|| Failures::first(now))
 }
 
 enum Step {
@@ -460,12 +483,7 @@ impl<B: Bus, H: Handler> Runner<B, H> {
                 let id = format!("{}/{}/{}", r.topic, r.partition, r.offset);
                 if inbox::record(tx, name, &id).await? {
                     tracing::error!(consumer = name, topic = %r.topic, partition = r.partition, offset = r.offset, reason = %e, "undecodable record dead-lettered");
-                    let now = Utc::now();
-                    let f = Failures {
-                        count: 1,
-                        first: now,
-                        last: now,
-                    };
+                    let f = Failures::first(Utc::now());
                     self.dead_letter(tx, r, &e.to_string(), &f).await?;
                 }
                 return Ok(Step::Done);
@@ -527,23 +545,14 @@ impl<B: Bus, H: Handler> Runner<B, H> {
             Err(HandlerError::Transient(reason)) => {
                 tx.execute("ROLLBACK TO SAVEPOINT handler", &[]).await?;
                 tx.execute("RELEASE SAVEPOINT handler", &[]).await?;
-                let now = Utc::now();
-                let f = attempts.entry(key.clone()).or_insert(Failures {
-                    count: 0,
-                    first: now,
-                    last: now,
-                });
-                f.count += 1;
-                f.last = now;
+                let f = count_failure(attempts, &key);
                 if !self.config.retry.exhausted(f.count) {
                     let delay = self.config.retry.delay(f.count, jitter.next_unit());
                     return Ok(Step::Stop(Stop::Retry { delay, reason }));
                 }
-                let f = attempts.remove(&key).unwrap_or(Failures {
-                    count: 1,
-                    first: now,
-                    last: now,
-                });
+                let f = attempts
+                    .remove(&key)
+                    .unwrap_or_else(|| Failures::first(Utc::now()));
                 let reason = format!("gave up after {} attempts: {reason}", f.count);
                 self.give_up(tx, r, &envelope, &event_id, &reason, &f)
                     .await?;
@@ -552,19 +561,10 @@ impl<B: Bus, H: Handler> Runner<B, H> {
             Err(HandlerError::Permanent(reason)) => {
                 tx.execute("ROLLBACK TO SAVEPOINT handler", &[]).await?;
                 tx.execute("RELEASE SAVEPOINT handler", &[]).await?;
-                let now = Utc::now();
-                let f = match attempts.remove(&key) {
-                    Some(mut f) => {
-                        f.count += 1;
-                        f.last = now;
-                        f
-                    }
-                    None => Failures {
-                        count: 1,
-                        first: now,
-                        last: now,
-                    },
-                };
+                count_failure(attempts, &key);
+                let f = attempts
+                    .remove(&key)
+                    .unwrap_or_else(|| Failures::first(Utc::now()));
                 self.give_up(tx, r, &envelope, &event_id, &reason, &f)
                     .await?;
                 Ok(Step::Done)
