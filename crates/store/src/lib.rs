@@ -13,7 +13,7 @@ pub use db::{Backend, Db, Migration, Tx};
 pub use error::{Error, Result};
 pub use events::{AppendStream, EventStore, ExpectedVersion, Snapshot, StoredEvent};
 pub use postgres::{PgDb, PgTx};
-pub use sqlite::{SqliteDb, SqliteTx};
+pub use sqlite::{SqliteDb, SqliteTx, blocking};
 pub use value::{Row, Value};
 
 /// Migrations of the building blocks' own tables, applied by [`Db::migrate_building_blocks`].

@@ -191,7 +191,7 @@ impl Drop for SqliteTx {
 }
 
 /// Runs blocking work in place, telling a multi-threaded runtime to move other tasks away.
-pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(f)

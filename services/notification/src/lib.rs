@@ -247,17 +247,6 @@ fn mbox_body(body: &str) -> String {
     out
 }
 
-/// Runs a blocking delivery (a file sync, an SMTP session) in place, telling a multi-threaded
-/// runtime to move its other tasks to another worker meanwhile.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
-}
-
 /// A header value on one line, whatever the input held.
 fn one_line(v: &str) -> String {
     v.replace(['\r', '\n'], " ")
@@ -701,7 +690,8 @@ impl<M: Mailer> Notifications<M> {
             let location = self
                 .breaker
                 .call_sync(|| {
-                    blocking(|| self.mailer.deliver(&m))
+                    // A file sync or an SMTP session: other tasks move to another worker meanwhile.
+                    shopflow_store::blocking(|| self.mailer.deliver(&m))
                         .map_err(|e| format!("delivery failed: {e}"))
                 })
                 .map_err(|e| self.breaker.handler_error(e))?;
