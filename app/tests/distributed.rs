@@ -14,28 +14,16 @@ use std::time::{Duration, Instant};
 use common::{Client, DECLINED_CARD, GOOD_CARD, blocking, free_port, order};
 use shopflow::shop::{DbConfig, Shop, ShopConfig};
 
-fn server(env: &str, example: &str) -> Option<String> {
-    match std::env::var(env) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("CI=true but {env} is not set: the distributed tests must run in CI")
-        }
-        _ => {
-            eprintln!("skipping: set {env} (e.g. {example})");
-            None
-        }
-    }
-}
-
 fn postgres() -> Option<String> {
-    server(
-        "SHOPFLOW_TEST_POSTGRES",
-        "postgres://postgres@127.0.0.1:5432/test",
-    )
+    shopflow_store::test_postgres_url("the distributed tests")
 }
 
 fn kafka() -> Option<String> {
-    server("SHOPFLOW_TEST_KAFKA", "127.0.0.1:9092")
+    shopflow_bus::conformance::test_server(
+        "SHOPFLOW_TEST_KAFKA",
+        "127.0.0.1:9092",
+        "the distributed tests",
+    )
 }
 
 /// The tests here share one broker and one PostgreSQL with everything else CI runs; one at a

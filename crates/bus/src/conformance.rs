@@ -28,6 +28,22 @@ pub trait Harness: Send + Sync {
     }
 }
 
+/// For server-backed tests: the server's address from the environment variable `env`, or `None`
+/// after printing why `what` is skipped (with an `example` address). Under `CI=true` a missing
+/// address panics: CI must run them. An empty value counts as missing.
+pub fn test_server(env: &str, example: &str, what: &str) -> Option<String> {
+    match std::env::var(env) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true but {env} is not set: {what} must run in CI")
+        }
+        _ => {
+            eprintln!("skipping {what}: set {env} (e.g. {example})");
+            None
+        }
+    }
+}
+
 /// A name no other check uses.
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};

@@ -15,16 +15,8 @@ struct KafkaHarness {
 
 impl KafkaHarness {
     fn from_env() -> Option<Self> {
-        match std::env::var(ENV) {
-            Ok(brokers) if !brokers.is_empty() => Some(Self { brokers }),
-            _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-                panic!("CI=true but {ENV} is not set: the Kafka bus tests must run in CI")
-            }
-            _ => {
-                eprintln!("skipping Kafka conformance check: set {ENV} (e.g. 127.0.0.1:9092)");
-                None
-            }
-        }
+        shopflow_bus::conformance::test_server(ENV, "127.0.0.1:9092", "the Kafka bus tests")
+            .map(|brokers| Self { brokers })
     }
 }
 

@@ -45,16 +45,9 @@ pub const TEST_POSTGRES_ENV: &str = "SHOPFLOW_TEST_POSTGRES";
 /// For PostgreSQL-backed tests: the server's URL from [`TEST_POSTGRES_ENV`], or `None` after
 /// printing why `what` is skipped. Under `CI=true` a missing address panics: CI must run them.
 pub fn test_postgres_url(what: &str) -> Option<String> {
-    match std::env::var(TEST_POSTGRES_ENV) {
-        Ok(url) => Some(url),
-        Err(_) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("CI=true but {TEST_POSTGRES_ENV} is not set: {what} must run in CI")
-        }
-        Err(_) => {
-            eprintln!(
-                "skipping {what}: set {TEST_POSTGRES_ENV} (e.g. postgres://postgres@127.0.0.1:5432/test)"
-            );
-            None
-        }
-    }
+    shopflow_bus::conformance::test_server(
+        TEST_POSTGRES_ENV,
+        "postgres://postgres@127.0.0.1:5432/test",
+        what,
+    )
 }
