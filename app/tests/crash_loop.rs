@@ -127,15 +127,7 @@ fn crash_loop(saga: &str) {
     );
 
     stop_gracefully(&mut server);
-    let verify = shopflow()
-        .args([
-            "verify",
-            "--settled",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let verify = common::verify_settled(dir.path());
     let text = String::from_utf8_lossy(&verify.stdout);
     eprintln!("{text}");
     if saga == "orchestration" {

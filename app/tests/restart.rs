@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -154,15 +153,7 @@ fn sigkill_mid_batch_then_restart_completes_every_order_once() {
 
     // Stop cleanly; the invariants hold over every service's data…
     stop_gracefully(&mut child);
-    let verify = Command::new(env!("CARGO_BIN_EXE_shopflow"))
-        .args([
-            "verify",
-            "--settled",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let verify = common::verify_settled(dir.path());
     assert!(
         verify.status.success(),
         "shopflow verify: {}",

@@ -231,6 +231,14 @@ pub async fn redeliver_everything(shop: &shopflow::shop::Shop, topics: Vec<Strin
     n
 }
 
+/// Runs `shopflow verify --settled` over a stopped shop's `dir`.
+pub fn verify_settled(dir: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_shopflow"))
+        .args(["verify", "--settled", "--data-dir", dir.to_str().unwrap()])
+        .output()
+        .expect("run shopflow verify")
+}
+
 /// Starts `shopflow up` on `dir` and `port` as a child process (output discarded).
 pub fn up_process(dir: &std::path::Path, port: u16, extra: &[&str]) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_shopflow"))
