@@ -198,6 +198,46 @@ impl Tx {
         }
     }
 
+    /// Serializes this transaction with every other that locks `(class, key)`, until it ends:
+    /// a transaction-scoped advisory lock on PostgreSQL; nothing on SQLite, whose single writer
+    /// never lets two write transactions interleave.
+    pub async fn lock(&mut self, class: i32, key: &str) -> Result<()> {
+        if let Tx::Postgres(t) = self {
+            postgres::execute(
+                t.client(),
+                "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                &[Value::from(class), Value::from(key)],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// [`Tx::lock`] without waiting: `false` when another transaction holds it.
+    pub async fn try_lock(&mut self, class: i32, key: &str) -> Result<bool> {
+        match self {
+            Tx::Sqlite(_) => Ok(true),
+            Tx::Postgres(t) => {
+                let rows = postgres::query(
+                    t.client(),
+                    "SELECT pg_try_advisory_xact_lock($1, hashtext($2))",
+                    &[Value::from(class), Value::from(key)],
+                )
+                .await?;
+                rows.first().map(|r| r.bool(0)).unwrap_or(Ok(false))
+            }
+        }
+    }
+
+    /// What a `SELECT` appends to lock the rows it reads until the transaction ends (`FOR
+    /// UPDATE` on PostgreSQL; nothing on SQLite, see [`Tx::lock`]).
+    pub fn for_update(&self) -> &'static str {
+        match self {
+            Tx::Sqlite(_) => "",
+            Tx::Postgres(_) => " FOR UPDATE",
+        }
+    }
+
     /// Commits; when it returns `Ok` the transaction is durable.
     pub async fn commit(self) -> Result<()> {
         match self {

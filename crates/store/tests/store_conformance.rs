@@ -614,3 +614,19 @@ async fn postgres_errors_say_what_the_server_said() {
     assert!(!err.is_transient(), "{text}");
     t.cleanup().await;
 }
+
+/// `Tx::lock` / `Tx::try_lock`: on PostgreSQL a second transaction cannot take a held key until
+/// the holder ends; other keys are free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_locks_serialize_transactions_on_postgres() {
+    let Some(t) = postgres().await else { return };
+    let mut a = t.db.begin().await.unwrap();
+    a.lock(7, "k").await.unwrap();
+    let mut b = t.db.begin().await.unwrap();
+    assert!(!b.try_lock(7, "k").await.unwrap());
+    assert!(b.try_lock(7, "other").await.unwrap());
+    a.rollback().await.unwrap();
+    assert!(b.try_lock(7, "k").await.unwrap());
+    b.rollback().await.unwrap();
+    t.cleanup().await;
+}

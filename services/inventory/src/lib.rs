@@ -107,11 +107,7 @@ impl Inventory {
         let mut tx = self.db.begin().await?;
         // The row is read to compute the stock delta: on PostgreSQL it is locked for that, or a
         // reservation committing in between would be counted wrong (SQLite's writer is alone).
-        let lock = if let Tx::Postgres(_) = tx {
-            " FOR UPDATE"
-        } else {
-            ""
-        };
+        let lock = tx.for_update();
         let existing = tx
             .query(
                 &format!("SELECT name, price_minor, currency, available, reserved, shipped FROM products WHERE sku = $1{lock}"),

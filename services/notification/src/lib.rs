@@ -525,21 +525,6 @@ impl<M: Mailer> Notifications<M> {
         })
     }
 
-    /// On PostgreSQL, serializes deferring on `key` with releasing it. Without it, two instances
-    /// (or two transactions) could interleave so that an event is deferred for a recipient whose
-    /// `UserRegistered` committed meanwhile without seeing the deferred row, and would wait
-    /// forever. (SQLite has a single writer: its transactions never interleave.)
-    async fn lock_key(tx: &mut Tx, key: &str) -> Result<(), HandlerError> {
-        if let Tx::Postgres(_) = tx {
-            tx.execute(
-                "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-                params![DEFER_LOCK_CLASS, key],
-            )
-            .await?;
-        }
-        Ok(())
-    }
-
     /// Whether what `key` waits for (`user:<id>`, `order:<id>`) is known now.
     async fn arrived(tx: &mut Tx, key: &str) -> Result<bool, HandlerError> {
         let rows = if let Some(user) = key.strip_prefix("user:") {
@@ -565,7 +550,9 @@ impl<M: Mailer> Notifications<M> {
         env: &Envelope,
         waits_for: String,
     ) -> Result<(), HandlerError> {
-        Self::lock_key(tx, &waits_for).await?;
+        // Deferring and releasing one key run one after another: else a deferral could commit
+        // after a release that did not see it, and wait forever.
+        tx.lock(DEFER_LOCK_CLASS, &waits_for).await?;
         if Self::arrived(tx, &waits_for).await? {
             return Box::pin(self.notify(tx, env)).await;
         }
@@ -706,7 +693,7 @@ impl<M: Mailer> Notifications<M> {
 
     /// Handles the events that waited for `key`.
     async fn release(&self, tx: &mut Tx, key: &str) -> Result<(), HandlerError> {
-        Self::lock_key(tx, key).await?;
+        tx.lock(DEFER_LOCK_CLASS, key).await?;
         let rows = tx
             .query(
                 "SELECT event_id, envelope FROM deferred WHERE waits_for = $1 ORDER BY created_at",

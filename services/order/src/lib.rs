@@ -611,23 +611,10 @@ impl Orders {
         // Not fsynced: a projection step lost in a crash is redone from the store (the version
         // check makes it idempotent).
         let mut tx = self.db.begin_relaxed().await?;
-        if let Tx::Postgres(_) = tx {
-            let rows = tx
-                .query(
-                    "SELECT pg_try_advisory_xact_lock($1, hashtext($2))",
-                    params![PROJECTOR_LOCK_CLASS, projection],
-                )
-                .await?;
-            if !rows
-                .first()
-                .map(|r| r.bool(0))
-                .transpose()?
-                .unwrap_or(false)
-            {
-                // Another instance is projecting; its steps serve this one's reads too.
-                tx.rollback().await?;
-                return Ok(0);
-            }
+        if !tx.try_lock(PROJECTOR_LOCK_CLASS, projection).await? {
+            // Another instance is projecting; its steps serve this one's reads too.
+            tx.rollback().await?;
+            return Ok(0);
         }
         // The position is read under the lock, so it never moves backwards.
         let rows = tx
