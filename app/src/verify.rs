@@ -121,7 +121,7 @@ pub async fn verify(dbs: &Databases, settled: bool) -> anyhow::Result<Report> {
                             o.version
                         ));
                     }
-                    if let Err(err) = o.apply_envelope(&env) {
+                    if let Err(err) = shopflow_eventsourcing::fold_envelope(o, &env) {
                         bad(format!(
                             "order {}: event {} cannot be read: {err}",
                             e.stream_id, e.event_id

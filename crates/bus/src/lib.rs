@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+#[cfg(feature = "test-util")]
 pub mod conformance;
 mod error;
 mod partitioner;

@@ -5,6 +5,14 @@ mod envelope;
 mod error;
 mod registry;
 
+/// Header names of an envelope's record on the bus (the value carries the envelope itself).
+pub mod headers {
+    /// The envelope's correlation id, so a broker tool can follow a flow without decoding.
+    pub const CORRELATION_ID: &str = "correlation-id";
+    /// The envelope's event type.
+    pub const EVENT_TYPE: &str = "event-type";
+}
+
 pub use codec::MAX_ENVELOPE_BYTES;
 pub use envelope::{CausationId, CorrelationId, Envelope, EventId, Kind, Meta};
 pub use error::{Error, Result};

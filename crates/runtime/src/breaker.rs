@@ -242,6 +242,15 @@ impl CircuitBreaker {
         opened
     }
 
+    /// Gives back a call admitted by [`CircuitBreaker::try_acquire`] that was never made (or
+    /// whose outcome says nothing about the dependency): a half-open breaker lets the next probe
+    /// through; nothing is counted.
+    pub fn abandon(&self) {
+        if let Inner::HalfOpen { probing, .. } = &mut *self.lock() {
+            *probing = false;
+        }
+    }
+
     /// Makes `call` through the breaker; every `Err` counts as a failure.
     pub async fn call<T, E, F>(&self, call: F) -> Result<T, BreakerError<E>>
     where

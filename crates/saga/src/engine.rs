@@ -11,7 +11,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shopflow_envelope::{CorrelationId, Envelope, Kind, Meta};
-use shopflow_runtime::{Handler, HandlerError, Outgoing, Shutdown, emit};
+use shopflow_runtime::{Handler, HandlerError, Outgoing, Shutdown};
+use shopflow_store::emit;
 use shopflow_store::{Db, Row, Tx, params};
 
 use crate::definition::{CommandDef, SagaData, SagaDef};

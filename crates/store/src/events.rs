@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::fmt;
 
 use shopflow_envelope::{Envelope, Registry};
-use tokio_postgres::types::ToSql;
 
+use crate::backend::EventRow;
 use crate::{Db, Error, Result, Row, Tx, params};
 
 /// Advisory-lock class of event-store appends (PostgreSQL).
@@ -105,6 +105,10 @@ pub struct AppendStream<'a> {
 const COLUMNS: &str =
     "position, stream_id, version, event_id, event_type, event_version, recorded_at, envelope";
 
+fn read_all_sql() -> String {
+    format!("SELECT {COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2")
+}
+
 fn read_stream_sql() -> String {
     format!(
         "SELECT {COLUMNS} FROM events WHERE stream_id = $1 AND version >= $2 ORDER BY version LIMIT $3"
@@ -116,16 +120,6 @@ fn read_stream_sql() -> String {
 #[derive(Clone, Debug)]
 pub struct EventStore {
     db: Db,
-}
-
-struct Encoded {
-    stream: String,
-    version: i64,
-    event_id: String,
-    event_type: String,
-    event_version: i64,
-    recorded_at: i64,
-    envelope: Vec<u8>,
 }
 
 impl EventStore {
@@ -162,15 +156,11 @@ impl EventStore {
     /// Appends to many streams in one go (one statement per table on PostgreSQL). All or nothing:
     /// a conflict on any stream fails the call, and the caller's transaction should be dropped.
     pub async fn append_batch(&self, tx: &mut Tx, batch: &[AppendStream<'_>]) -> Result<Vec<u64>> {
-        if let Tx::Postgres(t) = tx {
-            t.client()
-                .execute(
-                    "SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))",
-                    &[&APPEND_LOCK_CLASS],
-                )
-                .await?;
-        }
-        let current = self.current_versions(tx, batch).await?;
+        tx.lock_appends(APPEND_LOCK_CLASS).await?;
+        let mut ids: Vec<&str> = batch.iter().map(|s| s.stream).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let current: HashMap<String, u64> = tx.stream_versions(&ids).await?.into_iter().collect();
         let mut rows = Vec::new();
         let mut new_versions = Vec::with_capacity(batch.len());
         let mut running: HashMap<&str, u64> = HashMap::new();
@@ -204,7 +194,7 @@ impl EventStore {
                         ),
                     });
                 }
-                rows.push(Encoded {
+                rows.push(EventRow {
                     stream: s.stream.to_owned(),
                     version: version as i64,
                     event_id: e.event_id().to_string(),
@@ -218,11 +208,8 @@ impl EventStore {
             running.insert(s.stream, new);
             new_versions.push(new);
         }
-        let result = match tx {
-            Tx::Sqlite(t) => insert_sqlite(t.conn(), &rows, &running),
-            Tx::Postgres(t) => insert_postgres(t.client(), &rows, &running).await,
-        };
-        result.map_err(|e| {
+        let versions: Vec<(&str, u64)> = running.into_iter().collect();
+        tx.insert_events(&rows, &versions).await.map_err(|e| {
             if e.is_unique_violation() {
                 if e.unique_violation_on("event_id") {
                     return Error::DuplicateEvent {
@@ -241,46 +228,6 @@ impl EventStore {
             e
         })?;
         Ok(new_versions)
-    }
-
-    async fn current_versions(
-        &self,
-        tx: &mut Tx,
-        batch: &[AppendStream<'_>],
-    ) -> Result<HashMap<String, u64>> {
-        let mut out = HashMap::new();
-        match tx {
-            Tx::Sqlite(_) => {
-                for s in batch {
-                    if out.contains_key(s.stream) {
-                        continue;
-                    }
-                    let rows = tx
-                        .query(
-                            "SELECT version FROM streams WHERE stream_id = $1",
-                            params![s.stream],
-                        )
-                        .await?;
-                    let v = rows.first().map(|r| r.u64(0)).transpose()?.unwrap_or(0);
-                    out.insert(s.stream.to_owned(), v);
-                }
-            }
-            Tx::Postgres(t) => {
-                let ids: Vec<&str> = batch.iter().map(|s| s.stream).collect();
-                let stmt = t
-                    .client()
-                    .prepare_cached(
-                        "SELECT stream_id, version FROM streams WHERE stream_id = ANY($1)",
-                    )
-                    .await?;
-                for r in t.client().query(&stmt, &[&ids]).await? {
-                    let id: String = r.try_get(0)?;
-                    let v: i64 = r.try_get(1)?;
-                    out.insert(id, v as u64);
-                }
-            }
-        }
-        Ok(out)
     }
 
     /// The version of a stream (0 when it has no events).
@@ -339,10 +286,38 @@ impl EventStore {
 
     /// Events of every stream with position `> after`, in position (commit) order, at most `max`.
     pub async fn read_all(&self, after: u64, max: usize) -> Result<Vec<StoredEvent>> {
-        let sql =
-            format!("SELECT {COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2");
-        let rows = self.db.query(&sql, params![after, max as u64]).await?;
+        let rows = self
+            .db
+            .query(&read_all_sql(), params![after, max as u64])
+            .await?;
         rows.iter().map(StoredEvent::from_row).collect()
+    }
+
+    /// [`EventStore::read_all`] inside `tx` (sees the transaction's own appends, and nothing
+    /// committed after the transaction's writes began on SQLite): what a step that must not miss
+    /// an event between its read and its commit uses.
+    pub async fn read_all_in(
+        &self,
+        tx: &mut Tx,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        let rows = tx
+            .query(&read_all_sql(), params![after, max as u64])
+            .await?;
+        rows.iter().map(StoredEvent::from_row).collect()
+    }
+
+    /// How many events have a position `> after`: how far a follower at `after` is behind.
+    pub async fn count_after(&self, after: u64) -> Result<u64> {
+        let rows = self
+            .db
+            .query(
+                "SELECT COUNT(*) FROM events WHERE position > $1",
+                params![after],
+            )
+            .await?;
+        rows.first().map(|r| r.u64(0)).unwrap_or(Ok(0))
     }
 
     /// The position of the newest event (0 when the store is empty).
@@ -389,69 +364,4 @@ impl EventStore {
             .await?;
         rows.first().map(Snapshot::from_row).transpose()
     }
-}
-
-fn insert_sqlite(
-    conn: &rusqlite::Connection,
-    rows: &[Encoded],
-    versions: &HashMap<&str, u64>,
-) -> Result<()> {
-    let mut ins = conn.prepare_cached(
-        "INSERT INTO events (stream_id, version, event_id, event_type, event_version, recorded_at, envelope)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?;
-    for r in rows {
-        ins.execute(rusqlite::params![
-            r.stream,
-            r.version,
-            r.event_id,
-            r.event_type,
-            r.event_version,
-            r.recorded_at,
-            r.envelope
-        ])?;
-    }
-    let mut up = conn.prepare_cached(
-        "INSERT INTO streams (stream_id, version) VALUES (?1, ?2)
-         ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version",
-    )?;
-    for (s, v) in versions {
-        up.execute(rusqlite::params![s, *v as i64])?;
-    }
-    Ok(())
-}
-
-async fn insert_postgres(
-    client: &deadpool_postgres::Object,
-    rows: &[Encoded],
-    versions: &HashMap<&str, u64>,
-) -> Result<()> {
-    let streams: Vec<&str> = rows.iter().map(|r| r.stream.as_str()).collect();
-    let vers: Vec<i64> = rows.iter().map(|r| r.version).collect();
-    let ids: Vec<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
-    let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
-    let evs: Vec<i64> = rows.iter().map(|r| r.event_version).collect();
-    let ats: Vec<i64> = rows.iter().map(|r| r.recorded_at).collect();
-    let envs: Vec<&[u8]> = rows.iter().map(|r| r.envelope.as_slice()).collect();
-    let stmt = client
-        .prepare_cached(
-            "INSERT INTO events (stream_id, version, event_id, event_type, event_version, recorded_at, envelope)
-             SELECT s, v, e, t, ev, r, env
-             FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::bytea[])
-                  WITH ORDINALITY AS x(s, v, e, t, ev, r, env, ord)
-             ORDER BY ord",
-        )
-        .await?;
-    let params: [&(dyn ToSql + Sync); 7] = [&streams, &vers, &ids, &types, &evs, &ats, &envs];
-    client.execute(&stmt, &params).await?;
-    let sids: Vec<&str> = versions.keys().copied().collect();
-    let svs: Vec<i64> = versions.values().map(|v| *v as i64).collect();
-    let stmt = client
-        .prepare_cached(
-            "INSERT INTO streams (stream_id, version) SELECT * FROM UNNEST($1::text[], $2::int8[])
-             ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version",
-        )
-        .await?;
-    client.execute(&stmt, &[&sids, &svs]).await?;
-    Ok(())
 }

@@ -1,19 +1,19 @@
 #![doc = include_str!("../README.md")]
 
-mod db;
+mod backend;
+pub mod checkpoint;
 mod error;
 mod events;
 pub mod inbox;
+mod migrate;
 pub mod outbox;
-mod postgres;
-mod sqlite;
 mod value;
 
-pub use db::{Backend, Db, Migration, Tx};
+pub use backend::{Backend, Db, PgDb, PgTx, SqliteDb, SqliteTx, Tx, blocking};
 pub use error::{Error, Result};
 pub use events::{AppendStream, EventStore, ExpectedVersion, Snapshot, StoredEvent};
-pub use postgres::{PgDb, PgTx};
-pub use sqlite::{SqliteDb, SqliteTx, blocking};
+pub use migrate::Migration;
+pub use outbox::{Outgoing, emit};
 pub use value::{Row, Value};
 
 /// Migrations of the building blocks' own tables, applied by [`Db::migrate_building_blocks`].
@@ -36,14 +36,22 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/003_inbox.sql"),
         postgres: include_str!("../migrations/postgres/003_inbox.sql"),
     },
+    Migration {
+        version: 4,
+        name: "checkpoints",
+        sqlite: include_str!("../migrations/sqlite/004_checkpoints.sql"),
+        postgres: include_str!("../migrations/postgres/004_checkpoints.sql"),
+    },
 ];
 
 /// The environment variable naming the PostgreSQL server that tests use
 /// (`postgres://postgres@127.0.0.1:5432/test` on a machine set up as CI's).
+#[cfg(feature = "test-util")]
 pub const TEST_POSTGRES_ENV: &str = "SHOPFLOW_TEST_POSTGRES";
 
 /// For PostgreSQL-backed tests: the server's URL from [`TEST_POSTGRES_ENV`], or `None` after
 /// printing why `what` is skipped. Under `CI=true` a missing address panics: CI must run them.
+#[cfg(feature = "test-util")]
 pub fn test_postgres_url(what: &str) -> Option<String> {
     shopflow_bus::conformance::test_server(
         TEST_POSTGRES_ENV,

@@ -23,80 +23,76 @@ use std::time::Duration;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use shopflow_bus::{Bus, Headers, Message};
-use tokio::sync::Notify;
-use tokio_postgres::types::ToSql;
+use shopflow_envelope::{Envelope, Event, Meta, headers};
 
-use crate::postgres::PgDb;
+use crate::backend::RelayLease;
 use crate::{Db, Error, Result, Row, Tx, params};
-
-const KEY_LOCK_CLASS: i32 = 0x5346_4f4b; // "SFOK"
-const RELAY_LOCK_CLASS: i32 = 0x5346_4f52; // "SFOR"
 
 fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
-/// Adds messages to the outbox inside the caller's transaction.
+/// An envelope to publish, and its topic: what handlers and write paths hand to [`emit`].
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub topic: String,
+    pub envelope: Envelope,
+}
+
+impl Outgoing {
+    /// A typed event on its own topic.
+    pub fn event<E: Event>(event: &E, meta: Meta) -> Result<Self, shopflow_envelope::Error> {
+        Ok(Self {
+            topic: E::topic(),
+            envelope: Envelope::new(event, meta)?,
+        })
+    }
+
+    /// The bus message: keyed by aggregate id, with correlation and type headers.
+    pub fn into_message(self) -> Result<Message, shopflow_envelope::Error> {
+        let value = self.envelope.encode()?;
+        Ok(Message {
+            topic: self.topic,
+            key: Some(Bytes::copy_from_slice(
+                self.envelope.aggregate_id().as_bytes(),
+            )),
+            value: Bytes::from(value),
+            headers: vec![
+                (
+                    headers::CORRELATION_ID.into(),
+                    Bytes::copy_from_slice(self.envelope.correlation_id().as_str().as_bytes()),
+                ),
+                (
+                    headers::EVENT_TYPE.into(),
+                    Bytes::copy_from_slice(self.envelope.event_type().as_bytes()),
+                ),
+            ],
+            timestamp_ms: Some(self.envelope.timestamp().timestamp_millis()),
+        })
+    }
+}
+
+/// The one way to publish: puts outgoing envelopes in the outbox of the caller's transaction, so
+/// they are published if and only if it commits. Event handlers, command handlers and HTTP write
+/// paths all end here.
+pub async fn emit(tx: &mut Tx, outgoing: Vec<Outgoing>) -> Result<()> {
+    if outgoing.is_empty() {
+        return Ok(());
+    }
+    let messages = outgoing
+        .into_iter()
+        .map(Outgoing::into_message)
+        .collect::<Result<Vec<_>, _>>()?;
+    enqueue(tx, &messages).await
+}
+
+/// Adds raw bus messages to the outbox inside the caller's transaction (dead letters and
+/// redrives, which carry records as they were; envelopes go through [`emit`]).
 pub async fn enqueue(tx: &mut Tx, messages: &[Message]) -> Result<()> {
     if messages.is_empty() {
         return Ok(());
     }
-    let now = now_us();
-    match tx {
-        Tx::Sqlite(t) => {
-            let mut stmt = t.conn().prepare_cached(
-                "INSERT INTO outbox (topic, msg_key, payload, headers, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for m in messages {
-                stmt.execute(rusqlite::params![
-                    m.topic,
-                    m.key.as_deref(),
-                    &m.value[..],
-                    encode_headers(&m.headers),
-                    now
-                ])?;
-            }
-            drop(stmt);
-            t.wrote_outbox = true;
-        }
-        Tx::Postgres(t) => {
-            let client = t.client();
-            let mut locks: Vec<i32> = messages
-                .iter()
-                .map(|m| shopflow_bus::murmur2(m.key.as_deref().unwrap_or(b"")))
-                .collect();
-            locks.sort_unstable();
-            locks.dedup();
-            let stmt = client
-                .prepare_cached("SELECT pg_advisory_xact_lock($1, k) FROM UNNEST($2::int4[]) WITH ORDINALITY AS x(k, ord) ORDER BY ord")
-                .await?;
-            client.execute(&stmt, &[&KEY_LOCK_CLASS, &locks]).await?;
-            let topics: Vec<&str> = messages.iter().map(|m| m.topic.as_str()).collect();
-            let keys: Vec<Option<&[u8]>> = messages.iter().map(|m| m.key.as_deref()).collect();
-            let payloads: Vec<&[u8]> = messages.iter().map(|m| &m.value[..]).collect();
-            let headers: Vec<Vec<u8>> = messages
-                .iter()
-                .map(|m| encode_headers(&m.headers))
-                .collect();
-            let created: Vec<i64> = vec![now; messages.len()];
-            let stmt = client
-                .prepare_cached(
-                    "INSERT INTO outbox (topic, msg_key, payload, headers, created_at)
-                     SELECT t, k, p, h, c
-                     FROM UNNEST($1::text[], $2::bytea[], $3::bytea[], $4::bytea[], $5::int8[])
-                          WITH ORDINALITY AS x(t, k, p, h, c, ord)
-                     ORDER BY ord",
-                )
-                .await?;
-            let p: [&(dyn ToSql + Sync); 5] = [&topics, &keys, &payloads, &headers, &created];
-            client.execute(&stmt, &p).await?;
-            let stmt = client
-                .prepare_cached("SELECT pg_notify('shopflow_outbox_' || current_schema(), '')")
-                .await?;
-            client.execute(&stmt, &[]).await?;
-        }
-    }
-    Ok(())
+    tx.insert_outbox(messages, now_us()).await
 }
 
 /// Number of rows waiting in the outbox.
@@ -108,7 +104,7 @@ pub async fn backlog(db: &Db) -> Result<u64> {
         .map(|v| v.unwrap_or(0))
 }
 
-fn encode_headers(h: &Headers) -> Vec<u8> {
+pub(crate) fn encode_headers(h: &Headers) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&(h.len() as u16).to_le_bytes());
     for (n, v) in h {
@@ -273,23 +269,7 @@ impl<B: Bus> Relay<B> {
             return Ok(());
         }
         let mut tx = self.db.begin_relaxed().await?;
-        match &mut tx {
-            Tx::Sqlite(t) => {
-                let mut stmt = t
-                    .conn()
-                    .prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
-                for id in &batch.ids {
-                    stmt.execute([id])?;
-                }
-            }
-            Tx::Postgres(t) => {
-                let stmt = t
-                    .client()
-                    .prepare_cached("DELETE FROM outbox WHERE id = ANY($1)")
-                    .await?;
-                t.client().execute(&stmt, &[&batch.ids]).await?;
-            }
-        }
+        tx.delete_outbox(&batch.ids).await?;
         tx.commit().await?;
         self.stats
             .published
@@ -311,14 +291,10 @@ impl<B: Bus> Relay<B> {
     /// least every `poll_interval`). Errors are logged and retried; they never end the loop.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<()> {
         tokio::pin!(shutdown);
-        let signal = Arc::new(Notify::new());
-        let mut pg: Option<PgListener> = None;
+        let mut lease: Option<RelayLease> = None;
         loop {
-            // PostgreSQL: hold the relay lock and LISTEN before relaying.
-            if let Db::Postgres(db) = &self.db
-                && pg.as_ref().is_none_or(|l| l.task.is_finished())
-            {
-                pg = match PgListener::start(db, signal.clone()).await {
+            if lease.as_ref().is_none_or(RelayLease::is_lost) {
+                lease = match self.db.relay_lease().await {
                     Ok(Some(l)) => Some(l),
                     Ok(None) => {
                         tracing::debug!("another relay holds this outbox; standing by");
@@ -336,9 +312,8 @@ impl<B: Bus> Relay<B> {
                     }
                 };
             }
-            let wake = match &self.db {
-                Db::Sqlite(db) => db.inner.outbox_signal.clone(),
-                Db::Postgres(_) => signal.clone(),
+            let Some(wake) = lease.as_ref().map(|l| l.wake.clone()) else {
+                continue;
             };
             match self.drain_once().await {
                 Ok(n) if n >= self.config.batch_size => continue,
@@ -369,51 +344,6 @@ fn row_to_message(r: &Row) -> Result<Message> {
         headers: decode_headers(r.bytes(4)?)?,
         timestamp_ms: None,
     })
-}
-
-/// A dedicated PostgreSQL session that holds the relay lock of a schema and LISTENs for commits.
-struct PgListener {
-    _client: tokio_postgres::Client,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl PgListener {
-    async fn start(db: &PgDb, signal: Arc<Notify>) -> Result<Option<Self>> {
-        let (client, mut conn) = db.config.connect(tokio_postgres::NoTls).await?;
-        let wake = signal.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
-                    Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => wake.notify_one(),
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "outbox LISTEN connection lost");
-                        break;
-                    }
-                    None => break,
-                }
-            }
-            wake.notify_one();
-        });
-        let got: bool = client
-            .query_one(
-                "SELECT pg_try_advisory_lock($1, hashtext(current_schema()))",
-                &[&RELAY_LOCK_CLASS],
-            )
-            .await?
-            .try_get(0)?;
-        if !got {
-            task.abort();
-            return Ok(None);
-        }
-        client
-            .batch_execute(&format!("LISTEN {}", db.outbox_channel()))
-            .await?;
-        Ok(Some(Self {
-            _client: client,
-            task,
-        }))
-    }
 }
 
 #[cfg(test)]

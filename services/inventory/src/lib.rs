@@ -15,7 +15,8 @@ use shopflow_contracts::{
 };
 use shopflow_envelope::{CorrelationId, Envelope, Event, Meta};
 use shopflow_http::{ApiError, Json, reply};
-use shopflow_runtime::{Handler, HandlerError, Outgoing, emit};
+use shopflow_runtime::{Handler, HandlerError, Outgoing};
+use shopflow_store::emit;
 use shopflow_store::{Db, Migration, Tx, params};
 
 pub const NAME: &str = "inventory";
@@ -156,9 +157,7 @@ impl Inventory {
             };
             out.insert(0, Outgoing::event(&e, meta())?);
         }
-        emit(&mut tx, out)
-            .await
-            .map_err(|e| ApiError::invalid(e.to_string()))?;
+        emit(&mut tx, out).await?;
         tx.commit().await?;
         Ok((
             created,

@@ -416,7 +416,8 @@ pub struct Notifications<M: Mailer> {
     db: Db,
     mailer: Arc<M>,
     registry: Arc<Registry>,
-    /// Every delivery goes through it: while the mail server is down the consumer pauses.
+    /// Guards every delivery (the handler declares it to the runtime): while the mail server is
+    /// down the consumer pauses.
     breaker: Arc<CircuitBreaker>,
 }
 
@@ -674,14 +675,10 @@ impl<M: Mailer> Notifications<M> {
             if inserted == 0 {
                 continue; // sent already
             }
-            let location = self
-                .breaker
-                .call_sync(|| {
-                    // A file sync or an SMTP session: other tasks move to another worker meanwhile.
-                    shopflow_store::blocking(|| self.mailer.deliver(&m))
-                        .map_err(|e| format!("delivery failed: {e}"))
-                })
-                .map_err(|e| self.breaker.handler_error(e))?;
+            // A file sync or an SMTP session: other tasks move to another worker meanwhile.
+            let location = shopflow_store::blocking(|| self.mailer.deliver(&m)).map_err(|e| {
+                HandlerError::dependency(&self.breaker, format!("delivery failed: {e}"))
+            })?;
             tx.execute(
                 "UPDATE notifications SET location = $2 WHERE id = $1",
                 params![id.as_str(), location],
@@ -721,6 +718,10 @@ async fn list<M: Mailer>(
 impl<M: Mailer> Handler for Notifications<M> {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn breakers(&self) -> Vec<Arc<CircuitBreaker>> {
+        vec![self.breaker.clone()]
     }
 
     fn topics(&self) -> Vec<String> {

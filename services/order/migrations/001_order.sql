@@ -24,7 +24,4 @@ CREATE TABLE order_view (
 );
 CREATE INDEX order_view_status ON order_view (status, order_id);
 CREATE INDEX order_view_customer ON order_view (customer_id, order_id);
-CREATE TABLE projections (
-    name     TEXT   PRIMARY KEY,
-    position BIGINT NOT NULL
-);
+-- Its position in the event store is a checkpoint of the store's (`projections`).

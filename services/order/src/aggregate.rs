@@ -5,6 +5,7 @@ use shopflow_contracts::{
     Address, OrderCancelled, OrderCreated, OrderId, OrderLine, PaymentId, ShipmentId, UserId,
 };
 use shopflow_envelope::{Envelope, Event, Kind, Meta};
+use shopflow_eventsourcing::{Aggregate, Applied, DomainEvent};
 
 /// Where an order is. `Shipped` and `Cancelled` are final.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -96,8 +97,8 @@ pub enum OrderEvent {
     Cancelled(OrderCancelled),
 }
 
-impl OrderEvent {
-    pub fn from_envelope(env: &Envelope) -> shopflow_envelope::Result<Self> {
+impl DomainEvent for OrderEvent {
+    fn from_envelope(env: &Envelope) -> shopflow_envelope::Result<Self> {
         Ok(match env.event_type() {
             t if t == OrderCreated::TYPE => OrderEvent::Created(env.data_as()?),
             t if t == OrderPaid::TYPE => OrderEvent::Paid(env.data_as()?),
@@ -112,7 +113,7 @@ impl OrderEvent {
         })
     }
 
-    pub fn to_envelope(&self, meta: Meta) -> shopflow_envelope::Result<Envelope> {
+    fn to_envelope(&self, meta: Meta) -> shopflow_envelope::Result<Envelope> {
         match self {
             OrderEvent::Created(e) => Envelope::new(e, meta),
             OrderEvent::Paid(e) => Envelope::new(e, meta),
@@ -123,7 +124,7 @@ impl OrderEvent {
     }
 
     /// Whether other services hear of it (the rest stays in the order's stream).
-    pub fn topic(&self) -> Option<String> {
+    fn topic(&self) -> Option<String> {
         match self {
             OrderEvent::Created(_) => Some(OrderCreated::topic()),
             OrderEvent::Cancelled(_) => Some(OrderCancelled::topic()),
@@ -186,10 +187,16 @@ impl Order {
     pub fn exists(&self) -> bool {
         self.order_id.is_some()
     }
+}
+
+impl Aggregate for Order {
+    type Command = Command;
+    type Event = OrderEvent;
+    type Error = DomainError;
 
     /// Decides. Events that arrive late or twice decide nothing: the status only moves forward,
     /// and a final status never changes.
-    pub fn handle(&self, cmd: Command) -> Result<Vec<OrderEvent>, DomainError> {
+    fn handle(&self, cmd: Command) -> Result<Vec<OrderEvent>, DomainError> {
         if let Command::Place(e) = cmd {
             return if self.exists() {
                 Err(DomainError::AlreadyExists)
@@ -237,7 +244,11 @@ impl Order {
     }
 
     /// Moves state; no rules here.
-    pub fn apply(&mut self, event: &OrderEvent, version: u64, at: &str) {
+    fn apply(&mut self, event: &OrderEvent, applied: Applied) {
+        let at = applied
+            .at
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let at = at.as_str();
         match event {
             OrderEvent::Created(e) => {
                 self.order_id = Some(e.order_id.clone());
@@ -268,20 +279,8 @@ impl Order {
                 self.cancel_reason = Some(e.reason.clone());
             }
         }
-        self.version = version;
+        self.version = applied.version;
         self.updated_at = Some(at.to_owned());
-    }
-
-    /// Folds a stored event.
-    pub fn apply_envelope(&mut self, env: &Envelope) -> shopflow_envelope::Result<()> {
-        let e = OrderEvent::from_envelope(env)?;
-        self.apply(
-            &e,
-            env.sequence(),
-            &env.timestamp()
-                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        );
-        Ok(())
     }
 }
 
@@ -289,6 +288,9 @@ impl Order {
 mod tests {
     //! Given / when / then.
     use super::*;
+    use shopflow_eventsourcing::testing::TestFramework;
+
+    type Given = TestFramework<Order>;
 
     fn created() -> OrderCreated {
         OrderCreated {
@@ -313,14 +315,6 @@ mod tests {
         }
     }
 
-    fn given(events: Vec<OrderEvent>) -> Order {
-        let mut o = Order::default();
-        for (i, e) in events.iter().enumerate() {
-            o.apply(e, i as u64 + 1, "2026-01-01T00:00:00Z");
-        }
-        o
-    }
-
     fn paid() -> OrderEvent {
         OrderEvent::Paid(OrderPaid {
             order_id: OrderId::parse("ord_1").unwrap(),
@@ -328,103 +322,93 @@ mod tests {
         })
     }
 
+    fn record_payment() -> Command {
+        Command::RecordPayment {
+            payment_id: PaymentId::parse("pay_1").unwrap(),
+        }
+    }
+
     #[test]
     fn placing_creates_once() {
-        let o = given(vec![]);
-        assert_eq!(
-            o.handle(Command::Place(created())).unwrap(),
-            vec![OrderEvent::Created(created())]
-        );
-        let o = given(vec![OrderEvent::Created(created())]);
-        assert_eq!(
-            o.handle(Command::Place(created())),
-            Err(DomainError::AlreadyExists)
-        );
+        Given::given_no_previous_events()
+            .when(Command::Place(created()))
+            .then_expect_events(vec![OrderEvent::Created(created())]);
+        Given::given(vec![OrderEvent::Created(created())])
+            .when(Command::Place(created()))
+            .then_expect_error(DomainError::AlreadyExists);
     }
 
     #[test]
     fn payment_moves_pending_to_paid_once() {
-        let o = given(vec![OrderEvent::Created(created())]);
-        let cmd = Command::RecordPayment {
-            payment_id: PaymentId::parse("pay_1").unwrap(),
-        };
-        assert_eq!(o.handle(cmd.clone()).unwrap(), vec![paid()]);
-        let o = given(vec![OrderEvent::Created(created()), paid()]);
-        assert_eq!(o.status, Status::Paid);
-        assert!(
-            o.handle(cmd).unwrap().is_empty(),
-            "a duplicate payment decides nothing"
-        );
+        Given::given(vec![OrderEvent::Created(created())])
+            .when(record_payment())
+            .then_expect_events(vec![paid()]);
+        let after_payment = Given::given(vec![OrderEvent::Created(created()), paid()]);
+        assert_eq!(after_payment.state().status, Status::Paid);
+        // A duplicate payment decides nothing.
+        after_payment.when(record_payment()).then_expect_no_events();
     }
 
     #[test]
     fn reservation_overtaking_payment_still_moves_forward() {
-        let o = given(vec![OrderEvent::Created(created())]);
-        let events = o.handle(Command::RecordReservation).unwrap();
-        assert_eq!(events.len(), 1);
-        let mut o = o;
-        o.apply(&events[0], 2, "t");
-        assert_eq!(o.status, Status::Reserved);
+        let reserved = Given::given(vec![OrderEvent::Created(created())])
+            .when(Command::RecordReservation)
+            .result()
+            .unwrap();
+        assert_eq!(reserved.len(), 1);
+        let mut past = vec![OrderEvent::Created(created())];
+        past.extend(reserved);
+        let o = Given::given(past);
+        assert_eq!(o.state().status, Status::Reserved);
         // The late payment no longer moves it back.
-        assert!(
-            o.handle(Command::RecordPayment {
-                payment_id: PaymentId::parse("pay_1").unwrap()
-            })
-            .unwrap()
-            .is_empty()
-        );
+        o.when(record_payment()).then_expect_no_events();
     }
 
     #[test]
     fn final_states_never_change() {
-        let cancelled = given(vec![
+        let cancelled = vec![
             OrderEvent::Created(created()),
             OrderEvent::Cancelled(OrderCancelled {
                 order_id: OrderId::parse("ord_1").unwrap(),
                 customer_id: UserId::parse("usr_1").unwrap(),
                 reason: "card_declined".into(),
             }),
-        ]);
-        assert_eq!(cancelled.status, Status::Cancelled);
-        assert!(
-            cancelled
-                .handle(Command::RecordReservation)
-                .unwrap()
-                .is_empty()
+        ];
+        assert_eq!(
+            Given::given(cancelled.clone()).state().status,
+            Status::Cancelled
         );
-        assert!(
-            cancelled
-                .handle(Command::Cancel {
-                    reason: "again".into()
-                })
-                .unwrap()
-                .is_empty()
-        );
-        let mut shipped = given(vec![OrderEvent::Created(created()), paid()]);
-        let e = shipped
-            .handle(Command::RecordShipment {
+        Given::given(cancelled.clone())
+            .when(Command::RecordReservation)
+            .then_expect_no_events();
+        Given::given(cancelled)
+            .when(Command::Cancel {
+                reason: "again".into(),
+            })
+            .then_expect_no_events();
+        let shipped = Given::given(vec![OrderEvent::Created(created()), paid()])
+            .when(Command::RecordShipment {
                 shipment_id: ShipmentId::parse("shp_1").unwrap(),
                 carrier: "DHL".into(),
                 tracking_number: "D1".into(),
             })
+            .result()
             .unwrap();
-        shipped.apply(&e[0], 3, "t");
-        assert_eq!(shipped.status, Status::Shipped);
-        assert!(
-            shipped
-                .handle(Command::Cancel {
-                    reason: "late refund".into()
-                })
-                .unwrap()
-                .is_empty()
-        );
+        let mut past = vec![OrderEvent::Created(created()), paid()];
+        past.extend(shipped);
+        let shipped = Given::given(past);
+        assert_eq!(shipped.state().status, Status::Shipped);
+        shipped
+            .when(Command::Cancel {
+                reason: "late refund".into(),
+            })
+            .then_expect_no_events();
     }
 
     #[test]
     fn commands_for_an_unknown_order_fail() {
-        assert_eq!(
-            given(vec![]).handle(Command::RecordReservation),
-            Err(DomainError::NotFound)
-        );
+        Given::given_no_previous_events()
+            .when(Command::RecordReservation)
+            .then_expect_error(DomainError::NotFound);
     }
 }

@@ -152,8 +152,8 @@ impl PaymentGateway for Simulator {
 pub struct Payments<G: PaymentGateway> {
     db: Db,
     gateway: Arc<G>,
-    /// Every call to the gateway goes through it: while the provider is down the payment
-    /// consumer pauses instead of burning retries.
+    /// Guards every call to the gateway (the handlers declare it to the runtime): while the
+    /// provider is down the payment consumer pauses instead of burning retries.
     breaker: Arc<CircuitBreaker>,
 }
 
@@ -266,10 +266,10 @@ impl<G: PaymentGateway> Payments<G> {
             currency: e.currency.clone(),
         };
         let outcome = self
-            .breaker
-            .call(self.gateway.charge(&charge))
+            .gateway
+            .charge(&charge)
             .await
-            .map_err(|e| self.breaker.handler_error(e))?;
+            .map_err(|e| HandlerError::dependency(&self.breaker, e))?;
         let now = chrono::Utc::now().timestamp_millis();
         match outcome {
             ChargeOutcome::Approved { payment_id } => {
@@ -334,10 +334,10 @@ impl<G: PaymentGateway> Payments<G> {
         let payment_id =
             PaymentId::parse(r.opt_str(1)?.unwrap_or_default()).map_err(HandlerError::Permanent)?;
         let (amount, currency) = (r.i64(2)?, r.str(3)?.to_owned());
-        self.breaker
-            .call(self.gateway.refund(&payment_id, amount))
+        self.gateway
+            .refund(&payment_id, amount)
             .await
-            .map_err(|e| self.breaker.handler_error(e))?;
+            .map_err(|e| HandlerError::dependency(&self.breaker, e))?;
         tx.execute(
             "UPDATE payments SET status = 'REFUNDED', reason = $2, updated_at = $3 WHERE order_id = $1",
             params![order_id.as_str(), reason.as_str(), now],
@@ -365,6 +365,10 @@ async fn get_payment<G: PaymentGateway>(
 impl<G: PaymentGateway> Handler for Payments<G> {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn breakers(&self) -> Vec<Arc<CircuitBreaker>> {
+        vec![self.breaker.clone()]
     }
 
     fn topics(&self) -> Vec<String> {
@@ -406,6 +410,10 @@ pub struct PaymentCommands<G: PaymentGateway>(pub Payments<G>);
 impl<G: PaymentGateway> Handler for PaymentCommands<G> {
     fn name(&self) -> &'static str {
         "payment-commands"
+    }
+
+    fn breakers(&self) -> Vec<Arc<CircuitBreaker>> {
+        vec![self.0.breaker.clone()]
     }
 
     fn topics(&self) -> Vec<String> {

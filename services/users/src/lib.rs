@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use shopflow_contracts::{UserId, UserRegistered};
 use shopflow_envelope::{CorrelationId, Meta};
 use shopflow_http::{ApiError, Json, reply};
-use shopflow_runtime::{Outgoing, emit};
 use shopflow_store::{Db, Migration, params};
+use shopflow_store::{Outgoing, emit};
 
 pub const NAME: &str = "users";
 
@@ -131,9 +131,7 @@ impl Users {
             phone: req.phone.clone(),
         };
         let meta = Meta::new("user-service", user_id.as_str(), 1).with_correlation(correlation);
-        emit(&mut tx, vec![Outgoing::event(&event, meta)?])
-            .await
-            .map_err(|e| ApiError::invalid(e.to_string()))?;
+        emit(&mut tx, vec![Outgoing::event(&event, meta)?]).await?;
         tx.commit().await?;
         Ok(UserView {
             user_id: user_id.to_string(),

@@ -1,11 +1,22 @@
-//! One handle for a service's database, SQLite or PostgreSQL, with transactions that the event
-//! store, the outbox, the inbox and the service's own tables share.
+//! The one place where SQLite and PostgreSQL differ. [`Db`] and [`Tx`] are closed sets of the two
+//! backends; every operation that is not plain portable SQL (batch inserts, array parameters,
+//! advisory locks, commit wake-ups, the relay's lease) is a method here that dispatches to
+//! [`sqlite`] or [`postgres`]. The event store, the outbox, the inbox and the services above them
+//! only call these methods.
+
+pub(crate) mod postgres;
+pub(crate) mod sqlite;
 
 use std::path::Path;
+use std::sync::Arc;
 
-use crate::postgres::{self, PgDb, PgTx};
-use crate::sqlite::{self, SqliteDb, SqliteTx};
-use crate::{Error, Result, Row, Value};
+use shopflow_bus::Message;
+use tokio::sync::Notify;
+
+pub use postgres::{PgDb, PgTx};
+pub use sqlite::{SqliteDb, SqliteTx, blocking};
+
+use crate::{Result, Row, Value};
 
 /// Which database a [`Db`] talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,15 +33,6 @@ pub enum Backend {
 pub enum Db {
     Sqlite(SqliteDb),
     Postgres(Box<PgDb>),
-}
-
-/// A numbered schema change, in both dialects.
-#[derive(Clone, Copy, Debug)]
-pub struct Migration {
-    pub version: u32,
-    pub name: &'static str,
-    pub sqlite: &'static str,
-    pub postgres: &'static str,
 }
 
 impl Db {
@@ -92,77 +94,39 @@ impl Db {
         }
     }
 
-    /// Applies the migrations of `component` that are not applied yet, in version order, in one
-    /// transaction (PostgreSQL: under an advisory lock, so processes starting together take turns).
-    pub async fn migrate(&self, component: &str, migrations: &[Migration]) -> Result<()> {
-        let mut tx = self.begin().await?;
-        tx.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
-                component  TEXT   NOT NULL,
-                version    BIGINT NOT NULL,
-                name       TEXT   NOT NULL,
-                applied_at BIGINT NOT NULL,
-                PRIMARY KEY (component, version)
-            )",
-            &[],
-        )
-        .await?;
-        if let Tx::Postgres(t) = &tx {
-            t.client()
-                .execute(
-                    "SELECT pg_advisory_xact_lock(hashtext('shopflow-migrate'))",
-                    &[],
-                )
-                .await?;
-        }
-        let applied: Vec<i64> = tx
-            .query(
-                "SELECT version FROM schema_migrations WHERE component = $1",
-                crate::params![component],
-            )
-            .await?
-            .iter()
-            .map(|r| r.i64(0))
-            .collect::<Result<_>>()?;
-        let mut sorted: Vec<&Migration> = migrations.iter().collect();
-        sorted.sort_by_key(|m| m.version);
-        for m in sorted {
-            if applied.contains(&i64::from(m.version)) {
-                continue;
+    /// The right to relay this database's outbox, and the signal that wakes the relay on commits
+    /// that wrote outbox rows. SQLite: always granted (one process owns the file), woken in
+    /// process. PostgreSQL: one relay per schema at a time (a session advisory lock on a
+    /// dedicated connection that also LISTENs); `None` while another process holds it.
+    pub(crate) async fn relay_lease(&self) -> Result<Option<RelayLease>> {
+        match self {
+            Db::Sqlite(db) => Ok(Some(RelayLease {
+                wake: db.inner.outbox_signal.clone(),
+                listener: None,
+            })),
+            Db::Postgres(db) => {
+                let wake = Arc::new(Notify::new());
+                Ok(postgres::PgListener::start(db, wake.clone())
+                    .await?
+                    .map(|l| RelayLease {
+                        wake,
+                        listener: Some(l),
+                    }))
             }
-            let sql = match self.backend() {
-                Backend::Sqlite => m.sqlite,
-                Backend::Postgres => m.postgres,
-            };
-            tx.batch(sql).await.map_err(|e| Error::Migration {
-                component: component.to_owned(),
-                version: m.version,
-                source: Box::new(e),
-            })?;
-            tx.execute(
-                "INSERT INTO schema_migrations (component, version, name, applied_at) VALUES ($1, $2, $3, $4)",
-                crate::params![component, m.version, m.name, chrono::Utc::now().timestamp_millis()],
-            )
-            .await?;
-            tracing::info!(
-                component,
-                version = m.version,
-                name = m.name,
-                "migration applied"
-            );
         }
-        tx.commit().await
     }
+}
 
-    /// A service's database: the building blocks' tables, then the service's own migrations.
-    pub async fn migrate_service(&self, service: &str, migrations: &[Migration]) -> Result<()> {
-        self.migrate_building_blocks().await?;
-        self.migrate(service, migrations).await
-    }
+/// See [`Db::relay_lease`].
+pub(crate) struct RelayLease {
+    pub(crate) wake: Arc<Notify>,
+    listener: Option<postgres::PgListener>,
+}
 
-    /// The shared building blocks' tables: event store, outbox, inbox.
-    pub async fn migrate_building_blocks(&self) -> Result<()> {
-        self.migrate("shopflow", crate::MIGRATIONS).await
+impl RelayLease {
+    /// Whether the lease was lost (the PostgreSQL session ended); the relay must take a new one.
+    pub(crate) fn is_lost(&self) -> bool {
+        self.listener.as_ref().is_some_and(|l| l.is_finished())
     }
 }
 
@@ -173,7 +137,26 @@ pub enum Tx {
     Postgres(Box<PgTx>),
 }
 
+/// One row of the event store, encoded for an append.
+#[derive(Debug)]
+pub(crate) struct EventRow {
+    pub(crate) stream: String,
+    pub(crate) version: i64,
+    pub(crate) event_id: String,
+    pub(crate) event_type: String,
+    pub(crate) event_version: i64,
+    pub(crate) recorded_at: i64,
+    pub(crate) envelope: Vec<u8>,
+}
+
 impl Tx {
+    pub fn backend(&self) -> Backend {
+        match self {
+            Tx::Sqlite(_) => Backend::Sqlite,
+            Tx::Postgres(_) => Backend::Postgres,
+        }
+    }
+
     /// Executes a statement; returns the number of rows changed.
     pub async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
         match self {
@@ -250,6 +233,57 @@ impl Tx {
         match self {
             Tx::Sqlite(t) => t.rollback(),
             Tx::Postgres(t) => (*t).rollback().await,
+        }
+    }
+
+    // ---- what the building blocks need beyond portable SQL --------------------------------
+
+    /// The event store's append lock: on PostgreSQL one transaction of a schema appends at a
+    /// time, so positions become visible in order (SQLite's single writer gives that already).
+    pub(crate) async fn lock_appends(&mut self, class: i32) -> Result<()> {
+        if let Tx::Postgres(t) = self {
+            postgres::lock_schema(t.client(), class).await?;
+        }
+        Ok(())
+    }
+
+    /// The versions of the given streams that exist (absent streams are left out).
+    pub(crate) async fn stream_versions(&mut self, streams: &[&str]) -> Result<Vec<(String, u64)>> {
+        match self {
+            Tx::Sqlite(t) => sqlite::stream_versions(t.conn(), streams),
+            Tx::Postgres(t) => postgres::stream_versions(t.client(), streams).await,
+        }
+    }
+
+    /// Inserts event rows and sets each touched stream's version.
+    pub(crate) async fn insert_events(
+        &mut self,
+        rows: &[EventRow],
+        versions: &[(&str, u64)],
+    ) -> Result<()> {
+        match self {
+            Tx::Sqlite(t) => sqlite::insert_events(t.conn(), rows, versions),
+            Tx::Postgres(t) => postgres::insert_events(t.client(), rows, versions).await,
+        }
+    }
+
+    /// Inserts outbox rows (and makes the relay wake once the transaction commits).
+    pub(crate) async fn insert_outbox(&mut self, messages: &[Message], now_us: i64) -> Result<()> {
+        match self {
+            Tx::Sqlite(t) => {
+                sqlite::insert_outbox(t.conn(), messages, now_us)?;
+                t.wrote_outbox = true;
+                Ok(())
+            }
+            Tx::Postgres(t) => postgres::insert_outbox(t.client(), messages, now_us).await,
+        }
+    }
+
+    /// Deletes outbox rows by id.
+    pub(crate) async fn delete_outbox(&mut self, ids: &[i64]) -> Result<()> {
+        match self {
+            Tx::Sqlite(t) => sqlite::delete_outbox(t.conn(), ids),
+            Tx::Postgres(t) => postgres::delete_outbox(t.client(), ids).await,
         }
     }
 }

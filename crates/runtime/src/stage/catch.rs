@@ -1,10 +1,33 @@
-//! Catching a handler's panic, so that it dead-letters the event instead of killing the consumer.
+//! Catches a handler's panic, so that it dead-letters the event instead of killing the consumer.
+//! The handler's state is dropped after a panic and never polled again, and what it wrote is
+//! rolled back by the savepoint stage outside.
 
 use std::any::Any;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+
+use super::{Ctx, Next, Outcome, Stage, StageResult};
+use crate::HandlerError;
+use crate::handler::BoxFuture;
+
+/// See the [module](self).
+#[derive(Debug, Default)]
+pub struct Catch;
+
+impl Stage for Catch {
+    fn call<'a>(&'a self, ctx: &'a mut Ctx<'_>, next: Next<'a>) -> BoxFuture<'a, StageResult> {
+        Box::pin(async move {
+            match CatchUnwind::new(next.run(ctx)).await {
+                Ok(result) => result,
+                Err(panic) => Ok(Outcome::Failed(HandlerError::Permanent(format!(
+                    "handler panicked: {panic}"
+                )))),
+            }
+        })
+    }
+}
 
 /// A future that turns a panic while polling `F` into `Err(message)`.
 pub(crate) struct CatchUnwind<F>(Pin<Box<F>>);
@@ -56,5 +79,30 @@ mod tests {
         .await;
         assert_eq!(r, Err("boom 42".to_owned()));
         assert_eq!(CatchUnwind::new(async { 7 }).await, Ok(7));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_fails_permanently_with_its_message() {
+        use crate::handler::BoxHandler;
+        use crate::stage::testing::{FnHandler, bench, envelope, record_of, run};
+        let b = bench().await;
+        let env = envelope(5);
+        let out = run(
+            &b.db,
+            vec![std::sync::Arc::new(Catch)],
+            BoxHandler::new(FnHandler(|n| {
+                if n == 5 {
+                    panic!("index out of bounds for order {n}");
+                }
+                Ok(())
+            })),
+            &record_of(&env, 0),
+            Some(env),
+        )
+        .await;
+        assert!(
+            matches!(out, Outcome::Failed(HandlerError::Permanent(ref m)) if m == "handler panicked: index out of bounds for order 5"),
+            "{out:?}"
+        );
     }
 }

@@ -8,6 +8,9 @@ use std::sync::{Arc, Mutex};
 use rusqlite::Connection;
 use tokio::sync::{Notify, OwnedMutexGuard};
 
+use shopflow_bus::Message;
+
+use super::EventRow;
 use crate::{Result, Row, Value};
 
 #[derive(Debug)]
@@ -137,6 +140,78 @@ pub(crate) fn query(conn: &Connection, sql: &str, params: &[Value]) -> Result<Ve
 pub(crate) fn execute(conn: &Connection, sql: &str, params: &[Value]) -> Result<u64> {
     let mut stmt = conn.prepare_cached(&translate(sql))?;
     Ok(stmt.execute(rusqlite::params_from_iter(params))? as u64)
+}
+
+pub(crate) fn stream_versions(conn: &Connection, streams: &[&str]) -> Result<Vec<(String, u64)>> {
+    let mut stmt = conn.prepare_cached("SELECT version FROM streams WHERE stream_id = ?1")?;
+    let mut out = Vec::with_capacity(streams.len());
+    for s in streams {
+        let v: Option<i64> = stmt
+            .query_row([s], |r| r.get(0))
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })?;
+        if let Some(v) = v {
+            out.push(((*s).to_owned(), v as u64));
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn insert_events(
+    conn: &Connection,
+    rows: &[EventRow],
+    versions: &[(&str, u64)],
+) -> Result<()> {
+    let mut ins = conn.prepare_cached(
+        "INSERT INTO events (stream_id, version, event_id, event_type, event_version, recorded_at, envelope)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for r in rows {
+        ins.execute(rusqlite::params![
+            r.stream,
+            r.version,
+            r.event_id,
+            r.event_type,
+            r.event_version,
+            r.recorded_at,
+            r.envelope
+        ])?;
+    }
+    let mut up = conn.prepare_cached(
+        "INSERT INTO streams (stream_id, version) VALUES (?1, ?2)
+         ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version",
+    )?;
+    for (s, v) in versions {
+        up.execute(rusqlite::params![s, *v as i64])?;
+    }
+    Ok(())
+}
+
+pub(crate) fn insert_outbox(conn: &Connection, messages: &[Message], now_us: i64) -> Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO outbox (topic, msg_key, payload, headers, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for m in messages {
+        stmt.execute(rusqlite::params![
+            m.topic,
+            m.key.as_deref(),
+            &m.value[..],
+            crate::outbox::encode_headers(&m.headers),
+            now_us
+        ])?;
+    }
+    Ok(())
+}
+
+pub(crate) fn delete_outbox(conn: &Connection, ids: &[i64]) -> Result<()> {
+    let mut stmt = conn.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
+    for id in ids {
+        stmt.execute([id])?;
+    }
+    Ok(())
 }
 
 /// A write transaction holding the writer connection.

@@ -1,0 +1,281 @@
+//! Loads aggregates from their streams (a snapshot plus the events after it), appends what a
+//! command decided with an expected version, takes snapshots by policy, and folds a stream as it
+//! was at a version or a point in time. Everything goes through the store's API and the
+//! registry, so upcasting applies to live loads, replays and time travel alike.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use shopflow_envelope::{Envelope, Meta, Registry};
+use shopflow_store::{EventStore, ExpectedVersion, Outgoing, StoredEvent, Tx};
+
+use crate::aggregate::{Aggregate, Applied, DomainEvent, fold_envelope};
+use crate::{Error, Result};
+
+/// The most events one stream read returns (a stream longer than this is read in pages).
+const PAGE: usize = 10_000;
+
+/// When to store a snapshot of an aggregate's state, so that loading it reads only the events
+/// after the snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotPolicy {
+    Never,
+    /// Whenever an append crosses a multiple of `n` events.
+    Every(u64),
+}
+
+impl SnapshotPolicy {
+    /// Whether an append that moved a stream from `before` to `after` takes a snapshot.
+    pub fn due(self, before: u64, after: u64) -> bool {
+        match self {
+            SnapshotPolicy::Never => false,
+            SnapshotPolicy::Every(n) => {
+                let n = n.max(1);
+                after / n > before / n
+            }
+        }
+    }
+}
+
+/// A state and the version of the last event folded into it (0: no events).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Versioned<A> {
+    pub state: A,
+    pub version: u64,
+}
+
+/// How far to fold a stream: events up to and including a version, recorded at or before an
+/// instant, or both (whichever comes first); [`Until::END`] folds every event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Until {
+    pub version: Option<u64>,
+    pub time: Option<DateTime<Utc>>,
+}
+
+impl Until {
+    /// Every event.
+    pub const END: Until = Until {
+        version: None,
+        time: None,
+    };
+
+    /// Events up to and including version `v`.
+    pub fn version(v: u64) -> Self {
+        Self {
+            version: Some(v),
+            time: None,
+        }
+    }
+
+    /// Events recorded at or before `t`.
+    pub fn time(t: DateTime<Utc>) -> Self {
+        Self {
+            version: None,
+            time: Some(t),
+        }
+    }
+
+    fn includes(self, e: &StoredEvent) -> bool {
+        self.version.is_none_or(|v| e.version <= v)
+            && self
+                .time
+                .is_none_or(|t| e.recorded_at_ms <= t.timestamp_millis())
+    }
+}
+
+/// The streams of one aggregate type in a service's event store.
+#[derive(Debug)]
+pub struct Repository<A: Aggregate> {
+    store: EventStore,
+    registry: Arc<Registry>,
+    snapshots: SnapshotPolicy,
+    _aggregate: PhantomData<fn() -> A>,
+}
+
+impl<A: Aggregate> Clone for Repository<A> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            registry: self.registry.clone(),
+            snapshots: self.snapshots,
+            _aggregate: PhantomData,
+        }
+    }
+}
+
+impl<A: Aggregate> Repository<A> {
+    pub fn new(store: EventStore, registry: Arc<Registry>, snapshots: SnapshotPolicy) -> Self {
+        Self {
+            store,
+            registry,
+            snapshots,
+            _aggregate: PhantomData,
+        }
+    }
+
+    pub fn store(&self) -> &EventStore {
+        &self.store
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    pub fn snapshots(&self) -> SnapshotPolicy {
+        self.snapshots
+    }
+
+    /// The aggregate's current state inside `tx`: its snapshot, then the events after it.
+    pub async fn load_in(&self, tx: &mut Tx, id: &str) -> Result<Versioned<A>> {
+        let mut current = match self.store.load_snapshot_in(tx, id).await? {
+            Some(s) => Versioned {
+                state: serde_json::from_slice(&s.state).map_err(|e| Error::Corrupt {
+                    what: "snapshot",
+                    stream: id.to_owned(),
+                    reason: e.to_string(),
+                })?,
+                version: s.version,
+            },
+            None => Versioned::default(),
+        };
+        loop {
+            let events = self
+                .store
+                .read_stream_in(tx, id, current.version + 1, PAGE)
+                .await?;
+            let n = events.len();
+            for e in events {
+                fold_envelope(&mut current.state, &e.decode(&self.registry)?)?;
+                current.version = e.version;
+            }
+            if n < PAGE {
+                return Ok(current);
+            }
+        }
+    }
+
+    /// Loads the aggregate, lets it decide `command`, and appends what it decided. The outer
+    /// `Result` is the machinery's; the inner one is the aggregate's answer (a rejection appends
+    /// nothing). Returns the events to publish, for the outbox of the same transaction.
+    pub async fn execute(
+        &self,
+        tx: &mut Tx,
+        id: &str,
+        command: A::Command,
+        meta: impl Fn(u64) -> Meta,
+    ) -> Result<Result<Vec<Outgoing>, A::Error>> {
+        let current = self.load_in(tx, id).await?;
+        let events = match current.state.handle(command) {
+            Ok(events) => events,
+            Err(rejected) => return Ok(Err(rejected)),
+        };
+        self.append(tx, id, current, &events, meta).await.map(Ok)
+    }
+
+    /// Appends `events`, decided on `current`, to stream `id` (expecting it still at
+    /// `current.version`; a concurrent append is [`shopflow_store::Error::Conflict`]), stores a
+    /// snapshot when the policy says so, and returns the events to publish.
+    pub async fn append(
+        &self,
+        tx: &mut Tx,
+        id: &str,
+        current: Versioned<A>,
+        events: &[A::Event],
+        meta: impl Fn(u64) -> Meta,
+    ) -> Result<Vec<Outgoing>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Versioned { mut state, version } = current;
+        let mut envelopes = Vec::with_capacity(events.len());
+        let mut outgoing = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            let v = version + 1 + i as u64;
+            let env = e.to_envelope(meta(v))?;
+            state.apply(
+                e,
+                Applied {
+                    version: v,
+                    at: env.timestamp(),
+                },
+            );
+            if let Some(topic) = e.topic() {
+                outgoing.push(Outgoing {
+                    topic,
+                    envelope: env.clone(),
+                });
+            }
+            envelopes.push(env);
+        }
+        let expected = if version == 0 {
+            ExpectedVersion::NoStream
+        } else {
+            ExpectedVersion::Exact(version)
+        };
+        let new_version = self.store.append(tx, id, expected, &envelopes).await?;
+        if self.snapshots.due(version, new_version) {
+            let bytes = serde_json::to_vec(&state).map_err(|e| Error::Corrupt {
+                what: "state",
+                stream: id.to_owned(),
+                reason: e.to_string(),
+            })?;
+            self.store
+                .save_snapshot(tx, id, new_version, &bytes)
+                .await?;
+        }
+        Ok(outgoing)
+    }
+
+    /// Folds stream `id` from its first event up to `until` (time travel), outside any
+    /// transaction. `None` when no event of the stream is that old.
+    pub async fn fold(&self, id: &str, until: Until) -> Result<Option<Versioned<A>>> {
+        let mut current = Versioned::<A>::default();
+        'pages: loop {
+            let events = self
+                .store
+                .read_stream(id, current.version + 1, PAGE)
+                .await?;
+            let n = events.len();
+            for e in events {
+                if !until.includes(&e) {
+                    break 'pages;
+                }
+                fold_envelope(&mut current.state, &e.decode(&self.registry)?)?;
+                current.version = e.version;
+            }
+            if n < PAGE {
+                break;
+            }
+        }
+        Ok((current.version > 0).then_some(current))
+    }
+
+    /// Every event of stream `id`, decoded (upcast), in version order: its audit trail.
+    pub async fn history(&self, id: &str) -> Result<Vec<(StoredEvent, Envelope)>> {
+        let mut out = Vec::new();
+        loop {
+            let from = out.len() as u64 + 1;
+            let events = self.store.read_stream(id, from, PAGE).await?;
+            let n = events.len();
+            for e in events {
+                let env = e.decode(&self.registry)?;
+                out.push((e, env));
+            }
+            if n < PAGE {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+impl<A: Aggregate> Repository<A> {
+    /// The typed events of a stream, for tests and tools.
+    pub async fn events(&self, id: &str) -> Result<Vec<A::Event>> {
+        self.history(id)
+            .await?
+            .iter()
+            .map(|(_, env)| A::Event::from_envelope(env).map_err(Error::from))
+            .collect()
+    }
+}

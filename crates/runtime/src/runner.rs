@@ -1,0 +1,316 @@
+//! The consumer loop: poll a batch, take every record through the handler's [`Stack`] inside one
+//! transaction, commit it, then commit the offsets of the records that are done. A record that
+//! must be retried or waits for a dependency stops its partition there (later records of the
+//! partition in the batch are left for the next poll), and the consumer waits before it polls
+//! again.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use shopflow_bus::{Bus, Consumer, Record, TopicPartition};
+use shopflow_envelope::Registry;
+use shopflow_store::Db;
+
+use crate::handler::BoxHandler;
+use crate::stage::{Ctx, Outcome, Stack};
+use crate::{Handler, RetryPolicy, Shutdown};
+
+/// Settings of a consumer.
+#[derive(Clone, Debug)]
+pub struct RunnerConfig {
+    /// Records handled per transaction.
+    pub max_batch: usize,
+    /// Backoff and attempt limit for transient handler failures.
+    pub retry: RetryPolicy,
+    /// Pause before resubscribing after the bus or the database failed.
+    pub reconnect_backoff: Duration,
+    /// A limit on one handler call (the timeout stage); none by default.
+    pub handler_timeout: Option<Duration>,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 500,
+            retry: RetryPolicy::default(),
+            reconnect_backoff: Duration::from_millis(200),
+            handler_timeout: None,
+        }
+    }
+}
+
+/// What a consumer has done so far.
+#[derive(Debug, Default)]
+pub struct RunnerStats {
+    pub handled: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub transient_failures: AtomicU64,
+    /// Times the consumer paused because a dependency was unavailable.
+    pub paused: AtomicU64,
+}
+
+/// The consumer's metric handles, registered once (not looked up per event).
+#[derive(Debug)]
+struct Meters {
+    consumed: metrics::Counter,
+    duplicates: metrics::Counter,
+    dead_lettered: metrics::Counter,
+    failed_transient: metrics::Counter,
+    failed_unavailable: metrics::Counter,
+}
+
+impl Meters {
+    fn new(consumer: &'static str) -> Self {
+        let failed = |kind: &'static str| metrics::counter!("shopflow_events_failed_total", "consumer" => consumer, "kind" => kind);
+        Self {
+            consumed: metrics::counter!("shopflow_events_consumed_total", "consumer" => consumer),
+            duplicates: metrics::counter!("shopflow_events_duplicate_total", "consumer" => consumer),
+            dead_lettered: metrics::counter!("shopflow_events_dead_lettered_total", "consumer" => consumer),
+            failed_transient: failed("transient"),
+            failed_unavailable: failed("unavailable"),
+        }
+    }
+}
+
+/// Why a batch stopped before its end.
+#[derive(Debug)]
+enum Stop {
+    /// A transient failure: retry the record after the backoff.
+    Retry { delay: Duration, reason: String },
+    /// A dependency is down: pause, then try the same record again.
+    Pause {
+        retry_after: Duration,
+        reason: String,
+    },
+}
+
+struct BatchOutcome {
+    /// Offsets to commit.
+    next: BTreeMap<TopicPartition, u64>,
+    /// Where partitions must resume after a stop.
+    resume: BTreeMap<TopicPartition, u64>,
+    stop: Option<Stop>,
+}
+
+/// Runs one handler as a member of its consumer group until shutdown.
+#[derive(Debug)]
+pub struct Runner<B: Bus> {
+    bus: B,
+    db: Db,
+    name: &'static str,
+    topics: Vec<String>,
+    stack: Stack,
+    config: RunnerConfig,
+    stats: Arc<RunnerStats>,
+    meters: Meters,
+}
+
+impl<B: Bus> Runner<B> {
+    pub fn new<H: Handler>(
+        bus: B,
+        db: Db,
+        handler: Arc<H>,
+        registry: Arc<Registry>,
+        config: RunnerConfig,
+    ) -> Self {
+        let handler = BoxHandler::from_arc(handler);
+        let (name, topics) = (handler.name(), handler.topics());
+        Self {
+            bus,
+            db,
+            name,
+            topics,
+            stack: Stack::for_handler(handler, registry, &config),
+            config,
+            stats: Arc::new(RunnerStats::default()),
+            meters: Meters::new(name),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<RunnerStats> {
+        self.stats.clone()
+    }
+
+    /// Consumes until `shutdown`. Errors of the bus or database are logged and retried.
+    pub async fn run(self, shutdown: Shutdown) {
+        let name = self.name;
+        loop {
+            if shutdown.is_triggered() {
+                return;
+            }
+            let consumer = match self.bus.subscribe(name, &self.topics).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(consumer = name, error = %e, "subscribe failed; retrying");
+                    tokio::time::sleep(self.config.reconnect_backoff).await;
+                    continue;
+                }
+            };
+            if let Err(e) = self.consume(consumer, shutdown.clone()).await {
+                tracing::warn!(consumer = name, error = %e, "consumer failed; resubscribing");
+                tokio::time::sleep(self.config.reconnect_backoff).await;
+            }
+        }
+    }
+
+    async fn consume(&self, mut consumer: B::Consumer, shutdown: Shutdown) -> Result<(), String> {
+        let name = self.name;
+        let stop = shutdown.clone().wait();
+        tokio::pin!(stop);
+        loop {
+            let records = tokio::select! {
+                r = consumer.poll(self.config.max_batch, Duration::from_secs(1)) => r.map_err(|e| e.to_string())?,
+                _ = &mut stop => return Ok(()),
+            };
+            if records.is_empty() {
+                continue;
+            }
+            let outcome = self
+                .handle_batch(&records)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !outcome.next.is_empty() {
+                let offsets: Vec<(TopicPartition, u64)> = outcome.next.into_iter().collect();
+                match consumer.commit(&offsets).await {
+                    Ok(()) => {}
+                    // A rebalance moved a partition away while its batch was handled: its
+                    // effects are committed in the database, the new owner resumes from the last
+                    // committed offset and its inbox skips what was handled here. Carry on with
+                    // the partitions still owned instead of leaving the group.
+                    Err(shopflow_bus::Error::NotAssigned { topic, partition }) => {
+                        tracing::info!(
+                            consumer = name,
+                            topic,
+                            partition,
+                            "partition moved to another member before its commit"
+                        );
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            let Some(why) = outcome.stop else { continue };
+            for (tp, offset) in outcome.resume {
+                match consumer.seek(&tp, offset) {
+                    // Moved away meanwhile: its new owner starts from the last commit.
+                    Ok(()) | Err(shopflow_bus::Error::NotAssigned { .. }) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            let wait = match why {
+                Stop::Retry { delay, reason } => {
+                    self.stats
+                        .transient_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.meters.failed_transient.increment(1);
+                    tracing::warn!(
+                        consumer = name,
+                        reason,
+                        ?delay,
+                        "transient failure; retrying"
+                    );
+                    delay
+                }
+                Stop::Pause {
+                    retry_after,
+                    reason,
+                } => {
+                    self.stats.paused.fetch_add(1, Ordering::Relaxed);
+                    self.meters.failed_unavailable.increment(1);
+                    tracing::warn!(
+                        consumer = name,
+                        reason,
+                        ?retry_after,
+                        "dependency unavailable; consumer paused"
+                    );
+                    retry_after
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = &mut stop => return Ok(()),
+            }
+        }
+    }
+
+    /// Handles a batch in one transaction.
+    async fn handle_batch(
+        &self,
+        records: &[Record],
+    ) -> Result<BatchOutcome, shopflow_store::Error> {
+        let mut tx = self.db.begin().await?;
+        let mut out = BatchOutcome {
+            next: BTreeMap::new(),
+            resume: BTreeMap::new(),
+            stop: None,
+        };
+        for r in records {
+            let tp = r.topic_partition();
+            if out.stop.is_some() || out.resume.contains_key(&tp) {
+                out.resume.entry(tp).or_insert(r.offset);
+                continue;
+            }
+            let outcome = {
+                let mut ctx = Ctx {
+                    consumer: self.name,
+                    tx: &mut tx,
+                    record: r,
+                    envelope: None,
+                };
+                self.stack.handle(&mut ctx).await?
+            };
+            match self.count(outcome) {
+                None => {
+                    out.next.insert(tp, r.offset + 1);
+                }
+                Some(why) => {
+                    out.resume.insert(tp, r.offset);
+                    out.stop = Some(why);
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Counts what became of a record; `Some` when its partition must stop there.
+    fn count(&self, outcome: Outcome) -> Option<Stop> {
+        match outcome {
+            Outcome::Handled => {
+                self.stats.handled.fetch_add(1, Ordering::Relaxed);
+                self.meters.consumed.increment(1);
+                None
+            }
+            Outcome::Duplicate => {
+                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                self.meters.duplicates.increment(1);
+                None
+            }
+            Outcome::DeadLettered => {
+                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                self.meters.dead_lettered.increment(1);
+                None
+            }
+            Outcome::Retry { delay, reason } => Some(Stop::Retry { delay, reason }),
+            Outcome::Pause {
+                retry_after,
+                reason,
+            } => Some(Stop::Pause {
+                retry_after,
+                reason,
+            }),
+            // The stack always ends in the dead-letter stage, which takes these; a custom stack
+            // that lets one through retries the record rather than losing it.
+            Outcome::Failed(e) => Some(Stop::Retry {
+                delay: self.config.reconnect_backoff,
+                reason: e.to_string(),
+            }),
+            Outcome::GiveUp { reason, .. } => Some(Stop::Retry {
+                delay: self.config.reconnect_backoff,
+                reason,
+            }),
+        }
+    }
+}

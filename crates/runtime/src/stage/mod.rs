@@ -1,0 +1,353 @@
+//! Handling one record is a stack of small stages, each of which may act before and after the
+//! rest of the stack (tower's middleware, watermill's handler middleware):
+//!
+//! ```text
+//!  dead_letter ─ decode ─ retry ─ savepoint ─ inbox ─ breaker ─ catch ─ [timeout] ─ handler
+//!  (outermost)                                                                   (innermost)
+//! ```
+//!
+//! - [`dead_letter`]: turns a given-up record into a dead letter on `<topic>.dlq` (once).
+//! - [`decode`]: decodes the envelope through the registry (upcasting); a record that is not a
+//!   valid, known event is given up at once.
+//! - [`retry`]: counts failures per record; a transient one stops the partition and retries it
+//!   after a backoff with jitter, up to the attempt limit; a permanent one is given up.
+//! - [`savepoint`]: everything inside commits or rolls back as one, within the batch's
+//!   transaction.
+//! - [`inbox`]: records the event id for the consumer; a redelivery stops here, a duplicate.
+//! - [`breaker`]: admits the record only while the handler's declared circuit breakers let calls
+//!   through (else the consumer pauses) and counts the handler's dependency failures.
+//! - [`catch`]: a panic in the handler becomes a permanent failure (the event is dead-lettered,
+//!   the consumer lives on).
+//! - [`timeout`]: a handler that takes longer than its limit fails transiently.
+//!
+//! The innermost step calls the [`Handler`](crate::Handler) and puts what it returns in the
+//! outbox of the same transaction. A stage is a type implementing [`Stage`]; adding one is a
+//! module here and a line in [`Stack::for_handler`].
+
+pub mod breaker;
+pub mod catch;
+pub mod dead_letter;
+pub mod decode;
+pub mod inbox;
+pub mod retry;
+pub mod savepoint;
+pub mod timeout;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use shopflow_bus::Record;
+use shopflow_envelope::{Envelope, Registry};
+use shopflow_store::Tx;
+
+use crate::handler::{BoxFuture, BoxHandler};
+use crate::{Handler, HandlerError, RunnerConfig};
+
+/// One record on its way through the stack.
+#[derive(Debug)]
+pub struct Ctx<'a> {
+    /// The consumer group (and inbox name).
+    pub consumer: &'static str,
+    /// The batch's transaction.
+    pub tx: &'a mut Tx,
+    pub record: &'a Record,
+    /// Set by the decode stage.
+    pub envelope: Option<Envelope>,
+}
+
+/// Failures of one record so far (kept in memory: a restart starts counting again).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failures {
+    pub count: u32,
+    pub first: DateTime<Utc>,
+    pub last: DateTime<Utc>,
+}
+
+impl Failures {
+    /// A first failure, now.
+    pub fn first(now: DateTime<Utc>) -> Self {
+        Self {
+            count: 1,
+            first: now,
+            last: now,
+        }
+    }
+}
+
+/// What became of a record, as it travels back out through the stages.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The handler ran and its effects and outgoing events are in the transaction.
+    Handled,
+    /// Handled before (inbox), or dead-lettered before: nothing to do.
+    Duplicate,
+    /// Written to the dead-letter topic (through the outbox).
+    DeadLettered,
+    /// The handler or an inner stage failed; an outer stage decides what it means.
+    Failed(HandlerError),
+    /// Give the record up: the dead-letter stage writes it to `<topic>.dlq`.
+    GiveUp { reason: String, failures: Failures },
+    /// Stop the record's partition here and try it again after `delay`.
+    Retry { delay: Duration, reason: String },
+    /// A dependency is down: pause the consumer, then try the same record again.
+    Pause {
+        retry_after: Duration,
+        reason: String,
+    },
+}
+
+impl Outcome {
+    /// The record is done with: its offset may be committed.
+    pub fn is_done(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Handled | Outcome::Duplicate | Outcome::DeadLettered
+        )
+    }
+}
+
+/// What a stage returns: an outcome, or a database error that ends the whole batch (its
+/// transaction is dropped and every record of it is delivered again).
+pub type StageResult = Result<Outcome, shopflow_store::Error>;
+
+/// One stage of the stack.
+pub trait Stage: Send + Sync + fmt::Debug + 'static {
+    /// Handles `ctx`, calling `next` for the rest of the stack (or not, to cut it short).
+    fn call<'a>(&'a self, ctx: &'a mut Ctx<'_>, next: Next<'a>) -> BoxFuture<'a, StageResult>;
+}
+
+/// The rest of the stack below a stage.
+#[derive(Clone, Copy, Debug)]
+pub struct Next<'a> {
+    stages: &'a [Arc<dyn Stage>],
+    endpoint: &'a Endpoint,
+}
+
+impl<'a> Next<'a> {
+    /// Runs the rest of the stack.
+    pub fn run<'c>(self, ctx: &'c mut Ctx<'_>) -> BoxFuture<'c, StageResult>
+    where
+        'a: 'c,
+    {
+        match self.stages.split_first() {
+            Some((stage, rest)) => stage.call(
+                ctx,
+                Next {
+                    stages: rest,
+                    endpoint: self.endpoint,
+                },
+            ),
+            None => Box::pin(self.endpoint.call(ctx)),
+        }
+    }
+}
+
+/// The innermost step: the handler, and the outbox for what it returns.
+#[derive(Debug)]
+pub(crate) struct Endpoint {
+    handler: BoxHandler,
+    seconds: metrics::Histogram,
+}
+
+impl Endpoint {
+    async fn call(&self, ctx: &mut Ctx<'_>) -> StageResult {
+        let Ctx {
+            consumer,
+            tx,
+            envelope,
+            ..
+        } = ctx;
+        let Some(envelope) = envelope.as_ref() else {
+            return Ok(Outcome::Failed(HandlerError::Permanent(
+                "no envelope: the stack has no decode stage".into(),
+            )));
+        };
+        let span = tracing::info_span!(
+            "handle",
+            consumer = *consumer,
+            event_type = envelope.event_type(),
+            event_id = %envelope.event_id(),
+            correlation_id = %envelope.correlation_id(),
+        );
+        let started = Instant::now();
+        let result = tracing::Instrument::instrument(self.handler.call(tx, envelope), span).await;
+        let outcome = match result {
+            Ok(out) => match shopflow_store::emit(tx, out).await {
+                Ok(()) => Outcome::Handled,
+                Err(e) => Outcome::Failed(HandlerError::from(e)),
+            },
+            Err(e) => Outcome::Failed(e),
+        };
+        self.seconds.record(started.elapsed().as_secs_f64());
+        Ok(outcome)
+    }
+}
+
+/// The stages of one handler, outermost first, and the handler below them.
+#[derive(Debug)]
+pub struct Stack {
+    stages: Vec<Arc<dyn Stage>>,
+    endpoint: Endpoint,
+}
+
+impl Stack {
+    /// The runtime's stack for `handler`: dead-letter, decode, retry, savepoint, inbox, the
+    /// handler's breakers (when it declares any), panic catching, and a timeout when the config
+    /// sets one.
+    pub fn for_handler(
+        handler: BoxHandler,
+        registry: Arc<Registry>,
+        config: &RunnerConfig,
+    ) -> Self {
+        let mut stages: Vec<Arc<dyn Stage>> = vec![
+            Arc::new(dead_letter::DeadLetter),
+            Arc::new(decode::Decode::new(registry)),
+            Arc::new(retry::Retry::new(config.retry.clone())),
+            Arc::new(savepoint::Savepoint),
+            Arc::new(inbox::Inbox),
+        ];
+        let breakers = handler.breakers();
+        if !breakers.is_empty() {
+            stages.push(Arc::new(breaker::Breakers::new(breakers)));
+        }
+        stages.push(Arc::new(catch::Catch));
+        if let Some(limit) = config.handler_timeout {
+            stages.push(Arc::new(timeout::Timeout::new(limit)));
+        }
+        Self::new(stages, handler)
+    }
+
+    /// A stack of the given stages around `handler`.
+    pub fn new(stages: Vec<Arc<dyn Stage>>, handler: BoxHandler) -> Self {
+        let seconds = metrics::histogram!("shopflow_handler_seconds", "consumer" => handler.name());
+        Self {
+            stages,
+            endpoint: Endpoint { handler, seconds },
+        }
+    }
+
+    /// Takes one record through the stack.
+    pub async fn handle(&self, ctx: &mut Ctx<'_>) -> StageResult {
+        Next {
+            stages: &self.stages,
+            endpoint: &self.endpoint,
+        }
+        .run(ctx)
+        .await
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A record, a transaction and a handler for testing one stage alone, on an in-memory-like
+    //! SQLite file in a temporary directory.
+
+    use super::*;
+    use bytes::Bytes;
+    use shopflow_envelope::{Kind, Meta};
+    use shopflow_store::{Db, Outgoing};
+
+    pub(crate) struct Bench {
+        pub(crate) _dir: tempfile::TempDir,
+        pub(crate) db: Db,
+    }
+
+    pub(crate) async fn bench() -> Bench {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_sqlite(dir.path().join("t.db")).unwrap();
+        db.migrate_building_blocks().await.unwrap();
+        db.migrate(
+            "stage-test",
+            &[shopflow_store::Migration::portable(
+                1,
+                "seen",
+                "CREATE TABLE seen (n BIGINT NOT NULL)",
+            )],
+        )
+        .await
+        .unwrap();
+        Bench { _dir: dir, db }
+    }
+
+    pub(crate) fn envelope(n: i64) -> Envelope {
+        Envelope::from_parts(
+            "Probed",
+            1,
+            Kind::Domain,
+            serde_json::json!({ "n": n }),
+            Meta::new("test", format!("agg-{n}"), 1),
+        )
+        .unwrap()
+    }
+
+    pub(crate) fn record_of(env: &Envelope, offset: u64) -> Record {
+        Record {
+            topic: Arc::from("in"),
+            partition: 0,
+            offset,
+            timestamp_ms: 0,
+            key: Some(Bytes::copy_from_slice(env.aggregate_id().as_bytes())),
+            value: Bytes::from(env.encode().unwrap()),
+            headers: Vec::new(),
+        }
+    }
+
+    /// A handler that answers with `f(n)` after writing `n` to `seen`.
+    pub(crate) struct FnHandler<F>(pub(crate) F);
+
+    impl<F> Handler for FnHandler<F>
+    where
+        F: Fn(i64) -> Result<(), HandlerError> + Send + Sync + 'static,
+    {
+        fn name(&self) -> &'static str {
+            "probe"
+        }
+        fn topics(&self) -> Vec<String> {
+            vec!["in".into()]
+        }
+        async fn handle(&self, tx: &mut Tx, env: &Envelope) -> Result<Vec<Outgoing>, HandlerError> {
+            let n = env.data()["n"].as_i64().unwrap_or(-1);
+            tx.execute(
+                "INSERT INTO seen (n) VALUES ($1)",
+                shopflow_store::params![n],
+            )
+            .await?;
+            (self.0)(n)?;
+            Ok(vec![])
+        }
+    }
+
+    /// Runs `stages` around `handler` for `record` in a fresh transaction that is committed.
+    pub(crate) async fn run(
+        db: &Db,
+        stages: Vec<Arc<dyn Stage>>,
+        handler: BoxHandler,
+        record: &Record,
+        decoded: Option<Envelope>,
+    ) -> Outcome {
+        let stack = Stack::new(stages, handler);
+        let mut tx = db.begin().await.unwrap();
+        let outcome = {
+            let mut ctx = Ctx {
+                consumer: "probe",
+                tx: &mut tx,
+                record,
+                envelope: decoded,
+            };
+            stack.handle(&mut ctx).await.unwrap()
+        };
+        tx.commit().await.unwrap();
+        outcome
+    }
+
+    pub(crate) async fn seen(db: &Db) -> Vec<i64> {
+        db.query("SELECT n FROM seen ORDER BY n", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.i64(0).unwrap())
+            .collect()
+    }
+}

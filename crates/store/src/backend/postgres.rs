@@ -1,0 +1,350 @@
+//! PostgreSQL backend: a deadpool connection pool, one schema per service (`search_path`).
+
+use std::sync::Arc;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
+
+use shopflow_bus::Message;
+use tokio::sync::Notify;
+
+use super::EventRow;
+use crate::{Error, Result, Row, Value};
+
+#[derive(Clone, Debug)]
+pub struct PgDb {
+    pub(crate) pool: Pool,
+    pub(crate) schema: Arc<str>,
+    pub(crate) config: tokio_postgres::Config,
+}
+
+/// A schema name: lowercase letters, digits and `_`, not starting with a digit, at most 63 bytes.
+pub(crate) fn validate_schema(schema: &str) -> Result<()> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && schema
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !schema.as_bytes()[0].is_ascii_digit();
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid {
+            what: "schema name",
+            reason: format!("`{schema}` must be 1-63 of [a-z0-9_], not starting with a digit"),
+        })
+    }
+}
+
+impl PgDb {
+    pub(crate) async fn connect(url: &str, schema: &str, pool_size: usize) -> Result<Self> {
+        validate_schema(schema)?;
+        let base: tokio_postgres::Config =
+            url.parse()
+                .map_err(|e: tokio_postgres::Error| Error::Invalid {
+                    what: "PostgreSQL URL",
+                    reason: e.to_string(),
+                })?;
+        // Create the schema with a plain connection first.
+        {
+            let (client, conn) = base.connect(NoTls).await?;
+            let task = tokio::spawn(conn);
+            client
+                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                .await
+                .or_else(|e| {
+                    // Two processes racing to create the schema: the loser sees a unique violation.
+                    if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })?;
+            drop(client);
+            let _ = task.await;
+        }
+        let mut config = base.clone();
+        config.options(format!("-c search_path={schema}"));
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .build()
+            .map_err(|e| Error::Pool {
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            pool,
+            schema: Arc::from(schema),
+            config,
+        })
+    }
+
+    pub(crate) async fn client(&self) -> Result<Object> {
+        self.pool.get().await.map_err(|e| Error::Pool {
+            reason: e.to_string(),
+        })
+    }
+
+    pub(crate) async fn begin(&self, relaxed: bool) -> Result<PgTx> {
+        let client = self.client().await?;
+        client
+            .batch_execute(if relaxed {
+                "BEGIN; SET LOCAL synchronous_commit = off"
+            } else {
+                "BEGIN"
+            })
+            .await?;
+        Ok(PgTx {
+            client: Some(client),
+            done: false,
+        })
+    }
+
+    pub(crate) async fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        let client = self.client().await?;
+        query(&client, sql, params).await
+    }
+
+    /// The channel the outbox relay listens on.
+    pub(crate) fn outbox_channel(&self) -> String {
+        format!("shopflow_outbox_{}", self.schema)
+    }
+}
+
+fn refs(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
+    params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
+}
+
+pub(crate) async fn query(client: &Object, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+    let stmt = client.prepare_cached(sql).await?;
+    let rows = client.query(&stmt, &refs(params)).await?;
+    rows.iter().map(Row::from_postgres).collect()
+}
+
+pub(crate) async fn execute(client: &Object, sql: &str, params: &[Value]) -> Result<u64> {
+    let stmt = client.prepare_cached(sql).await?;
+    Ok(client.execute(&stmt, &refs(params)).await?)
+}
+
+/// Advisory-lock class of outbox keys: `enqueue` locks each message key for the rest of its
+/// transaction, which makes id order equal commit order per key.
+const KEY_LOCK_CLASS: i32 = 0x5346_4f4b; // "SFOK"
+/// Advisory-lock class of the relay lease: one relay per schema.
+const RELAY_LOCK_CLASS: i32 = 0x5346_4f52; // "SFOR"
+
+/// A transaction-scoped advisory lock of `class` on the current schema.
+pub(crate) async fn lock_schema(client: &Object, class: i32) -> Result<()> {
+    let stmt = client
+        .prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))")
+        .await?;
+    client.execute(&stmt, &[&class]).await?;
+    Ok(())
+}
+
+pub(crate) async fn stream_versions(
+    client: &Object,
+    streams: &[&str],
+) -> Result<Vec<(String, u64)>> {
+    let stmt = client
+        .prepare_cached("SELECT stream_id, version FROM streams WHERE stream_id = ANY($1)")
+        .await?;
+    let mut out = Vec::new();
+    for r in client.query(&stmt, &[&streams]).await? {
+        let id: String = r.try_get(0)?;
+        let v: i64 = r.try_get(1)?;
+        out.push((id, v as u64));
+    }
+    Ok(out)
+}
+
+pub(crate) async fn insert_events(
+    client: &Object,
+    rows: &[EventRow],
+    versions: &[(&str, u64)],
+) -> Result<()> {
+    let streams: Vec<&str> = rows.iter().map(|r| r.stream.as_str()).collect();
+    let vers: Vec<i64> = rows.iter().map(|r| r.version).collect();
+    let ids: Vec<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
+    let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
+    let evs: Vec<i64> = rows.iter().map(|r| r.event_version).collect();
+    let ats: Vec<i64> = rows.iter().map(|r| r.recorded_at).collect();
+    let envs: Vec<&[u8]> = rows.iter().map(|r| r.envelope.as_slice()).collect();
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO events (stream_id, version, event_id, event_type, event_version, recorded_at, envelope)
+             SELECT s, v, e, t, ev, r, env
+             FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::bytea[])
+                  WITH ORDINALITY AS x(s, v, e, t, ev, r, env, ord)
+             ORDER BY ord",
+        )
+        .await?;
+    let params: [&(dyn ToSql + Sync); 7] = [&streams, &vers, &ids, &types, &evs, &ats, &envs];
+    client.execute(&stmt, &params).await?;
+    let sids: Vec<&str> = versions.iter().map(|(s, _)| *s).collect();
+    let svs: Vec<i64> = versions.iter().map(|(_, v)| *v as i64).collect();
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO streams (stream_id, version) SELECT * FROM UNNEST($1::text[], $2::int8[])
+             ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version",
+        )
+        .await?;
+    client.execute(&stmt, &[&sids, &svs]).await?;
+    Ok(())
+}
+
+pub(crate) async fn insert_outbox(
+    client: &Object,
+    messages: &[Message],
+    now_us: i64,
+) -> Result<()> {
+    let mut locks: Vec<i32> = messages
+        .iter()
+        .map(|m| shopflow_bus::murmur2(m.key.as_deref().unwrap_or(b"")))
+        .collect();
+    locks.sort_unstable();
+    locks.dedup();
+    let stmt = client
+        .prepare_cached("SELECT pg_advisory_xact_lock($1, k) FROM UNNEST($2::int4[]) WITH ORDINALITY AS x(k, ord) ORDER BY ord")
+        .await?;
+    client.execute(&stmt, &[&KEY_LOCK_CLASS, &locks]).await?;
+    let topics: Vec<&str> = messages.iter().map(|m| m.topic.as_str()).collect();
+    let keys: Vec<Option<&[u8]>> = messages.iter().map(|m| m.key.as_deref()).collect();
+    let payloads: Vec<&[u8]> = messages.iter().map(|m| &m.value[..]).collect();
+    let headers: Vec<Vec<u8>> = messages
+        .iter()
+        .map(|m| crate::outbox::encode_headers(&m.headers))
+        .collect();
+    let created: Vec<i64> = vec![now_us; messages.len()];
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO outbox (topic, msg_key, payload, headers, created_at)
+             SELECT t, k, p, h, c
+             FROM UNNEST($1::text[], $2::bytea[], $3::bytea[], $4::bytea[], $5::int8[])
+                  WITH ORDINALITY AS x(t, k, p, h, c, ord)
+             ORDER BY ord",
+        )
+        .await?;
+    let p: [&(dyn ToSql + Sync); 5] = [&topics, &keys, &payloads, &headers, &created];
+    client.execute(&stmt, &p).await?;
+    let stmt = client
+        .prepare_cached("SELECT pg_notify('shopflow_outbox_' || current_schema(), '')")
+        .await?;
+    client.execute(&stmt, &[]).await?;
+    Ok(())
+}
+
+pub(crate) async fn delete_outbox(client: &Object, ids: &[i64]) -> Result<()> {
+    let stmt = client
+        .prepare_cached("DELETE FROM outbox WHERE id = ANY($1)")
+        .await?;
+    client.execute(&stmt, &[&ids]).await?;
+    Ok(())
+}
+
+/// A dedicated PostgreSQL session that holds the relay lock of a schema and LISTENs for commits.
+pub(crate) struct PgListener {
+    _client: tokio_postgres::Client,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PgListener {
+    /// `None` when another session holds the relay lock.
+    pub(crate) async fn start(db: &PgDb, signal: Arc<Notify>) -> Result<Option<Self>> {
+        let (client, mut conn) = db.config.connect(tokio_postgres::NoTls).await?;
+        let wake = signal.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                    Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => wake.notify_one(),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "outbox LISTEN connection lost");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            wake.notify_one();
+        });
+        let got: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, hashtext(current_schema()))",
+                &[&RELAY_LOCK_CLASS],
+            )
+            .await?
+            .try_get(0)?;
+        if !got {
+            task.abort();
+            return Ok(None);
+        }
+        client
+            .batch_execute(&format!("LISTEN {}", db.outbox_channel()))
+            .await?;
+        Ok(Some(Self {
+            _client: client,
+            task,
+        }))
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+/// A transaction on a pooled connection.
+#[derive(Debug)]
+pub struct PgTx {
+    client: Option<Object>,
+    done: bool,
+}
+
+impl PgTx {
+    pub(crate) fn client(&self) -> &Object {
+        self.client.as_ref().expect("client present until drop")
+    }
+
+    pub(crate) async fn commit(mut self) -> Result<()> {
+        self.client().batch_execute("COMMIT").await?;
+        self.done = true;
+        Ok(())
+    }
+
+    pub(crate) async fn rollback(mut self) -> Result<()> {
+        self.done = true;
+        self.client().batch_execute("ROLLBACK").await?;
+        Ok(())
+    }
+}
+
+impl Drop for PgTx {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        // Abandoned mid-transaction: roll back before the connection goes back to the pool, or
+        // take it out of the pool when there is no runtime to do that on.
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn(async move {
+                    if let Err(e) = client.batch_execute("ROLLBACK").await {
+                        tracing::warn!(error = %e, "rollback of an abandoned transaction failed; dropping the connection");
+                        let _ = Object::take(client);
+                    }
+                });
+            }
+            Err(_) => {
+                let _ = Object::take(client);
+            }
+        }
+    }
+}
