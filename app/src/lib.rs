@@ -1,10 +1,10 @@
-//! The shopflow app: every service wired together in one process (embedded mode).
+//! The shopflow app: the shop's services, wired together in one process or one per service.
 #![recursion_limit = "256"]
 
-pub mod anybus;
 pub mod load;
 pub mod migrate;
 pub mod openapi;
 pub mod ops;
+pub mod services;
 pub mod shop;
 pub mod verify;

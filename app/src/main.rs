@@ -25,7 +25,8 @@ enum Command {
     /// distributed deployment: `shopflow service payment --bus kafka://… --db postgres://…`.
     Service {
         /// users, inventory, payment, shipping, notification or order.
-        name: shopflow::shop::Service,
+        #[arg(value_parser = shopflow::services::parse)]
+        name: &'static str,
         #[command(flatten)]
         run: RunArgs,
     },

@@ -22,7 +22,8 @@ use shopflow_kafka::{KafkaBus, KafkaConfig};
 use shopflow_log::Log;
 use shopflow_store::{Db, Value};
 
-use crate::shop::{DbConfig, Service};
+use crate::services;
+use shopflow_store::DbUrl as DbConfig;
 
 /// What was moved.
 #[derive(Debug, Default, serde::Serialize)]
@@ -36,55 +37,15 @@ pub struct Moved {
     pub groups: BTreeMap<String, usize>,
 }
 
-/// The consumer groups a shop may have (both saga styles, and the dead-letter indexer).
-pub const GROUPS: &[&str] = &[
-    "inventory",
-    "payment",
-    "shipping",
-    "notification",
-    "order",
-    "inventory-commands",
-    "payment-commands",
-    "shipping-commands",
-    "order-commands",
-    shopflow_order::saga::FULFILMENT,
-    shopflow_runtime::dlq::Indexer::<Log>::GROUP,
-];
-
-fn databases() -> Vec<&'static str> {
-    let mut v: Vec<&'static str> = Service::ALL.iter().map(|s| s.name()).collect();
-    v.push("ops");
-    v
-}
-
-/// Creates and migrates every service's schema, by opening the services as `shopflow up` does.
-async fn prepare(name: &str, db: Db, data_dir: &Path) -> anyhow::Result<()> {
-    match name {
-        "users" => drop(shopflow_users::Users::open(db).await?),
-        "inventory" => drop(shopflow_inventory::Inventory::open(db).await?),
-        "payment" => drop(
-            shopflow_payment::Payments::open(
-                db,
-                std::sync::Arc::new(shopflow_payment::Simulator::default()),
-            )
-            .await?,
-        ),
-        "shipping" => drop(shopflow_shipping::Shipping::open(db).await?),
-        "notification" => drop(
-            shopflow_notification::Notifications::open(
-                db,
-                std::sync::Arc::new(shopflow_notification::Delivery::Spool(
-                    shopflow_notification::Spool::new(data_dir),
-                )),
-            )
-            .await?,
-        ),
-        "order" => drop(shopflow_order::Orders::open(db).await?),
-        "ops" => {
-            db.migrate_service("ops", shopflow_runtime::dlq::MIGRATIONS)
+/// Creates and migrates a database's schema, as `shopflow up` would.
+async fn prepare(name: &str, db: &Db) -> anyhow::Result<()> {
+    match services::find(name) {
+        Some(service) => service.migrate(db).await?,
+        None if name == services::OPS => {
+            db.migrate_service(services::OPS, shopflow_runtime::dlq::MIGRATIONS)
                 .await?
         }
-        other => bail!("unknown database {other}"),
+        None => bail!("unknown database {name}"),
     }
     Ok(())
 }
@@ -178,11 +139,11 @@ pub async fn migrate(data_dir: &Path, kafka: KafkaConfig, db: &DbConfig) -> anyh
         })?;
 
     // 1. Databases.
-    for name in databases() {
+    for name in services::databases() {
         let from = DbConfig::Sqlite.open_existing(data_dir, name).await?;
         let schema = format!("{schema_prefix}{name}");
         let to = db.open(data_dir, name).await?;
-        prepare(name, to.clone(), data_dir).await?;
+        prepare(name, &to).await?;
         copy_tables(&from, &to, &schema, &mut moved).await?;
         tracing::info!(schema, "database copied");
     }
@@ -241,7 +202,7 @@ pub async fn migrate(data_dir: &Path, kafka: KafkaConfig, db: &DbConfig) -> anyh
     }
 
     // 3. Consumer positions.
-    for group in GROUPS {
+    for group in services::groups() {
         let committed = log.committed(group).await?;
         if committed.is_empty() {
             continue;
@@ -257,7 +218,7 @@ pub async fn migrate(data_dir: &Path, kafka: KafkaConfig, db: &DbConfig) -> anyh
             .commit_group(group, &mapped)
             .await
             .with_context(|| format!("carrying over the offsets of group {group}"))?;
-        moved.groups.insert((*group).to_owned(), mapped.len());
+        moved.groups.insert(group.to_owned(), mapped.len());
     }
     kafka.close().await?;
     log.close().await?;

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
-use crate::anybus::AnyBus;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
@@ -12,11 +11,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
+use shopflow_anybus::AnyBus;
 use shopflow_bus::Bus;
 use shopflow_http::{ApiError, Json, Query};
 use shopflow_runtime::CircuitBreaker;
 use shopflow_runtime::dlq::{self, Filter};
-use shopflow_saga::{Orchestrator, SagaError, SagaState};
+use shopflow_service::MetricsHook;
 use shopflow_store::Db;
 
 /// The process-wide Prometheus recorder (installed on first use; `None` when another recorder
@@ -46,7 +46,7 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
 }
 
 /// The operations side of a running shop.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Ops {
     /// The operations database: the dead-letter index and its outbox (for redrives).
     pub db: Db,
@@ -56,100 +56,17 @@ pub struct Ops {
     pub breakers: Vec<Arc<CircuitBreaker>>,
     /// Every database with an outbox, by owner.
     pub outboxes: Vec<(&'static str, Db)>,
-    /// Present in the process that runs the order service.
-    pub sagas: Option<Sagas>,
+    /// The services' hooks that set their gauges before `/metrics` renders.
+    pub hooks: Vec<MetricsHook>,
 }
 
-/// The order-fulfilment saga's instances (in the order service's database).
-#[derive(Debug, Clone)]
-pub struct Sagas {
-    pub style: crate::shop::SagaStyle,
-    pub orchestrator: Arc<Orchestrator>,
-    pub db: Db,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SagaQuery {
-    state: Option<String>,
-    limit: Option<u32>,
-}
-
-fn no_sagas() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "sagas live in the order service; this process does not run it",
-    )
-}
-
-fn saga_error(e: SagaError) -> ApiError {
-    match e {
-        SagaError::NotFound(id) => ApiError::not_found("saga", &id),
-        e @ SagaError::NotRunning { .. } => ApiError::conflict(e.to_string()),
-        SagaError::Store(e) => ApiError::from(e),
-        SagaError::Failed(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "saga_failed", m),
+impl std::fmt::Debug for Ops {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ops")
+            .field("groups", &self.groups)
+            .field("breakers", &self.breakers)
+            .finish_non_exhaustive()
     }
-}
-
-async fn list_sagas(
-    State(ops): State<Arc<Ops>>,
-    Query(q): Query<SagaQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let state = q
-        .state
-        .as_deref()
-        .map(SagaState::parse)
-        .transpose()
-        .map_err(ApiError::bad_request)?;
-    let Some(s) = &ops.sagas else {
-        return Err(no_sagas());
-    };
-    let list = s
-        .orchestrator
-        .list(&s.db, state, q.limit.unwrap_or(100))
-        .await
-        .map_err(saga_error)?;
-    let counts = s.orchestrator.counts(&s.db).await.map_err(saga_error)?;
-    Ok(Json(serde_json::json!({
-        "style": s.style.to_string(),
-        "sagas": list,
-        "counts": counts,
-    })))
-}
-
-async fn show_saga(
-    State(ops): State<Arc<Ops>>,
-    Path(id): Path<String>,
-) -> Result<Json<shopflow_saga::SagaView>, ApiError> {
-    let Some(s) = &ops.sagas else {
-        return Err(no_sagas());
-    };
-    s.orchestrator
-        .get(&s.db, &id)
-        .await
-        .map_err(saga_error)?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found("saga", &id))
-}
-
-async fn cancel_saga(
-    State(ops): State<Arc<Ops>>,
-    Path(id): Path<String>,
-    Json(body): Json<DiscardBody>,
-) -> Result<Json<shopflow_saga::SagaView>, ApiError> {
-    if body.reason.trim().is_empty() {
-        return Err(ApiError::bad_request("a cancellation needs a reason"));
-    }
-    let Some(s) = &ops.sagas else {
-        return Err(no_sagas());
-    };
-    Ok(Json(
-        s.orchestrator
-            .cancel(&s.db, &id, &body.reason)
-            .await
-            .map_err(saga_error)?,
-    ))
 }
 
 /// Lag of one consumer group on one partition.
@@ -210,9 +127,6 @@ impl Ops {
             .route("/admin/lag", get(lag))
             .route("/admin/breakers", get(breakers))
             .route("/metrics", get(metrics))
-            .route("/sagas", get(list_sagas))
-            .route("/sagas/{id}", get(show_saga))
-            .route("/sagas/{id}/cancel", post(cancel_saga))
             .with_state(Arc::new(self))
     }
 
@@ -352,12 +266,8 @@ async fn metrics(State(ops): State<Arc<Ops>>) -> Result<Response, ApiError> {
         metrics::gauge!("shopflow_breaker_state", "breaker" => b.name().to_owned())
             .set(b.state().gauge());
     }
-    if let Some(s) = &ops.sagas {
-        let by_state = s.orchestrator.counts(&s.db).await.map_err(saga_error)?;
-        for (state, n) in by_state {
-            metrics::gauge!("shopflow_sagas", "saga" => s.orchestrator.def().name, "state" => state)
-                .set(n as f64);
-        }
+    for hook in &ops.hooks {
+        hook().await;
     }
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -560,7 +560,7 @@ async fn every_event_redelivered_changes_nothing() {
     assert_eq!(report.orders, 4);
 
     // verify is not a rubber stamp: tamper with the stock and it says so, naming the sku.
-    let inventory = shop.databases().inventory;
+    let inventory = shop.db("inventory").unwrap().clone();
     let mut tx = inventory.begin().await.unwrap();
     tx.execute(
         "UPDATE products SET shipped = shipped + 1 WHERE sku = 'DUP'",

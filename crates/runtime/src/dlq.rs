@@ -227,6 +227,9 @@ pub async fn index(tx: &mut Tx, records: &[Record]) -> shopflow_store::Result<u6
     Ok(added)
 }
 
+/// The consumer group of the [`Indexer`].
+pub const GROUP: &str = "dlq-index";
+
 /// Consumes the dead-letter topics into the index until shutdown.
 #[derive(Debug)]
 pub struct Indexer<B: Bus> {
@@ -237,7 +240,7 @@ pub struct Indexer<B: Bus> {
 
 impl<B: Bus> Indexer<B> {
     /// The consumer group of the indexer.
-    pub const GROUP: &'static str = "dlq-index";
+    pub const GROUP: &'static str = GROUP;
 
     pub fn new(bus: B, db: Db, dlq_topics: Vec<String>) -> Self {
         Self {

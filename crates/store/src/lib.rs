@@ -9,7 +9,7 @@ mod migrate;
 pub mod outbox;
 mod value;
 
-pub use backend::{Backend, Db, PgDb, PgTx, SqliteDb, SqliteTx, Tx, blocking};
+pub use backend::{Backend, Db, DbUrl, PgDb, PgTx, SqliteDb, SqliteTx, Tx, blocking};
 pub use error::{Error, Result};
 pub use events::{AppendStream, EventStore, ExpectedVersion, Snapshot, StoredEvent};
 pub use migrate::Migration;

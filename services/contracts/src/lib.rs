@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+pub mod audit;
+
 use serde::{Deserialize, Serialize};
 use shopflow_envelope::{Event, Kind, Registry};
 

@@ -1,5 +1,8 @@
 #![doc = include_str!("../README.md")]
 
+mod service;
+pub use service::SERVICE;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -22,12 +25,11 @@ use shopflow_store::{Db, Migration, Tx, params};
 pub const NAME: &str = "inventory";
 const SOURCE: &str = "inventory-service";
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "inventory",
-    sqlite: include_str!("../migrations/001_inventory.sql"),
-    postgres: include_str!("../migrations/001_inventory.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[Migration::portable(
+    1,
+    "inventory",
+    include_str!("../migrations/001_inventory.sql"),
+)];
 
 #[derive(Clone, Debug)]
 pub struct Inventory {
@@ -67,7 +69,7 @@ pub fn validate_currency(c: &str) -> Result<(), ApiError> {
 
 impl Inventory {
     pub async fn open(db: Db) -> shopflow_store::Result<Self> {
-        db.migrate_service(NAME, MIGRATIONS).await?;
+        SERVICE.migrate(&db).await?;
         Ok(Self { db })
     }
 

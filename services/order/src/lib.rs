@@ -5,6 +5,8 @@ mod handlers;
 mod http;
 mod place;
 pub mod saga;
+mod saga_api;
+mod service;
 mod view;
 
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use shopflow_store::{Db, EventStore, Migration};
 use aggregate::Order;
 pub use handlers::{OrderCommands, OutcomeHandler};
 pub use place::{PaymentMethod, PlaceLine, PlaceOrder, Placed};
+pub use service::SERVICE;
 pub use shopflow_eventsourcing::{Freshness, PROJECTOR_LOCK_CLASS};
 pub use view::OrderView;
 use view::{ORDER_VIEW, OrderProjection};
@@ -38,9 +41,7 @@ pub const MIGRATIONS: &[Migration] = &[Migration::portable(
 /// The registry of the order service: the shop's events plus the order stream's own.
 pub fn registry() -> Registry {
     let mut r = shopflow_contracts::registry();
-    r.register::<aggregate::OrderPaid>()
-        .register::<aggregate::OrderReserved>()
-        .register::<aggregate::OrderCompleted>();
+    (SERVICE.register)(&mut r);
     r
 }
 
@@ -58,9 +59,8 @@ pub struct Orders {
 
 impl Orders {
     pub async fn open(db: Db) -> shopflow_store::Result<Self> {
-        db.migrate_service(NAME, MIGRATIONS).await?;
-        // The order service owns the order-fulfilment saga's instances (orchestration).
-        db.migrate("saga", shopflow_saga::MIGRATIONS).await?;
+        // Its own tables, and the order-fulfilment saga's instances (orchestration).
+        SERVICE.migrate(&db).await?;
         let registry = Arc::new(registry());
         let store = EventStore::new(db.clone());
         let core = Self {

@@ -1,5 +1,8 @@
 #![doc = include_str!("../README.md")]
 
+mod service;
+pub use service::{GatewayLatency, SERVICE};
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,12 +25,11 @@ use shopflow_store::{Db, Migration, Tx, params};
 pub const NAME: &str = "payment";
 const SOURCE: &str = "payment-service";
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "payments",
-    sqlite: include_str!("../migrations/001_payments.sql"),
-    postgres: include_str!("../migrations/001_payments.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[Migration::portable(
+    1,
+    "payments",
+    include_str!("../migrations/001_payments.sql"),
+)];
 
 /// A charge request. `idempotency_key` is the order id: the same key never charges twice.
 #[derive(Debug, Clone)]
@@ -181,7 +183,7 @@ pub struct PaymentView {
 
 impl<G: PaymentGateway> Payments<G> {
     pub async fn open(db: Db, gateway: Arc<G>) -> shopflow_store::Result<Self> {
-        db.migrate_service(NAME, MIGRATIONS).await?;
+        SERVICE.migrate(&db).await?;
         Ok(Self {
             db,
             gateway,

@@ -1,5 +1,8 @@
 #![doc = include_str!("../README.md")]
 
+mod service;
+pub use service::SERVICE;
+
 use std::sync::Arc;
 
 use axum::Router;
@@ -15,12 +18,11 @@ use shopflow_store::{Db, Migration, Tx, params};
 pub const NAME: &str = "shipping";
 const SOURCE: &str = "shipping-service";
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "shipments",
-    sqlite: include_str!("../migrations/001_shipments.sql"),
-    postgres: include_str!("../migrations/001_shipments.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[Migration::portable(
+    1,
+    "shipments",
+    include_str!("../migrations/001_shipments.sql"),
+)];
 
 /// Countries the shop ships to (ISO 3166-1 alpha-2), and the carrier for each region.
 const COUNTRIES: &[(&str, &str)] = &[
@@ -74,7 +76,7 @@ pub struct ShipmentView {
 
 impl Shipping {
     pub async fn open(db: Db) -> shopflow_store::Result<Self> {
-        db.migrate_service(NAME, MIGRATIONS).await?;
+        SERVICE.migrate(&db).await?;
         Ok(Self { db })
     }
 

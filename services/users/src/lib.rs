@@ -1,5 +1,8 @@
 #![doc = include_str!("../README.md")]
 
+mod service;
+pub use service::SERVICE;
+
 use std::sync::Arc;
 
 use axum::Router;
@@ -16,12 +19,11 @@ use shopflow_store::{Outgoing, emit};
 
 pub const NAME: &str = "users";
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "users",
-    sqlite: include_str!("../migrations/001_users.sql"),
-    postgres: include_str!("../migrations/001_users.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[Migration::portable(
+    1,
+    "users",
+    include_str!("../migrations/001_users.sql"),
+)];
 
 #[derive(Clone, Debug)]
 pub struct Users {
@@ -81,7 +83,7 @@ pub fn validate_phone(phone: &str) -> Result<(), ApiError> {
 
 impl Users {
     pub async fn open(db: Db) -> shopflow_store::Result<Self> {
-        db.migrate_service(NAME, MIGRATIONS).await?;
+        SERVICE.migrate(&db).await?;
         Ok(Self { db })
     }
 

@@ -6,6 +6,7 @@
 
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
+mod url;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use tokio::sync::Notify;
 
 pub use postgres::{PgDb, PgTx};
 pub use sqlite::{SqliteDb, SqliteTx, blocking};
+pub use url::DbUrl;
 
 use crate::{Result, Row, Value};
 

@@ -1,13 +1,13 @@
-//! The bus a shop runs on, chosen at start: the embedded log or Kafka. Services only see the
-//! [`Bus`] contract; this enum lets one `Shop` type run on either.
+#![doc = include_str!("../README.md")]
 
+use std::path::Path;
 use std::time::Duration;
 
 use shopflow_bus::{
     Ack, Bus, Capabilities, Consumer, Error, Message, PartitionLag, Record, Result, TopicInfo,
     TopicPartition, TopicSpec,
 };
-use shopflow_kafka::{KafkaBus, KafkaConsumer};
+use shopflow_kafka::{KafkaBus, KafkaConfig, KafkaConsumer};
 use shopflow_log::{Log, LogConsumer};
 
 /// The embedded log or a Kafka cluster.
@@ -24,7 +24,55 @@ pub enum AnyConsumer {
     Kafka(KafkaConsumer),
 }
 
+/// Which bus: the embedded durable log, or a Kafka cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum BusUrl {
+    /// The embedded durable log in a directory of the deployment's.
+    #[default]
+    Embedded,
+    Kafka(KafkaConfig),
+}
+
+impl std::str::FromStr for BusUrl {
+    type Err = String;
+    /// `embedded` or `kafka://host:port[,…][?replication=N&…]`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s == "embedded" {
+            Ok(BusUrl::Embedded)
+        } else if s.starts_with("kafka://") {
+            KafkaConfig::from_url(s).map(BusUrl::Kafka)
+        } else {
+            Err(format!("`{s}`: expected embedded or kafka://host:port"))
+        }
+    }
+}
+
+impl BusUrl {
+    /// The replication factor of topics this deployment creates.
+    pub fn replication_factor(&self) -> u16 {
+        match self {
+            BusUrl::Kafka(k) => k.replication_factor,
+            BusUrl::Embedded => 1,
+        }
+    }
+}
+
 impl AnyBus {
+    /// Opens the bus `url` names: the embedded log in `log_dir` (with `partitions` per new
+    /// topic), or a connection to Kafka.
+    pub fn open(url: &BusUrl, log_dir: &Path, partitions: u32) -> Result<Self> {
+        Ok(match url {
+            BusUrl::Embedded => AnyBus::Embedded(Log::open(
+                log_dir,
+                shopflow_log::Config {
+                    default_partitions: partitions,
+                    ..Default::default()
+                },
+            )?),
+            BusUrl::Kafka(k) => AnyBus::Kafka(KafkaBus::connect(k.clone())?),
+        })
+    }
+
     /// Reads records of a partition from an offset, outside any group (the embedded log only;
     /// used by tools and tests).
     pub fn read(&self, tp: &TopicPartition, from: u64, max: usize) -> Result<Vec<Record>> {

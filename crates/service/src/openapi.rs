@@ -1,0 +1,99 @@
+//! Building blocks of the OpenAPI document each service contributes its part to.
+
+use serde_json::{Value, json};
+
+/// The error answers every operation may give (`{code, message}`).
+pub fn error_responses() -> Value {
+    json!({
+        "400": {"$ref": "#/components/responses/Error"},
+        "404": {"$ref": "#/components/responses/Error"},
+        "413": {"$ref": "#/components/responses/Error"},
+        "415": {"$ref": "#/components/responses/Error"},
+        "422": {"$ref": "#/components/responses/Error"},
+        "503": {"$ref": "#/components/responses/Error"}
+    })
+}
+
+/// An operation answering `ok` with a body of schema `schema`.
+pub fn op(summary: &str, ok: &str, schema: &str) -> Value {
+    let mut responses = error_responses();
+    responses[ok] = json!({"description": summary, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
+    json!({"summary": summary, "responses": responses})
+}
+
+/// With a required JSON request body of schema `schema`.
+pub fn with_body(mut v: Value, schema: &str) -> Value {
+    v["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
+    v
+}
+
+/// With string parameters `(name, in, required)`.
+pub fn with_params(mut v: Value, params: &[(&str, &str, bool)]) -> Value {
+    v["parameters"] = params
+        .iter()
+        .map(|(name, place, required)| json!({"name": name, "in": place, "required": required, "schema": {"type": "string"}}))
+        .collect();
+    v
+}
+
+/// A service's part: its paths and its schemas.
+pub fn part(paths: Value, schemas: Value) -> Value {
+    json!({"paths": paths, "schemas": schemas})
+}
+
+/// Adds `part`'s paths and schemas to `doc` (an OpenAPI document with `paths` and
+/// `components.schemas`). Two parts defining one path merge their methods; a schema defined
+/// twice must be defined the same way (the later one wins).
+pub fn merge(doc: &mut Value, part: &Value) {
+    if let Some(paths) = part["paths"].as_object() {
+        for (path, methods) in paths {
+            let entry = &mut doc["paths"][path];
+            if entry.is_null() {
+                *entry = json!({});
+            }
+            if let (Some(into), Some(from)) = (entry.as_object_mut(), methods.as_object()) {
+                for (m, op) in from {
+                    into.insert(m.clone(), op.clone());
+                }
+            }
+        }
+    }
+    if let Some(schemas) = part["schemas"].as_object() {
+        for (name, schema) in schemas {
+            doc["components"]["schemas"][name] = schema.clone();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_merge_by_path_and_method() {
+        let mut doc = json!({"paths": {}, "components": {"schemas": {}}});
+        merge(
+            &mut doc,
+            &part(
+                json!({"/orders/{id}": {"get": op("An order", "200", "Order")}}),
+                json!({"Order": {"type": "object"}}),
+            ),
+        );
+        merge(
+            &mut doc,
+            &part(
+                json!({"/orders/{id}": {"delete": op("Forget it", "200", "Order")}}),
+                json!({}),
+            ),
+        );
+        assert_eq!(
+            doc["paths"]["/orders/{id}"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            vec!["delete", "get"]
+        );
+        assert_eq!(doc["components"]["schemas"]["Order"]["type"], "object");
+    }
+}

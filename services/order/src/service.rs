@@ -1,0 +1,199 @@
+//! The order service as the deployment knows it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use shopflow_contracts::audit::{Facts, OrderFact};
+use shopflow_envelope::Registry;
+use shopflow_eventsourcing::fold_envelope;
+use shopflow_runtime::BoxHandler;
+use shopflow_saga::{Orchestrator, SagaHandler, SystemClock};
+use shopflow_service::openapi::{op, part, with_body, with_params};
+use shopflow_service::{BoxFuture, Context, MetricsHook, Result, SagaStyle, Service, Started};
+use shopflow_store::{Db, EventStore, params};
+
+use crate::aggregate::{Order, Status};
+use crate::saga::{FULFILMENT, SagaTimeouts, fulfilment};
+use crate::saga_api::{self, Sagas};
+use crate::{MIGRATIONS, NAME, Orders};
+
+/// The order service: event-sourced orders, their read model with time travel, and the
+/// order-fulfilment saga (orchestration).
+pub const SERVICE: Service<Facts> = Service {
+    name: NAME,
+    about: "event-sourced orders, their read model, the order-fulfilment saga",
+    migrations: &[(NAME, MIGRATIONS), ("saga", shopflow_saga::MIGRATIONS)],
+    groups: &[NAME, "order-commands", FULFILMENT],
+    register,
+    topics: shopflow_service::no_topics,
+    start,
+    audit,
+    openapi,
+};
+
+/// The order stream's own events, beside the shop's contracts.
+fn register(r: &mut Registry) {
+    r.register::<crate::aggregate::OrderPaid>()
+        .register::<crate::aggregate::OrderReserved>()
+        .register::<crate::aggregate::OrderCompleted>();
+}
+
+fn start(ctx: Context) -> BoxFuture<'static, Result<Started>> {
+    Box::pin(async move {
+        let orders = Orders::open(ctx.db.clone()).await?;
+        let timeouts = ctx.settings.get::<SagaTimeouts>().unwrap_or_default();
+        let orchestrator = Arc::new(Orchestrator::new(
+            fulfilment(&timeouts),
+            Arc::new(SystemClock),
+        ));
+        let sagas = Sagas {
+            style: ctx.settings.saga,
+            orchestrator: orchestrator.clone(),
+            db: ctx.db.clone(),
+        };
+        let mut s = Started::new(orders.router().merge(saga_api::router(sagas.clone())));
+        match ctx.settings.saga {
+            SagaStyle::Choreography => s.handlers.push(BoxHandler::new(orders.handler())),
+            SagaStyle::Orchestration => {
+                s.handlers.push(BoxHandler::new(orders.command_handler()));
+                s.handlers
+                    .push(BoxHandler::new(SagaHandler(orchestrator.clone())));
+                s.tasks.push(Box::pin(orchestrator.run_timers(
+                    ctx.db.clone(),
+                    Duration::from_millis(200),
+                    ctx.shutdown.clone(),
+                )));
+            }
+        }
+        let shutdown = ctx.shutdown.clone();
+        s.tasks.push(Box::pin(
+            async move { orders.run_projector(shutdown).await },
+        ));
+        let hook: MetricsHook = Arc::new(move || {
+            let sagas = sagas.clone();
+            Box::pin(async move { sagas.publish_gauges().await })
+        });
+        s.metrics.push(hook);
+        Ok(s)
+    })
+}
+
+/// Every order folded from its events (the source of truth): versions follow one another and
+/// every event reads; every saga finished or legitimately at work, and its end agrees with its
+/// order's.
+fn audit<'a>(db: &'a Db, facts: &'a mut Facts) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        let registry = crate::registry();
+        let store = EventStore::new(db.clone());
+        let mut orders: std::collections::BTreeMap<String, Order> = Default::default();
+        let mut after = 0u64;
+        loop {
+            let page = store.read_all(after, 5000).await?;
+            let Some(last) = page.last().map(|e| e.position) else {
+                break;
+            };
+            after = last;
+            for e in page {
+                match e.decode(&registry) {
+                    Ok(env) => {
+                        let o = orders.entry(e.stream_id.clone()).or_default();
+                        if env.sequence() != o.version + 1 {
+                            facts.violation(format!(
+                                "order {}: event version {} follows {}",
+                                e.stream_id,
+                                env.sequence(),
+                                o.version
+                            ));
+                        }
+                        if let Err(err) = fold_envelope(o, &env) {
+                            facts.violation(format!(
+                                "order {}: event {} cannot be read: {err}",
+                                e.stream_id, e.event_id
+                            ));
+                        }
+                    }
+                    Err(err) => facts.violation(format!(
+                        "order {}: event {} cannot be decoded: {err}",
+                        e.stream_id, e.event_id
+                    )),
+                }
+            }
+        }
+        let settled = facts.settled;
+        for row in db
+            .query(
+                "SELECT saga_id, state FROM sagas WHERE saga_type = $1",
+                params![FULFILMENT],
+            )
+            .await?
+        {
+            let (id, state) = (row.str(0)?, row.str(1)?);
+            *facts.sagas.entry(state.to_owned()).or_default() += 1;
+            let order = orders.get(id).map(|o| o.status);
+            match (state, order) {
+                (_, None) => facts.violation(format!("saga {id}: no such order")),
+                ("completed", Some(Status::Shipped)) | ("compensated", Some(Status::Cancelled)) => {
+                }
+                // The closing command may still be on its way to the order (not when settled).
+                ("completed" | "compensated", Some(s)) if settled || s.is_final() => facts
+                    .violation(format!(
+                        "saga {id}: {state} but its order is {}",
+                        s.as_str()
+                    )),
+                (_, Some(_)) if settled => {
+                    facts.violation(format!("saga {id}: still {state} after the shop settled"))
+                }
+                _ => {}
+            }
+        }
+        for (id, o) in orders {
+            facts.orders.insert(
+                id,
+                OrderFact {
+                    status: o.status.as_str().to_owned(),
+                    customer_id: o
+                        .customer_id
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                },
+            );
+        }
+        Ok(())
+    })
+}
+
+fn openapi() -> serde_json::Value {
+    let id = [("id", "path", true)];
+    part(
+        json!({
+            "/orders": {
+                "post": with_params(with_body(op("Place an order (202); same Idempotency-Key, same order", "202", "Placed"), "PlaceOrder"), &[("Idempotency-Key", "header", false), ("X-Correlation-Id", "header", false)]),
+                "get": with_params(op("Orders from the read model, newest first", "200", "OrderPage"), &[("status", "query", false), ("customerId", "query", false), ("limit", "query", false), ("cursor", "query", false)])
+            },
+            "/orders/{id}": {"get": with_params(op("An order; with at= (RFC 3339) or version= it is folded from its events as it was then", "200", "Order"), &[("id", "path", true), ("at", "query", false), ("version", "query", false)])},
+            "/orders/{id}/events": {"get": with_params(op("The order's events: its audit trail", "200", "Events"), &id)},
+            "/admin/projections/orders/rebuild": {"post": op("Rebuild the order read model from the event store while serving", "200", "Rebuilt")},
+            "/sagas": {"get": with_params(op("Order-fulfilment sagas (orchestration), most recently changed first, with counts by state", "200", "Sagas"), &[("state", "query", false), ("limit", "query", false)])},
+            "/sagas/{id}": {"get": with_params(op("One saga with its steps: command, start, end, outcome", "200", "Saga"), &id)},
+            "/sagas/{id}/cancel": {"post": with_body(with_params(op("Give up on a running saga: its current and completed steps are compensated", "200", "Saga"), &id), "Discard")}
+        }),
+        json!({
+            "Address": {"type": "object", "required": ["name", "line1", "city", "postalCode", "country"], "properties": {"name": {"type": "string"}, "line1": {"type": "string"}, "city": {"type": "string"}, "postalCode": {"type": "string"}, "country": {"type": "string", "example": "DE"}}},
+            "PlaceOrder": {"type": "object", "required": ["customerId", "items", "payment", "shippingAddress"], "properties": {
+                "customerId": {"type": "string"},
+                "items": {"type": "array", "items": {"type": "object", "required": ["sku", "quantity"], "properties": {"sku": {"type": "string"}, "quantity": {"type": "integer", "minimum": 1}}}},
+                "payment": {"type": "object", "required": ["cardNumber"], "properties": {"cardNumber": {"type": "string", "example": "4242424242424242"}}},
+                "shippingAddress": {"$ref": "#/components/schemas/Address"}}},
+            "Placed": {"type": "object", "properties": {"orderId": {"type": "string"}, "status": {"type": "string"}}},
+            "Order": {"type": "object", "properties": {"orderId": {"type": "string"}, "status": {"type": "string", "enum": ["PENDING", "PAID", "RESERVED", "SHIPPED", "CANCELLED"]}, "customerId": {"type": "string"}, "items": {"type": "array", "items": {"type": "object"}}, "totalMinor": {"type": "integer"}, "currency": {"type": "string"}, "cancelReason": {"type": "string"}, "version": {"type": "integer"}, "source": {"type": "string"}, "projection": {"type": "object"}}},
+            "OrderPage": {"type": "object", "properties": {"orders": {"type": "array", "items": {"$ref": "#/components/schemas/Order"}}, "nextCursor": {"type": "string"}, "projection": {"type": "object"}}},
+            "Events": {"type": "array", "items": {"type": "object"}},
+            "Rebuilt": {"type": "object", "properties": {"projection": {"type": "string"}, "replayedEvents": {"type": "integer"}}},
+            "Discard": {"type": "object", "required": ["reason"], "properties": {"reason": {"type": "string"}}},
+            "Saga": {"type": "object", "properties": {"sagaType": {"type": "string"}, "sagaId": {"type": "string"}, "state": {"type": "string", "enum": ["running", "compensating", "completed", "compensated"]}, "currentStep": {"type": "string", "nullable": true}, "correlationId": {"type": "string"}, "failure": {"type": "object", "nullable": true, "properties": {"step": {"type": "string"}, "kind": {"type": "string", "enum": ["reply", "timeout", "cancelled"]}, "eventType": {"type": "string"}, "reason": {"type": "string"}}}, "deadline": {"type": "string", "nullable": true}, "createdAt": {"type": "string"}, "updatedAt": {"type": "string"}, "steps": {"type": "array", "items": {"type": "object", "properties": {"seq": {"type": "integer"}, "step": {"type": "string"}, "kind": {"type": "string", "enum": ["action", "compensation", "notify"]}, "command": {"type": "string"}, "startedAt": {"type": "string"}, "endedAt": {"type": "string", "nullable": true}, "durationMs": {"type": "integer", "nullable": true}, "outcome": {"type": "string", "nullable": true}, "detail": {"type": "string", "nullable": true}, "sends": {"type": "integer"}}}}}},
+            "Sagas": {"type": "object", "properties": {"style": {"type": "string", "enum": ["choreography", "orchestration"]}, "sagas": {"type": "array", "items": {"$ref": "#/components/schemas/Saga"}}, "counts": {"type": "object", "additionalProperties": {"type": "integer"}}}}
+        }),
+    )
+}
