@@ -20,7 +20,7 @@ use anyhow::{Context, bail};
 use shopflow_bus::{Bus, Message, TopicPartition, TopicSpec};
 use shopflow_kafka::{KafkaBus, KafkaConfig};
 use shopflow_log::Log;
-use shopflow_store::{Db, Value};
+use shopflow_store::Db;
 
 use crate::services;
 use shopflow_store::DbUrl as DbConfig;
@@ -50,80 +50,6 @@ async fn prepare(name: &str, db: &Db) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn copy_tables(from: &Db, to: &Db, schema: &str, moved: &mut Moved) -> anyhow::Result<()> {
-    let tables: Vec<String> = from
-        .query(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name <> 'schema_migrations' ORDER BY name",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| r.str(0).map(str::to_owned))
-        .collect::<Result<_, _>>()?;
-    for table in tables {
-        let cols: Vec<String> = from
-            .query(&format!("PRAGMA table_info({table})"), &[])
-            .await?
-            .iter()
-            .map(|r| r.str(1).map(str::to_owned))
-            .collect::<Result<_, _>>()?;
-        let occupied = to
-            .query(&format!("SELECT 1 FROM {table} LIMIT 1"), &[])
-            .await
-            .with_context(|| format!("{schema}.{table} is not in the PostgreSQL schema"))?;
-        if !occupied.is_empty() {
-            bail!("{schema}.{table} already has rows: migrate only into fresh schemas");
-        }
-        let rows = from
-            .query(&format!("SELECT {} FROM {table}", cols.join(", ")), &[])
-            .await?;
-        let mut tx = to.begin().await?;
-        for chunk in rows.chunks(500) {
-            let mut sql = format!("INSERT INTO {table} ({}) VALUES ", cols.join(", "));
-            let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * cols.len());
-            for (i, r) in chunk.iter().enumerate() {
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push('(');
-                for j in 0..cols.len() {
-                    if j > 0 {
-                        sql.push_str(", ");
-                    }
-                    params.push(r.0.get(j).cloned().unwrap_or(Value::Null));
-                    sql.push_str(&format!("${}", params.len()));
-                }
-                sql.push(')');
-            }
-            tx.execute(&sql, &params)
-                .await
-                .with_context(|| format!("copying {schema}.{table}"))?;
-        }
-        // Sequences (outbox ids, event store positions) continue after the copied rows.
-        let serials = tx
-            .query(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1 AND column_default LIKE 'nextval%'",
-                shopflow_store::params![table.as_str()],
-            )
-            .await?;
-        for s in serials {
-            let col = s.str(0)?.to_owned();
-            tx.execute(
-                &format!(
-                    "SELECT setval(pg_get_serial_sequence('{table}', '{col}'), COALESCE((SELECT MAX({col}) FROM {table}), 0) + 1, false)"
-                ),
-                &[],
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        moved
-            .rows
-            .insert(format!("{schema}.{table}"), rows.len() as u64);
-    }
-    Ok(())
-}
-
 /// Moves the embedded deployment in `data_dir` to Kafka and PostgreSQL.
 pub async fn migrate(data_dir: &Path, kafka: KafkaConfig, db: &DbConfig) -> anyhow::Result<Moved> {
     let DbConfig::Postgres { schema_prefix, .. } = db else {
@@ -144,7 +70,12 @@ pub async fn migrate(data_dir: &Path, kafka: KafkaConfig, db: &DbConfig) -> anyh
         let schema = format!("{schema_prefix}{name}");
         let to = db.open(data_dir, name).await?;
         prepare(name, &to).await?;
-        copy_tables(&from, &to, &schema, &mut moved).await?;
+        let copied = shopflow_store::copy_tables(&from, &to)
+            .await
+            .with_context(|| format!("copying the {name} database into {schema}"))?;
+        for (table, rows) in copied {
+            moved.rows.insert(format!("{schema}.{table}"), rows);
+        }
         tracing::info!(schema, "database copied");
     }
 

@@ -98,6 +98,8 @@ pub struct Shop {
     /// Every database of this process, by owner (each service's, and `ops`).
     pub dbs: Vec<(&'static str, Db)>,
     pub ops: crate::ops::Ops,
+    /// Every consumer this process runs: its group and the topics it reads.
+    pub consumers: Vec<(&'static str, Vec<String>)>,
     trigger: ShutdownTrigger,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -137,6 +139,7 @@ impl Shop {
         let mut dbs: Vec<(&'static str, Db)> = Vec::new();
         let mut app = Router::new();
         let mut groups = Vec::new();
+        let mut consumers = Vec::new();
         let mut breakers = Vec::new();
         let mut hooks = Vec::new();
         for service in SERVICES
@@ -156,7 +159,9 @@ impl Shop {
             .await
             .with_context(|| format!("starting the {} service", service.name))?;
             for handler in started.handlers {
-                groups.push(shopflow_runtime::Handler::name(&handler));
+                let name = shopflow_runtime::Handler::name(&handler);
+                groups.push(name);
+                consumers.push((name, shopflow_runtime::Handler::topics(&handler)));
                 let runner = Runner::new(
                     log.clone(),
                     db.clone(),
@@ -240,6 +245,7 @@ impl Shop {
             log,
             dbs,
             ops,
+            consumers,
             trigger,
             tasks,
         })

@@ -4,7 +4,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
-use crate::{Error, Event, Result};
+use crate::{Error, Event, Kind, Result};
 
 /// The id of one event or command: a UUIDv7, so ids sort by creation time.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -99,31 +99,6 @@ impl CorrelationId {
 impl From<EventId> for CausationId {
     fn from(id: EventId) -> Self {
         Self(id.to_string())
-    }
-}
-
-/// What an envelope carries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    /// A business fact inside one service's domain (`OrderCreated` in the order stream).
-    Domain,
-    /// A fact published for other services (`PaymentCompleted`).
-    Integration,
-    /// A fact about the system itself (`ServiceStarted`).
-    System,
-    /// An instruction (`ProcessPayment`): imperative, handled by exactly one service.
-    Command,
-}
-
-impl Kind {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Kind::Domain => "domain",
-            Kind::Integration => "integration",
-            Kind::System => "system",
-            Kind::Command => "command",
-        }
     }
 }
 

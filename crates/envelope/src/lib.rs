@@ -3,6 +3,7 @@
 mod codec;
 mod envelope;
 mod error;
+mod event;
 mod registry;
 
 /// Header names of an envelope's record on the bus (the value carries the envelope itself).
@@ -14,6 +15,7 @@ pub mod headers {
 }
 
 pub use codec::MAX_ENVELOPE_BYTES;
-pub use envelope::{CausationId, CorrelationId, Envelope, EventId, Kind, Meta};
+pub use envelope::{CausationId, CorrelationId, Envelope, EventId, Meta};
 pub use error::{Error, Result};
-pub use registry::{Event, Registry, Upcaster, dlq_topic, kebab_case};
+pub use event::{Event, Kind, dlq_topic, kebab_case};
+pub use registry::{Registry, Upcaster};

@@ -4,48 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-
-use crate::{Envelope, Error, Kind, Result};
-
-/// A typed event or command.
-///
-/// `TYPE` is the past-tense name of an event (`OrderCreated`) or the imperative name of a command
-/// (`ProcessPayment`); `VERSION` is the version this Rust type reads and writes.
-pub trait Event: Serialize + DeserializeOwned {
-    const TYPE: &'static str;
-    const VERSION: u32;
-    const KIND: Kind;
-    /// The owning domain, the first part of the topic name (`orders`).
-    const DOMAIN: &'static str;
-
-    /// The topic this event travels on: one topic per type, `<domain>.<kebab-type>`.
-    fn topic() -> String {
-        format!("{}.{}", Self::DOMAIN, kebab_case(Self::TYPE))
-    }
-}
-
-/// `OrderCreated` → `order-created`.
-pub fn kebab_case(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 4);
-    for (i, c) in name.chars().enumerate() {
-        if c.is_uppercase() {
-            if i > 0 {
-                out.push('-');
-            }
-            out.extend(c.to_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// The dead-letter topic of a topic.
-pub fn dlq_topic(topic: &str) -> String {
-    format!("{topic}.dlq")
-}
+use crate::{Envelope, Error, Event, Kind, Result};
 
 /// Moves the data of version `n` to version `n + 1`. Gets the whole envelope for context (an
 /// upcaster may need the timestamp or the aggregate id) and returns the new data.
@@ -188,7 +147,8 @@ impl Registry {
 mod tests {
     use super::*;
     use crate::Meta;
-    use serde::Deserialize;
+    use crate::{dlq_topic, kebab_case};
+    use serde::{Deserialize, Serialize};
 
     /// v3 of a test event: money in minor units, a currency, and a channel added in v3.
     #[derive(Debug, Serialize, Deserialize, PartialEq)]

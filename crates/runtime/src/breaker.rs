@@ -14,8 +14,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::HandlerError;
-
 /// Thresholds of a breaker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BreakerConfig {
@@ -86,33 +84,6 @@ pub enum BreakerError<E> {
     /// The call was made and failed; `opened` says whether this failure opened the breaker.
     #[error("{error}")]
     Failed { error: E, opened: bool },
-}
-
-impl<E: fmt::Display> BreakerError<E> {
-    /// The handler's view: an open breaker (or a failure that opened it) pauses the consumer
-    /// without burning an attempt; any other failure is transient and retried with backoff.
-    pub fn into_handler_error(self, open_for: Duration) -> HandlerError {
-        match self {
-            BreakerError::Open {
-                breaker,
-                retry_after,
-            } => HandlerError::Unavailable {
-                reason: format!("circuit breaker `{breaker}` is open"),
-                retry_after,
-            },
-            BreakerError::Failed {
-                error,
-                opened: true,
-            } => HandlerError::Unavailable {
-                reason: error.to_string(),
-                retry_after: open_for,
-            },
-            BreakerError::Failed {
-                error,
-                opened: false,
-            } => HandlerError::Transient(error.to_string()),
-        }
-    }
 }
 
 /// A circuit breaker; share it (in an `Arc`) between every caller of one external system.
@@ -292,11 +263,6 @@ impl CircuitBreaker {
         }
     }
 
-    /// The handler's view of a failed call through this breaker.
-    pub fn handler_error<E: fmt::Display>(&self, e: BreakerError<E>) -> HandlerError {
-        e.into_handler_error(self.config.open_for)
-    }
-
     fn publish(&self, state: BreakerState) {
         metrics::gauge!("shopflow_breaker_state", "breaker" => self.name.clone())
             .set(state.gauge());
@@ -385,33 +351,5 @@ mod tests {
         b.on_failure();
         assert_eq!(b.state(), BreakerState::Closed);
         assert!(b.on_failure());
-    }
-
-    #[test]
-    fn open_breaker_pauses_instead_of_burning_retries() {
-        let e: BreakerError<&str> = BreakerError::Open {
-            breaker: "gw".into(),
-            retry_after: Duration::from_secs(3),
-        };
-        assert!(matches!(
-            e.into_handler_error(Duration::from_secs(5)),
-            HandlerError::Unavailable { retry_after, .. } if retry_after == Duration::from_secs(3)
-        ));
-        let tripped: BreakerError<&str> = BreakerError::Failed {
-            error: "down",
-            opened: true,
-        };
-        assert!(matches!(
-            tripped.into_handler_error(Duration::from_secs(5)),
-            HandlerError::Unavailable { .. }
-        ));
-        let once: BreakerError<&str> = BreakerError::Failed {
-            error: "down",
-            opened: false,
-        };
-        assert!(matches!(
-            once.into_handler_error(Duration::from_secs(5)),
-            HandlerError::Transient(_)
-        ));
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use shopflow_envelope::Envelope;
 use shopflow_store::{Outgoing, Tx};
 
-use crate::CircuitBreaker;
+use crate::{BreakerError, CircuitBreaker};
 
 /// A boxed future that lives as long as the borrows it holds.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -165,5 +165,72 @@ impl<H: Handler> ErasedHandler for H {
         envelope: &'a Envelope,
     ) -> BoxFuture<'a, Result<Vec<Outgoing>, HandlerError>> {
         Box::pin(self.handle(tx, envelope))
+    }
+}
+
+impl<E: std::fmt::Display> BreakerError<E> {
+    /// The handler's view: an open breaker (or a failure that opened it) pauses the consumer
+    /// without burning an attempt; any other failure is transient and retried with backoff.
+    pub fn into_handler_error(self, open_for: Duration) -> HandlerError {
+        match self {
+            BreakerError::Open {
+                breaker,
+                retry_after,
+            } => HandlerError::Unavailable {
+                reason: format!("circuit breaker `{breaker}` is open"),
+                retry_after,
+            },
+            BreakerError::Failed {
+                error,
+                opened: true,
+            } => HandlerError::Unavailable {
+                reason: error.to_string(),
+                retry_after: open_for,
+            },
+            BreakerError::Failed {
+                error,
+                opened: false,
+            } => HandlerError::Transient(error.to_string()),
+        }
+    }
+}
+
+impl CircuitBreaker {
+    /// The handler's view of a failed call through this breaker.
+    pub fn handler_error<E: std::fmt::Display>(&self, e: BreakerError<E>) -> HandlerError {
+        e.into_handler_error(self.config().open_for)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_breaker_pauses_instead_of_burning_retries() {
+        let e: BreakerError<&str> = BreakerError::Open {
+            breaker: "gw".into(),
+            retry_after: Duration::from_secs(3),
+        };
+        assert!(matches!(
+            e.into_handler_error(Duration::from_secs(5)),
+            HandlerError::Unavailable { retry_after, .. } if retry_after == Duration::from_secs(3)
+        ));
+        let tripped: BreakerError<&str> = BreakerError::Failed {
+            error: "down",
+            opened: true,
+        };
+        assert!(matches!(
+            tripped.into_handler_error(Duration::from_secs(5)),
+            HandlerError::Unavailable { .. }
+        ));
+        let once: BreakerError<&str> = BreakerError::Failed {
+            error: "down",
+            opened: false,
+        };
+        assert!(matches!(
+            once.into_handler_error(Duration::from_secs(5)),
+            HandlerError::Transient(_)
+        ));
     }
 }

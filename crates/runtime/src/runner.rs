@@ -123,7 +123,12 @@ impl<B: Bus> Runner<B> {
             db,
             name,
             topics,
-            stack: Stack::for_handler(handler, registry, &config),
+            stack: Stack::for_handler(
+                handler,
+                registry,
+                config.retry.clone(),
+                config.handler_timeout,
+            ),
             config,
             stats: Arc::new(RunnerStats::default()),
             meters: Meters::new(name),

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use shopflow_envelope::Event;
 
-use crate::engine::Failure;
+use crate::state::Failure;
 
 /// What a saga instance knows: the event that started it, the last reply of each type, and why
 /// it failed (once it did).

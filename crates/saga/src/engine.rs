@@ -2,13 +2,9 @@
 //! timeouts and operators, each in one transaction with the inbox record (when run by the
 //! consumer runtime) and the outbox rows of the commands it sends.
 
-use std::collections::BTreeMap;
-use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, TimeZone, Utc};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shopflow_envelope::{CorrelationId, Envelope, Kind, Meta};
 use shopflow_runtime::{Handler, HandlerError, Outgoing, Shutdown};
@@ -16,180 +12,7 @@ use shopflow_store::emit;
 use shopflow_store::{Db, Row, Tx, params};
 
 use crate::definition::{CommandDef, SagaData, SagaDef};
-
-/// Where the orchestrator gets the time from (injected in tests).
-pub trait Clock: Send + Sync + fmt::Debug {
-    fn now(&self) -> DateTime<Utc>;
-}
-
-/// The machine's UTC clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-}
-
-/// A clock that moves only when told to.
-#[derive(Debug)]
-pub struct ManualClock(Mutex<DateTime<Utc>>);
-
-impl ManualClock {
-    pub fn new(start: DateTime<Utc>) -> Self {
-        Self(Mutex::new(start))
-    }
-
-    pub fn advance(&self, by: Duration) {
-        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        *t += chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> DateTime<Utc> {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// Where a saga instance is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SagaState {
-    /// Working through its steps.
-    Running,
-    /// Undoing the completed steps, last first.
-    Compensating,
-    /// Every step completed.
-    Completed,
-    /// A step failed (or timed out, or an operator cancelled it) and every completed step was
-    /// compensated.
-    Compensated,
-}
-
-impl SagaState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SagaState::Running => "running",
-            SagaState::Compensating => "compensating",
-            SagaState::Completed => "completed",
-            SagaState::Compensated => "compensated",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "running" => SagaState::Running,
-            "compensating" => SagaState::Compensating,
-            "completed" => SagaState::Completed,
-            "compensated" => SagaState::Compensated,
-            other => {
-                return Err(format!(
-                    "unknown saga state `{other}` (running, compensating, completed, compensated)"
-                ));
-            }
-        })
-    }
-
-    pub fn is_final(self) -> bool {
-        matches!(self, SagaState::Completed | SagaState::Compensated)
-    }
-
-    pub const ALL: [SagaState; 4] = [
-        SagaState::Running,
-        SagaState::Compensating,
-        SagaState::Completed,
-        SagaState::Compensated,
-    ];
-}
-
-/// Why a saga gave up on its steps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FailureKind {
-    /// A step's failure reply.
-    Reply,
-    /// A step's reply did not come in time.
-    Timeout,
-    /// An operator cancelled the saga.
-    Cancelled,
-}
-
-/// The failure that made a saga compensate.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Failure {
-    pub step: String,
-    pub kind: FailureKind,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event_type: Option<String>,
-    pub reason: String,
-}
-
-/// Errors of the operator's actions.
-#[derive(Debug, thiserror::Error)]
-pub enum SagaError {
-    #[error(transparent)]
-    Store(#[from] shopflow_store::Error),
-    #[error("no saga `{0}`")]
-    NotFound(String),
-    #[error("saga `{id}` is {state}, not running")]
-    NotRunning { id: String, state: &'static str },
-    #[error("{0}")]
-    Failed(String),
-}
-
-impl From<HandlerError> for SagaError {
-    fn from(e: HandlerError) -> Self {
-        SagaError::Failed(e.to_string())
-    }
-}
-
-/// One step of an instance, as recorded.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct StepView {
-    pub seq: i64,
-    pub step: String,
-    /// `action`, `compensation` or `notify`.
-    pub kind: String,
-    pub command: String,
-    pub started_at: String,
-    pub ended_at: Option<String>,
-    pub duration_ms: Option<i64>,
-    /// `completed`, `failed`, `timed-out`, `cancelled`, `compensated`, `sent`, or none while
-    /// awaited.
-    pub outcome: Option<String>,
-    pub detail: Option<String>,
-    /// How often the command was sent (compensations are resent until confirmed).
-    pub sends: i64,
-}
-
-/// A saga instance.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SagaView {
-    pub saga_type: String,
-    pub saga_id: String,
-    pub state: SagaState,
-    /// The step being worked on or compensated (none once finished).
-    pub current_step: Option<String>,
-    pub correlation_id: String,
-    pub failure: Option<Failure>,
-    pub deadline: Option<String>,
-    pub created_at: String,
-    pub updated_at: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub steps: Vec<StepView>,
-}
-
-fn rfc3339(ms: i64) -> String {
-    Utc.timestamp_millis_opt(ms)
-        .single()
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
-}
+use crate::state::{Clock, Failure, FailureKind, SagaError, SagaState, SagaView};
 
 /// An instance being advanced.
 #[derive(Debug)]
@@ -356,11 +179,11 @@ impl Change<'_> {
 /// cancellations.
 #[derive(Debug)]
 pub struct Orchestrator {
-    def: SagaDef,
+    pub(crate) def: SagaDef,
     clock: Arc<dyn Clock>,
 }
 
-const COLUMNS: &str = "saga_id, state, current_step, data, correlation_id, version, next_seq, awaiting_seq, deadline_ms, created_at, updated_at";
+pub(crate) const COLUMNS: &str = "saga_id, state, current_step, data, correlation_id, version, next_seq, awaiting_seq, deadline_ms, created_at, updated_at";
 
 impl Orchestrator {
     pub fn new(def: SagaDef, clock: Arc<dyn Clock>) -> Self {
@@ -708,112 +531,6 @@ impl Orchestrator {
         self.get(db, id)
             .await?
             .ok_or_else(|| SagaError::NotFound(id.to_owned()))
-    }
-
-    fn view(&self, r: &Row) -> Result<SagaView, shopflow_store::Error> {
-        let state = SagaState::parse(r.str(1)?).unwrap_or(SagaState::Running);
-        let data: Option<SagaData> = serde_json::from_str(r.str(3)?).ok();
-        let step = r.i64(2)? as usize;
-        Ok(SagaView {
-            saga_type: self.def.name.to_owned(),
-            saga_id: r.str(0)?.to_owned(),
-            state,
-            current_step: (!state.is_final())
-                .then(|| self.def.steps.get(step).map(|s| s.name.to_owned()))
-                .flatten(),
-            correlation_id: r.str(4)?.to_owned(),
-            failure: data.and_then(|d| d.failure),
-            deadline: r.opt_i64(8)?.map(rfc3339),
-            created_at: rfc3339(r.i64(9)?),
-            updated_at: rfc3339(r.i64(10)?),
-            steps: Vec::new(),
-        })
-    }
-
-    /// One instance with its steps.
-    pub async fn get(&self, db: &Db, id: &str) -> Result<Option<SagaView>, SagaError> {
-        let rows = db
-            .query(
-                &format!("SELECT {COLUMNS} FROM sagas WHERE saga_type = $1 AND saga_id = $2"),
-                params![self.def.name, id],
-            )
-            .await?;
-        let Some(r) = rows.first() else {
-            return Ok(None);
-        };
-        let mut v = self.view(r)?;
-        let steps = db
-            .query(
-                "SELECT seq, step, kind, command, started_at, ended_at, outcome, detail, sends FROM saga_steps
-                 WHERE saga_type = $1 AND saga_id = $2 ORDER BY seq",
-                params![self.def.name, id],
-            )
-            .await?;
-        for s in &steps {
-            let started = s.i64(4)?;
-            let ended = s.opt_i64(5)?;
-            v.steps.push(StepView {
-                seq: s.i64(0)?,
-                step: s.str(1)?.to_owned(),
-                kind: s.str(2)?.to_owned(),
-                command: s.str(3)?.to_owned(),
-                started_at: rfc3339(started),
-                ended_at: ended.map(rfc3339),
-                duration_ms: ended.map(|e| e - started),
-                outcome: s.opt_str(6)?.map(str::to_owned),
-                detail: s.opt_str(7)?.map(str::to_owned),
-                sends: s.i64(8)?,
-            });
-        }
-        Ok(Some(v))
-    }
-
-    /// Instances, most recently changed first, optionally in one state.
-    pub async fn list(
-        &self,
-        db: &Db,
-        state: Option<SagaState>,
-        limit: u32,
-    ) -> Result<Vec<SagaView>, SagaError> {
-        let limit = limit.clamp(1, 1000);
-        let rows = match state {
-            Some(s) => {
-                db.query(
-                    &format!("SELECT {COLUMNS} FROM sagas WHERE saga_type = $1 AND state = $2 ORDER BY updated_at DESC, saga_id LIMIT {limit}"),
-                    params![self.def.name, s.as_str()],
-                )
-                .await?
-            }
-            None => {
-                db.query(
-                    &format!("SELECT {COLUMNS} FROM sagas WHERE saga_type = $1 ORDER BY updated_at DESC, saga_id LIMIT {limit}"),
-                    params![self.def.name],
-                )
-                .await?
-            }
-        };
-        Ok(rows
-            .iter()
-            .map(|r| self.view(r))
-            .collect::<Result<_, _>>()?)
-    }
-
-    /// Instances per state.
-    pub async fn counts(&self, db: &Db) -> Result<BTreeMap<&'static str, i64>, SagaError> {
-        let rows = db
-            .query(
-                "SELECT state, COUNT(*) FROM sagas WHERE saga_type = $1 GROUP BY state",
-                params![self.def.name],
-            )
-            .await?;
-        let mut out: BTreeMap<&'static str, i64> =
-            SagaState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
-        for r in rows {
-            if let Ok(s) = SagaState::parse(r.str(0)?) {
-                out.insert(s.as_str(), r.i64(1)?);
-            }
-        }
-        Ok(out)
     }
 }
 

@@ -2,11 +2,13 @@
 
 mod definition;
 mod engine;
+mod inspect;
+mod state;
 
 pub use definition::{CommandDef, SagaData, SagaDef, Step};
-pub use engine::{
-    Clock, Failure, FailureKind, ManualClock, Orchestrator, SagaError, SagaHandler, SagaState,
-    SagaView, StepView, SystemClock,
+pub use engine::{Orchestrator, SagaHandler};
+pub use state::{
+    Clock, Failure, FailureKind, ManualClock, SagaError, SagaState, SagaView, StepView, SystemClock,
 };
 
 use shopflow_store::Migration;

@@ -158,13 +158,12 @@ impl Given {
 
     /// The commands in the outbox, oldest first (timeouts and cancels write there directly).
     async fn outbox(&self) -> Vec<String> {
-        self.db
-            .query("SELECT payload FROM outbox ORDER BY id", &[])
+        shopflow_store::outbox::pending(&self.db, 10_000)
             .await
             .unwrap()
             .iter()
-            .map(|r| {
-                let v: serde_json::Value = serde_json::from_slice(r.bytes(0).unwrap()).unwrap();
+            .map(|m| {
+                let v: serde_json::Value = serde_json::from_slice(&m.value).unwrap();
                 v["eventType"].as_str().unwrap().to_owned()
             })
             .collect()

@@ -1,4 +1,4 @@
-use crate::ExpectedVersion;
+use crate::expected::ExpectedVersion;
 
 /// Errors of the stores.
 ///

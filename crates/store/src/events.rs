@@ -1,36 +1,14 @@
 //! The event store: append-only streams with optimistic concurrency, a global order, snapshots.
 
 use std::collections::HashMap;
-use std::fmt;
 
 use shopflow_envelope::{Envelope, Registry};
 
 use crate::backend::EventRow;
-use crate::{Db, Error, Result, Row, Tx, params};
+use crate::{Db, Error, ExpectedVersion, Result, Row, Tx, params};
 
 /// Advisory-lock class of event-store appends (PostgreSQL).
 const APPEND_LOCK_CLASS: i32 = 0x5346_4553; // "SFES"
-
-/// What the appender believes the stream's version to be.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExpectedVersion {
-    /// Append whatever the version.
-    Any,
-    /// The stream must not exist yet.
-    NoStream,
-    /// The stream must be at exactly this version (its last event has this version).
-    Exact(u64),
-}
-
-impl fmt::Display for ExpectedVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ExpectedVersion::Any => f.write_str("any version"),
-            ExpectedVersion::NoStream => f.write_str("no stream"),
-            ExpectedVersion::Exact(v) => write!(f, "version {v}"),
-        }
-    }
-}
 
 /// An event as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]

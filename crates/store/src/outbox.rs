@@ -22,11 +22,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use shopflow_bus::{Bus, Headers, Message};
+use shopflow_bus::{Bus, Message};
 use shopflow_envelope::{Envelope, Event, Meta, headers};
 
 use crate::backend::RelayLease;
-use crate::{Db, Error, Result, Row, Tx, params};
+use crate::{Db, Result, Row, Tx, params};
 
 fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
@@ -95,6 +95,18 @@ pub async fn enqueue(tx: &mut Tx, messages: &[Message]) -> Result<()> {
     tx.insert_outbox(messages, now_us()).await
 }
 
+/// The oldest messages waiting in the outbox (at most `max`), without taking them: for tools and
+/// tests that look at what a transaction is going to publish.
+pub async fn pending(db: &Db, max: usize) -> Result<Vec<Message>> {
+    let rows = db
+        .query(
+            "SELECT id, topic, msg_key, payload, headers, created_at FROM outbox ORDER BY id LIMIT $1",
+            params![max as u64],
+        )
+        .await?;
+    rows.iter().map(row_to_message).collect()
+}
+
 /// Number of rows waiting in the outbox.
 pub async fn backlog(db: &Db) -> Result<u64> {
     let rows = db.query("SELECT COUNT(*) FROM outbox", &[]).await?;
@@ -102,40 +114,6 @@ pub async fn backlog(db: &Db) -> Result<u64> {
         .map(|r| r.u64(0))
         .transpose()
         .map(|v| v.unwrap_or(0))
-}
-
-pub(crate) fn encode_headers(h: &Headers) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&(h.len() as u16).to_le_bytes());
-    for (n, v) in h {
-        out.extend_from_slice(&(n.len() as u16).to_le_bytes());
-        out.extend_from_slice(n.as_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-        out.extend_from_slice(v);
-    }
-    out
-}
-
-fn decode_headers(b: &[u8]) -> Result<Headers> {
-    let corrupt = || Error::Corrupt {
-        what: "outbox headers",
-        reason: "truncated header encoding".into(),
-    };
-    let mut pos = 0usize;
-    let mut take = |n: usize| -> Result<&[u8]> {
-        let s = b.get(pos..pos + n).ok_or_else(corrupt)?;
-        pos += n;
-        Ok(s)
-    };
-    let count = u16::from_le_bytes(take(2)?.try_into().map_err(|_| corrupt())?);
-    let mut out = Vec::with_capacity(count as usize);
-    for _ in 0..count {
-        let nl = u16::from_le_bytes(take(2)?.try_into().map_err(|_| corrupt())?) as usize;
-        let name = String::from_utf8(take(nl)?.to_vec()).map_err(|_| corrupt())?;
-        let vl = u32::from_le_bytes(take(4)?.try_into().map_err(|_| corrupt())?) as usize;
-        out.push((name, Bytes::copy_from_slice(take(vl)?)));
-    }
-    Ok(out)
 }
 
 /// Settings of a relay.
@@ -341,25 +319,7 @@ fn row_to_message(r: &Row) -> Result<Message> {
         topic: r.str(1)?.to_owned(),
         key: r.opt_bytes(2)?.map(Bytes::copy_from_slice),
         value: Bytes::copy_from_slice(r.bytes(3)?),
-        headers: decode_headers(r.bytes(4)?)?,
+        headers: crate::headers::decode(r.bytes(4)?)?,
         timestamp_ms: None,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn headers_round_trip_and_reject_truncation() {
-        let h: Headers = vec![
-            ("a".into(), Bytes::from_static(b"1")),
-            ("bb".into(), Bytes::new()),
-        ];
-        let enc = encode_headers(&h);
-        assert_eq!(decode_headers(&enc).unwrap(), h);
-        for cut in 0..enc.len() {
-            assert!(decode_headers(&enc[..cut]).is_err());
-        }
-    }
 }

@@ -20,6 +20,11 @@ pub const MIGRATIONS: &[Migration] = &[Migration::portable(
     include_str!("../migrations/001_notifications.sql"),
 )];
 
+/// Applies the service's migrations (those its descriptor lists).
+async fn migrate(db: &shopflow_store::Db) -> shopflow_store::Result<()> {
+    SERVICE.migrate(db).await
+}
+
 /// A message to deliver.
 #[derive(Debug, Clone)]
 pub struct Outbound {

@@ -13,7 +13,7 @@ use shopflow_http::{ApiError, Json};
 use shopflow_runtime::{BreakerConfig, CircuitBreaker, Handler, HandlerError, Outgoing};
 use shopflow_store::{Db, Tx, params};
 
-use crate::{Mailer, NAME, Outbound, SERVICE};
+use crate::{Mailer, NAME, Outbound};
 
 /// Advisory-lock class of deferring and releasing notifications (PostgreSQL; key:
 /// `hashtext(<what the event waits for>)`).
@@ -65,7 +65,7 @@ fn money(minor: i64, currency: &str) -> String {
 
 impl<M: Mailer> Notifications<M> {
     pub async fn open(db: Db, mailer: Arc<M>) -> shopflow_store::Result<Self> {
-        SERVICE.migrate(&db).await?;
+        crate::migrate(&db).await?;
         Ok(Self {
             db,
             mailer,

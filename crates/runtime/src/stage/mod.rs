@@ -43,7 +43,7 @@ use shopflow_envelope::{Envelope, Registry};
 use shopflow_store::Tx;
 
 use crate::handler::{BoxFuture, BoxHandler};
-use crate::{Handler, HandlerError, RunnerConfig};
+use crate::{Handler, HandlerError};
 
 /// One record on its way through the stack.
 #[derive(Debug)]
@@ -193,18 +193,19 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// The runtime's stack for `handler`: dead-letter, decode, retry, savepoint, inbox, the
-    /// handler's breakers (when it declares any), panic catching, and a timeout when the config
-    /// sets one.
+    /// The runtime's stack for `handler`: dead-letter, decode, retry (by `retry`), savepoint,
+    /// inbox, the handler's breakers (when it declares any), panic catching, and a timeout when
+    /// `timeout` sets one.
     pub fn for_handler(
         handler: BoxHandler,
         registry: Arc<Registry>,
-        config: &RunnerConfig,
+        retry: retry::RetryPolicy,
+        timeout: Option<Duration>,
     ) -> Self {
         let mut stages: Vec<Arc<dyn Stage>> = vec![
             Arc::new(dead_letter::DeadLetter),
             Arc::new(decode::Decode::new(registry)),
-            Arc::new(retry::Retry::new(config.retry.clone())),
+            Arc::new(retry::Retry::new(retry)),
             Arc::new(savepoint::Savepoint),
             Arc::new(inbox::Inbox),
         ];
@@ -213,7 +214,7 @@ impl Stack {
             stages.push(Arc::new(breaker::Breakers::new(breakers)));
         }
         stages.push(Arc::new(catch::Catch));
-        if let Some(limit) = config.handler_timeout {
+        if let Some(limit) = timeout {
             stages.push(Arc::new(timeout::Timeout::new(limit)));
         }
         Self::new(stages, handler)

@@ -4,6 +4,7 @@
 //! [`sqlite`] or [`postgres`]. The event store, the outbox, the inbox and the services above them
 //! only call these methods.
 
+mod copy;
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
 mod url;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use shopflow_bus::Message;
 use tokio::sync::Notify;
 
+pub use copy::copy_tables;
 pub use postgres::{PgDb, PgTx};
 pub use sqlite::{SqliteDb, SqliteTx, blocking};
 pub use url::DbUrl;

@@ -219,7 +219,7 @@ pub(crate) async fn insert_outbox(
     let payloads: Vec<&[u8]> = messages.iter().map(|m| &m.value[..]).collect();
     let headers: Vec<Vec<u8>> = messages
         .iter()
-        .map(|m| crate::outbox::encode_headers(&m.headers))
+        .map(|m| crate::headers::encode(&m.headers))
         .collect();
     let created: Vec<i64> = vec![now_us; messages.len()];
     let stmt = client

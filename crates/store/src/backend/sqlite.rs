@@ -199,7 +199,7 @@ pub(crate) fn insert_outbox(conn: &Connection, messages: &[Message], now_us: i64
             m.topic,
             m.key.as_deref(),
             &m.value[..],
-            crate::outbox::encode_headers(&m.headers),
+            crate::headers::encode(&m.headers),
             now_us
         ])?;
     }
