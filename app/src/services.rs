@@ -7,7 +7,7 @@ use shopflow_envelope::Registry;
 use shopflow_service::Service;
 
 /// Every service of the shop, in start order.
-pub const SERVICES: &[&Service<Facts>] = &[
+pub static SERVICES: &[&Service<Facts>] = &[
     &shopflow_users::SERVICE,
     &shopflow_inventory::SERVICE,
     &shopflow_payment::SERVICE,

@@ -90,11 +90,15 @@ impl AnyBus {
     }
 }
 
+/// `$e` with `$b` bound to whichever backend `$self` (an `AnyBus` or an `AnyConsumer`) holds.
 macro_rules! each {
     ($self:expr, $b:ident => $e:expr) => {
+        each!($self, AnyBus, $b => $e)
+    };
+    ($self:expr, $enum:ident, $b:ident => $e:expr) => {
         match $self {
-            AnyBus::Embedded($b) => $e,
-            AnyBus::Kafka($b) => $e,
+            $enum::Embedded($b) => $e,
+            $enum::Kafka($b) => $e,
         }
     };
 }
@@ -142,29 +146,20 @@ impl Bus for AnyBus {
     }
 }
 
-macro_rules! each_consumer {
-    ($self:expr, $c:ident => $e:expr) => {
-        match $self {
-            AnyConsumer::Embedded($c) => $e,
-            AnyConsumer::Kafka($c) => $e,
-        }
-    };
-}
-
 impl Consumer for AnyConsumer {
     async fn poll(&mut self, max_records: usize, timeout: Duration) -> Result<Vec<Record>> {
-        each_consumer!(self, c => c.poll(max_records, timeout).await)
+        each!(self, AnyConsumer, c => c.poll(max_records, timeout).await)
     }
 
     async fn commit(&mut self, offsets: &[(TopicPartition, u64)]) -> Result<()> {
-        each_consumer!(self, c => c.commit(offsets).await)
+        each!(self, AnyConsumer, c => c.commit(offsets).await)
     }
 
     fn assignment(&self) -> Vec<TopicPartition> {
-        each_consumer!(self, c => c.assignment())
+        each!(self, AnyConsumer, c => c.assignment())
     }
 
     fn seek(&mut self, tp: &TopicPartition, offset: u64) -> Result<()> {
-        each_consumer!(self, c => c.seek(tp, offset))
+        each!(self, AnyConsumer, c => c.seek(tp, offset))
     }
 }

@@ -75,6 +75,12 @@ impl Meters {
     }
 }
 
+/// Counts one more in a stat and its metric.
+fn tally(stat: &AtomicU64, meter: &metrics::Counter) {
+    stat.fetch_add(1, Ordering::Relaxed);
+    meter.increment(1);
+}
+
 /// Why a batch stopped before its end.
 #[derive(Debug)]
 enum Stop {
@@ -204,35 +210,27 @@ impl<B: Bus> Runner<B> {
                     Err(e) => return Err(e.to_string()),
                 }
             }
-            let wait = match why {
+            let (wait, reason, what) = match why {
                 Stop::Retry { delay, reason } => {
-                    self.stats
-                        .transient_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.meters.failed_transient.increment(1);
-                    tracing::warn!(
-                        consumer = name,
-                        reason,
-                        ?delay,
-                        "transient failure; retrying"
+                    tally(
+                        &self.stats.transient_failures,
+                        &self.meters.failed_transient,
                     );
-                    delay
+                    (delay, reason, "transient failure; retrying")
                 }
                 Stop::Pause {
                     retry_after,
                     reason,
                 } => {
-                    self.stats.paused.fetch_add(1, Ordering::Relaxed);
-                    self.meters.failed_unavailable.increment(1);
-                    tracing::warn!(
-                        consumer = name,
+                    tally(&self.stats.paused, &self.meters.failed_unavailable);
+                    (
+                        retry_after,
                         reason,
-                        ?retry_after,
-                        "dependency unavailable; consumer paused"
-                    );
-                    retry_after
+                        "dependency unavailable; consumer paused",
+                    )
                 }
             };
+            tracing::warn!(consumer = name, reason, wait = ?wait, "{what}");
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = &mut stop => return Ok(()),
@@ -284,18 +282,15 @@ impl<B: Bus> Runner<B> {
     fn count(&self, outcome: Outcome) -> Option<Stop> {
         match outcome {
             Outcome::Handled => {
-                self.stats.handled.fetch_add(1, Ordering::Relaxed);
-                self.meters.consumed.increment(1);
+                tally(&self.stats.handled, &self.meters.consumed);
                 None
             }
             Outcome::Duplicate => {
-                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                self.meters.duplicates.increment(1);
+                tally(&self.stats.duplicates, &self.meters.duplicates);
                 None
             }
             Outcome::DeadLettered => {
-                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                self.meters.dead_lettered.increment(1);
+                tally(&self.stats.dead_lettered, &self.meters.dead_lettered);
                 None
             }
             Outcome::Retry { delay, reason } => Some(Stop::Retry { delay, reason }),

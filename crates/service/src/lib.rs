@@ -181,6 +181,37 @@ impl<F> fmt::Debug for Service<F> {
     }
 }
 
+impl<F: 'static> Service<F> {
+    /// A service with nothing but a name: no migrations, no consumers, no events or topics of its
+    /// own, no routes, nothing to audit. Descriptors fill in what they have and take the rest
+    /// from here (`..Service::named(NAME)`).
+    pub const fn named(name: &'static str) -> Self {
+        Self {
+            name,
+            about: "",
+            migrations: &[],
+            groups: &[],
+            register: no_events,
+            topics: no_topics,
+            start: start_nothing,
+            audit: audit_nothing::<F>,
+            openapi: no_openapi,
+        }
+    }
+}
+
+fn start_nothing(_: Context) -> BoxFuture<'static, Result<Started>> {
+    Box::pin(async { Ok(Started::new(Router::new())) })
+}
+
+fn audit_nothing<'a, F>(_: &'a Db, _: &'a mut F) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async { Ok(()) })
+}
+
+fn no_openapi() -> serde_json::Value {
+    openapi::part(serde_json::json!({}), serde_json::json!({}))
+}
+
 impl<F> Service<F> {
     /// Applies the building blocks' and the service's migrations to `db`.
     pub async fn migrate(&self, db: &Db) -> shopflow_store::Result<()> {
@@ -193,9 +224,9 @@ impl<F> Service<F> {
 }
 
 /// No events of its own.
-pub fn no_events(_: &mut Registry) {}
+fn no_events(_: &mut Registry) {}
 
 /// No topics of its own.
-pub fn no_topics() -> Vec<String> {
+fn no_topics() -> Vec<String> {
     Vec::new()
 }

@@ -83,6 +83,10 @@ pub struct AppendStream<'a> {
 const COLUMNS: &str =
     "position, stream_id, version, event_id, event_type, event_version, recorded_at, envelope";
 
+fn stored(rows: Vec<Row>) -> Result<Vec<StoredEvent>> {
+    rows.iter().map(StoredEvent::from_row).collect()
+}
+
 fn read_all_sql() -> String {
     format!("SELECT {COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2")
 }
@@ -227,12 +231,8 @@ impl EventStore {
         from_version: u64,
         max: usize,
     ) -> Result<Vec<StoredEvent>> {
-        let sql = read_stream_sql();
-        let rows = self
-            .db
-            .query(&sql, params![stream, from_version, max as u64])
-            .await?;
-        rows.iter().map(StoredEvent::from_row).collect()
+        let p = params![stream, from_version, max as u64];
+        stored(self.db.query(&read_stream_sql(), p).await?)
     }
 
     /// Events of a stream from `from_version` on, read inside `tx` (sees the transaction's own
@@ -244,11 +244,8 @@ impl EventStore {
         from_version: u64,
         max: usize,
     ) -> Result<Vec<StoredEvent>> {
-        let sql = read_stream_sql();
-        let rows = tx
-            .query(&sql, params![stream, from_version, max as u64])
-            .await?;
-        rows.iter().map(StoredEvent::from_row).collect()
+        let p = params![stream, from_version, max as u64];
+        stored(tx.query(&read_stream_sql(), p).await?)
     }
 
     /// The latest snapshot of a stream, read inside `tx`.
@@ -264,11 +261,11 @@ impl EventStore {
 
     /// Events of every stream with position `> after`, in position (commit) order, at most `max`.
     pub async fn read_all(&self, after: u64, max: usize) -> Result<Vec<StoredEvent>> {
-        let rows = self
-            .db
-            .query(&read_all_sql(), params![after, max as u64])
-            .await?;
-        rows.iter().map(StoredEvent::from_row).collect()
+        stored(
+            self.db
+                .query(&read_all_sql(), params![after, max as u64])
+                .await?,
+        )
     }
 
     /// [`EventStore::read_all`] inside `tx` (sees the transaction's own appends, and nothing

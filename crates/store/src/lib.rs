@@ -19,32 +19,24 @@ pub use migrate::Migration;
 pub use outbox::{Outgoing, emit};
 pub use value::{Row, Value};
 
+/// A migration of this crate: `migrations/sqlite/<file>` and `migrations/postgres/<file>`.
+macro_rules! migration {
+    ($version:literal, $name:literal, $file:literal) => {
+        Migration {
+            version: $version,
+            name: $name,
+            sqlite: include_str!(concat!("../migrations/sqlite/", $file)),
+            postgres: include_str!(concat!("../migrations/postgres/", $file)),
+        }
+    };
+}
+
 /// Migrations of the building blocks' own tables, applied by [`Db::migrate_building_blocks`].
 pub const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "event_store",
-        sqlite: include_str!("../migrations/sqlite/001_event_store.sql"),
-        postgres: include_str!("../migrations/postgres/001_event_store.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "outbox",
-        sqlite: include_str!("../migrations/sqlite/002_outbox.sql"),
-        postgres: include_str!("../migrations/postgres/002_outbox.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "inbox",
-        sqlite: include_str!("../migrations/sqlite/003_inbox.sql"),
-        postgres: include_str!("../migrations/postgres/003_inbox.sql"),
-    },
-    Migration {
-        version: 4,
-        name: "checkpoints",
-        sqlite: include_str!("../migrations/sqlite/004_checkpoints.sql"),
-        postgres: include_str!("../migrations/postgres/004_checkpoints.sql"),
-    },
+    migration!(1, "event_store", "001_event_store.sql"),
+    migration!(2, "outbox", "002_outbox.sql"),
+    migration!(3, "inbox", "003_inbox.sql"),
+    migration!(4, "checkpoints", "004_checkpoints.sql"),
 ];
 
 /// The environment variable naming the PostgreSQL server that tests use

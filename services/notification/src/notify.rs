@@ -85,10 +85,6 @@ impl<M: Mailer> Notifications<M> {
         &self.breaker
     }
 
-    pub fn db(&self) -> &Db {
-        &self.db
-    }
-
     pub fn router(&self) -> Router {
         Router::new()
             .route("/orders/{id}/notifications", get(list::<M>))
@@ -329,10 +325,6 @@ impl<M: Mailer> Handler for Notifications<M> {
         NAME
     }
 
-    fn breakers(&self) -> Vec<Arc<CircuitBreaker>> {
-        vec![self.breaker.clone()]
-    }
-
     fn topics(&self) -> Vec<String> {
         vec![
             UserRegistered::topic(),
@@ -340,6 +332,11 @@ impl<M: Mailer> Handler for Notifications<M> {
             OrderShipped::topic(),
             OrderCancelled::topic(),
         ]
+    }
+
+    /// Delivery: while the mail server is down the consumer pauses.
+    fn breakers(&self) -> Vec<Arc<CircuitBreaker>> {
+        vec![self.breaker.clone()]
     }
 
     async fn handle(&self, tx: &mut Tx, env: &Envelope) -> Result<Vec<Outgoing>, HandlerError> {

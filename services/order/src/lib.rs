@@ -82,10 +82,6 @@ impl Orders {
         })
     }
 
-    pub fn db(&self) -> &Db {
-        &self.db
-    }
-
     pub fn registry(&self) -> Arc<Registry> {
         self.registry.clone()
     }

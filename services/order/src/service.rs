@@ -10,7 +10,7 @@ use shopflow_eventsourcing::fold_envelope;
 use shopflow_runtime::BoxHandler;
 use shopflow_saga::{Orchestrator, SagaHandler, SystemClock};
 use shopflow_service::openapi::{op, part, with_body, with_params};
-use shopflow_service::{BoxFuture, Context, MetricsHook, Result, SagaStyle, Service, Started};
+use shopflow_service::{Context, MetricsHook, Result, SagaStyle, Service, Started};
 use shopflow_store::{Db, EventStore, params};
 
 use crate::aggregate::{Order, Status};
@@ -20,16 +20,15 @@ use crate::{MIGRATIONS, NAME, Orders};
 
 /// The order service: event-sourced orders, their read model with time travel, and the
 /// order-fulfilment saga (orchestration).
-pub const SERVICE: Service<Facts> = Service {
-    name: NAME,
+pub static SERVICE: Service<Facts> = Service {
     about: "event-sourced orders, their read model, the order-fulfilment saga",
     migrations: &[(NAME, MIGRATIONS), ("saga", shopflow_saga::MIGRATIONS)],
     groups: &[NAME, "order-commands", FULFILMENT],
     register,
-    topics: shopflow_service::no_topics,
-    start,
-    audit,
+    start: |ctx| Box::pin(start(ctx)),
+    audit: |db, facts| Box::pin(audit(db, facts)),
     openapi,
+    ..Service::named(NAME)
 };
 
 /// The order stream's own events, beside the shop's contracts.
@@ -39,129 +38,122 @@ fn register(r: &mut Registry) {
         .register::<crate::aggregate::OrderCompleted>();
 }
 
-fn start(ctx: Context) -> BoxFuture<'static, Result<Started>> {
-    Box::pin(async move {
-        let orders = Orders::open(ctx.db.clone()).await?;
-        let timeouts = ctx.settings.get::<SagaTimeouts>().unwrap_or_default();
-        let orchestrator = Arc::new(Orchestrator::new(
-            fulfilment(&timeouts),
-            Arc::new(SystemClock),
-        ));
-        let sagas = Sagas {
-            style: ctx.settings.saga,
-            orchestrator: orchestrator.clone(),
-            db: ctx.db.clone(),
-        };
-        let mut s = Started::new(orders.router().merge(saga_api::router(sagas.clone())));
-        match ctx.settings.saga {
-            SagaStyle::Choreography => s.handlers.push(BoxHandler::new(orders.handler())),
-            SagaStyle::Orchestration => {
-                s.handlers.push(BoxHandler::new(orders.command_handler()));
-                s.handlers
-                    .push(BoxHandler::new(SagaHandler(orchestrator.clone())));
-                s.tasks.push(Box::pin(orchestrator.run_timers(
-                    ctx.db.clone(),
-                    Duration::from_millis(200),
-                    ctx.shutdown.clone(),
-                )));
-            }
+async fn start(ctx: Context) -> Result<Started> {
+    let orders = Orders::open(ctx.db.clone()).await?;
+    let timeouts = ctx.settings.get::<SagaTimeouts>().unwrap_or_default();
+    let orchestrator = Arc::new(Orchestrator::new(
+        fulfilment(&timeouts),
+        Arc::new(SystemClock),
+    ));
+    let sagas = Sagas {
+        style: ctx.settings.saga,
+        orchestrator: orchestrator.clone(),
+        db: ctx.db.clone(),
+    };
+    let mut s = Started::new(orders.router().merge(saga_api::router(sagas.clone())));
+    match ctx.settings.saga {
+        SagaStyle::Choreography => s.handlers.push(BoxHandler::new(orders.handler())),
+        SagaStyle::Orchestration => {
+            s.handlers.push(BoxHandler::new(orders.command_handler()));
+            s.handlers
+                .push(BoxHandler::new(SagaHandler(orchestrator.clone())));
+            s.tasks.push(Box::pin(orchestrator.run_timers(
+                ctx.db.clone(),
+                Duration::from_millis(200),
+                ctx.shutdown.clone(),
+            )));
         }
-        let shutdown = ctx.shutdown.clone();
-        s.tasks.push(Box::pin(
-            async move { orders.run_projector(shutdown).await },
-        ));
-        let hook: MetricsHook = Arc::new(move || {
-            let sagas = sagas.clone();
-            Box::pin(async move { sagas.publish_gauges().await })
-        });
-        s.metrics.push(hook);
-        Ok(s)
-    })
+    }
+    let shutdown = ctx.shutdown.clone();
+    s.tasks.push(Box::pin(
+        async move { orders.run_projector(shutdown).await },
+    ));
+    let hook: MetricsHook = Arc::new(move || {
+        let sagas = sagas.clone();
+        Box::pin(async move { sagas.publish_gauges().await })
+    });
+    s.metrics.push(hook);
+    Ok(s)
 }
 
 /// Every order folded from its events (the source of truth): versions follow one another and
 /// every event reads; every saga finished or legitimately at work, and its end agrees with its
 /// order's.
-fn audit<'a>(db: &'a Db, facts: &'a mut Facts) -> BoxFuture<'a, Result<()>> {
-    Box::pin(async move {
-        let registry = crate::registry();
-        let store = EventStore::new(db.clone());
-        let mut orders: std::collections::BTreeMap<String, Order> = Default::default();
-        let mut after = 0u64;
-        loop {
-            let page = store.read_all(after, 5000).await?;
-            let Some(last) = page.last().map(|e| e.position) else {
-                break;
-            };
-            after = last;
-            for e in page {
-                match e.decode(&registry) {
-                    Ok(env) => {
-                        let o = orders.entry(e.stream_id.clone()).or_default();
-                        if env.sequence() != o.version + 1 {
-                            facts.violation(format!(
-                                "order {}: event version {} follows {}",
-                                e.stream_id,
-                                env.sequence(),
-                                o.version
-                            ));
-                        }
-                        if let Err(err) = fold_envelope(o, &env) {
-                            facts.violation(format!(
-                                "order {}: event {} cannot be read: {err}",
-                                e.stream_id, e.event_id
-                            ));
-                        }
+async fn audit(db: &Db, facts: &mut Facts) -> Result<()> {
+    let registry = crate::registry();
+    let store = EventStore::new(db.clone());
+    let mut orders: std::collections::BTreeMap<String, Order> = Default::default();
+    let mut after = 0u64;
+    loop {
+        let page = store.read_all(after, 5000).await?;
+        let Some(last) = page.last().map(|e| e.position) else {
+            break;
+        };
+        after = last;
+        for e in page {
+            match e.decode(&registry) {
+                Ok(env) => {
+                    let o = orders.entry(e.stream_id.clone()).or_default();
+                    if env.sequence() != o.version + 1 {
+                        facts.violation(format!(
+                            "order {}: event version {} follows {}",
+                            e.stream_id,
+                            env.sequence(),
+                            o.version
+                        ));
                     }
-                    Err(err) => facts.violation(format!(
-                        "order {}: event {} cannot be decoded: {err}",
-                        e.stream_id, e.event_id
-                    )),
+                    if let Err(err) = fold_envelope(o, &env) {
+                        facts.violation(format!(
+                            "order {}: event {} cannot be read: {err}",
+                            e.stream_id, e.event_id
+                        ));
+                    }
                 }
+                Err(err) => facts.violation(format!(
+                    "order {}: event {} cannot be decoded: {err}",
+                    e.stream_id, e.event_id
+                )),
             }
         }
-        let settled = facts.settled;
-        for row in db
-            .query(
-                "SELECT saga_id, state FROM sagas WHERE saga_type = $1",
-                params![FULFILMENT],
-            )
-            .await?
-        {
-            let (id, state) = (row.str(0)?, row.str(1)?);
-            *facts.sagas.entry(state.to_owned()).or_default() += 1;
-            let order = orders.get(id).map(|o| o.status);
-            match (state, order) {
-                (_, None) => facts.violation(format!("saga {id}: no such order")),
-                ("completed", Some(Status::Shipped)) | ("compensated", Some(Status::Cancelled)) => {
-                }
-                // The closing command may still be on its way to the order (not when settled).
-                ("completed" | "compensated", Some(s)) if settled || s.is_final() => facts
-                    .violation(format!(
-                        "saga {id}: {state} but its order is {}",
-                        s.as_str()
-                    )),
-                (_, Some(_)) if settled => {
-                    facts.violation(format!("saga {id}: still {state} after the shop settled"))
-                }
-                _ => {}
+    }
+    let settled = facts.settled;
+    for row in db
+        .query(
+            "SELECT saga_id, state FROM sagas WHERE saga_type = $1",
+            params![FULFILMENT],
+        )
+        .await?
+    {
+        let (id, state) = (row.str(0)?, row.str(1)?);
+        *facts.sagas.entry(state.to_owned()).or_default() += 1;
+        let order = orders.get(id).map(|o| o.status);
+        match (state, order) {
+            (_, None) => facts.violation(format!("saga {id}: no such order")),
+            ("completed", Some(Status::Shipped)) | ("compensated", Some(Status::Cancelled)) => {}
+            // The closing command may still be on its way to the order (not when settled).
+            ("completed" | "compensated", Some(s)) if settled || s.is_final() => facts.violation(
+                format!("saga {id}: {state} but its order is {}", s.as_str()),
+            ),
+            (_, Some(_)) if settled => {
+                facts.violation(format!("saga {id}: still {state} after the shop settled"))
             }
+            _ => {}
         }
-        for (id, o) in orders {
-            facts.orders.insert(
-                id,
-                OrderFact {
-                    status: o.status.as_str().to_owned(),
-                    customer_id: o
-                        .customer_id
-                        .as_ref()
-                        .map(ToString::to_string)
-                        .unwrap_or_default(),
-                },
-            );
-        }
-        Ok(())
-    })
+    }
+    for (id, o) in orders {
+        facts.orders.insert(
+            id,
+            OrderFact {
+                status: o.status.as_str().to_owned(),
+                customer_id: o
+                    .customer_id
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+            },
+        );
+    }
+    Ok(())
 }
 
 fn openapi() -> serde_json::Value {

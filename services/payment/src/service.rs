@@ -9,7 +9,7 @@ use serde_json::json;
 use shopflow_contracts::audit::{Facts, PaymentFact};
 use shopflow_runtime::BoxHandler;
 use shopflow_service::openapi::{op, part, with_body, with_params};
-use shopflow_service::{BoxFuture, Context, Result, SagaStyle, Service, Started};
+use shopflow_service::{Context, Result, SagaStyle, Service, Started};
 use shopflow_store::Db;
 
 use crate::{MIGRATIONS, NAME, PaymentCommands, Payments, Simulator};
@@ -20,37 +20,33 @@ pub struct GatewayLatency(pub Duration);
 
 /// The payment service: charges orders through the payment gateway (behind a circuit breaker)
 /// and refunds them when they are compensated.
-pub const SERVICE: Service<Facts> = Service {
-    name: NAME,
+pub static SERVICE: Service<Facts> = Service {
     about: "charges and refunds through the payment gateway",
     migrations: &[(NAME, MIGRATIONS)],
     groups: &[NAME, "payment-commands"],
-    register: shopflow_service::no_events,
-    topics: shopflow_service::no_topics,
-    start,
-    audit,
+    start: |ctx| Box::pin(start(ctx)),
+    audit: |db, facts| Box::pin(audit(db, facts)),
     openapi,
+    ..Service::named(NAME)
 };
 
-fn start(ctx: Context) -> BoxFuture<'static, Result<Started>> {
-    Box::pin(async move {
-        let latency = ctx.settings.get::<GatewayLatency>().unwrap_or_default();
-        let gateway = Arc::new(Simulator::new(latency.0));
-        let payments = Payments::open(ctx.db, gateway.clone())
-            .await?
-            .with_breaker(ctx.settings.breaker.clone());
-        let router = payments.router().route(
-            "/admin/payment-gateway",
-            axum::routing::put(set_gateway).with_state(gateway),
-        );
-        let mut s = Started::new(router);
-        s.breakers.push(payments.breaker().clone());
-        s.handlers.push(match ctx.settings.saga {
-            SagaStyle::Choreography => BoxHandler::new(payments),
-            SagaStyle::Orchestration => BoxHandler::new(PaymentCommands(payments)),
-        });
-        Ok(s)
-    })
+async fn start(ctx: Context) -> Result<Started> {
+    let latency = ctx.settings.get::<GatewayLatency>().unwrap_or_default();
+    let gateway = Arc::new(Simulator::new(latency.0));
+    let payments = Payments::open(ctx.db, gateway.clone())
+        .await?
+        .with_breaker(ctx.settings.breaker.clone());
+    let router = payments.router().route(
+        "/admin/payment-gateway",
+        axum::routing::put(set_gateway).with_state(gateway),
+    );
+    let mut s = Started::new(router);
+    s.breakers.push(payments.breaker().clone());
+    s.handlers.push(match ctx.settings.saga {
+        SagaStyle::Choreography => BoxHandler::new(payments),
+        SagaStyle::Orchestration => BoxHandler::new(PaymentCommands(payments)),
+    });
+    Ok(s)
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -71,38 +67,36 @@ async fn set_gateway(
 
 /// One payment row per order, so at most one charge each; a payment id charges one order; a
 /// refund follows a charge.
-fn audit<'a>(db: &'a Db, facts: &'a mut Facts) -> BoxFuture<'a, Result<()>> {
-    Box::pin(async move {
-        let mut orders_of: HashMap<String, String> = HashMap::new();
-        for row in db
-            .query("SELECT order_id, status, payment_id FROM payments", &[])
-            .await?
+async fn audit(db: &Db, facts: &mut Facts) -> Result<()> {
+    let mut orders_of: HashMap<String, String> = HashMap::new();
+    for row in db
+        .query("SELECT order_id, status, payment_id FROM payments", &[])
+        .await?
+    {
+        let (order, status, pid) = (
+            row.str(0)?.to_owned(),
+            row.str(1)?.to_owned(),
+            row.opt_str(2)?.map(str::to_owned),
+        );
+        if let Some(p) = &pid
+            && let Some(other) = orders_of.insert(p.clone(), order.clone())
         {
-            let (order, status, pid) = (
-                row.str(0)?.to_owned(),
-                row.str(1)?.to_owned(),
-                row.opt_str(2)?.map(str::to_owned),
-            );
-            if let Some(p) = &pid
-                && let Some(other) = orders_of.insert(p.clone(), order.clone())
-            {
-                facts.violation(format!(
-                    "payment {p} charged for two orders: {other} and {order}"
-                ));
-            }
-            if status == "REFUNDED" && pid.is_none() {
-                facts.violation(format!("order {order}: refunded without a charge"));
-            }
-            facts.payments.insert(
-                order,
-                PaymentFact {
-                    status,
-                    payment_id: pid,
-                },
-            );
+            facts.violation(format!(
+                "payment {p} charged for two orders: {other} and {order}"
+            ));
         }
-        Ok(())
-    })
+        if status == "REFUNDED" && pid.is_none() {
+            facts.violation(format!("order {order}: refunded without a charge"));
+        }
+        facts.payments.insert(
+            order,
+            PaymentFact {
+                status,
+                payment_id: pid,
+            },
+        );
+    }
+    Ok(())
 }
 
 fn openapi() -> serde_json::Value {

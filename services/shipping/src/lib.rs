@@ -80,10 +80,6 @@ impl Shipping {
         Ok(Self { db })
     }
 
-    pub fn db(&self) -> &Db {
-        &self.db
-    }
-
     pub fn router(&self) -> Router {
         Router::new()
             .route("/orders/{id}/shipment", get(get_shipment))

@@ -87,10 +87,6 @@ impl Users {
         Ok(Self { db })
     }
 
-    pub fn db(&self) -> &Db {
-        &self.db
-    }
-
     pub fn router(&self) -> Router {
         Router::new()
             .route("/users", post(register))

@@ -3,38 +3,32 @@
 use serde_json::json;
 use shopflow_contracts::audit::Facts;
 use shopflow_service::openapi::{op, part, with_body, with_params};
-use shopflow_service::{BoxFuture, Context, Result, Service, Started};
+use shopflow_service::{Context, Result, Service, Started};
 use shopflow_store::Db;
 
 use crate::{MIGRATIONS, NAME, Users};
 
 /// The users service: `POST /users` registers a customer (publishes `UserRegistered`).
-pub const SERVICE: Service<Facts> = Service {
-    name: NAME,
+pub static SERVICE: Service<Facts> = Service {
     about: "registers customers (UserRegistered)",
     migrations: &[(NAME, MIGRATIONS)],
     groups: &[],
-    register: shopflow_service::no_events,
-    topics: shopflow_service::no_topics,
-    start,
-    audit,
+    start: |ctx| Box::pin(start(ctx)),
+    audit: |db, facts| Box::pin(audit(db, facts)),
     openapi,
+    ..Service::named(NAME)
 };
 
-fn start(ctx: Context) -> BoxFuture<'static, Result<Started>> {
-    Box::pin(async move {
-        let users = Users::open(ctx.db).await?;
-        Ok(Started::new(users.router()))
-    })
+async fn start(ctx: Context) -> Result<Started> {
+    let users = Users::open(ctx.db).await?;
+    Ok(Started::new(users.router()))
 }
 
-fn audit<'a>(db: &'a Db, facts: &'a mut Facts) -> BoxFuture<'a, Result<()>> {
-    Box::pin(async move {
-        for row in db.query("SELECT user_id FROM users", &[]).await? {
-            facts.users.insert(row.str(0)?.to_owned());
-        }
-        Ok(())
-    })
+async fn audit(db: &Db, facts: &mut Facts) -> Result<()> {
+    for row in db.query("SELECT user_id FROM users", &[]).await? {
+        facts.users.insert(row.str(0)?.to_owned());
+    }
+    Ok(())
 }
 
 fn openapi() -> serde_json::Value {

@@ -83,23 +83,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_handler_fails_permanently_with_its_message() {
-        use crate::handler::BoxHandler;
-        use crate::stage::testing::{FnHandler, bench, envelope, record_of, run};
-        let b = bench().await;
-        let env = envelope(5);
-        let out = run(
-            &b.db,
-            vec![std::sync::Arc::new(Catch)],
-            BoxHandler::new(FnHandler(|n| {
+        let (out, _) =
+            crate::stage::testing::once(vec![std::sync::Arc::new(Catch)], 5, 0, true, |n| {
                 if n == 5 {
                     panic!("index out of bounds for order {n}");
                 }
                 Ok(())
-            })),
-            &record_of(&env, 0),
-            Some(env),
-        )
-        .await;
+            })
+            .await;
         assert!(
             matches!(out, Outcome::Failed(HandlerError::Permanent(ref m)) if m == "handler panicked: index out of bounds for order 5"),
             "{out:?}"

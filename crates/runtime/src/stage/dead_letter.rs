@@ -137,7 +137,7 @@ mod tests {
 
     use super::*;
     use crate::handler::BoxHandler;
-    use crate::stage::testing::{FnHandler, bench, envelope, record_of, run, seen};
+    use crate::stage::testing::{FnHandler, bench, envelope, once, record_of, run, seen};
 
     #[tokio::test]
     async fn a_failure_becomes_one_dead_letter_and_a_redelivery_none() {
@@ -163,16 +163,13 @@ mod tests {
 
     #[tokio::test]
     async fn an_unavailable_dependency_pauses_instead() {
-        let b = bench().await;
-        let env = envelope(1);
-        let rec = record_of(&env, 0);
-        let h = BoxHandler::new(FnHandler(|_| {
+        let (out, _) = once(vec![Arc::new(DeadLetter)], 1, 0, true, |_| {
             Err(HandlerError::Unavailable {
                 reason: "down".into(),
                 retry_after: std::time::Duration::from_secs(1),
             })
-        }));
-        let out = run(&b.db, vec![Arc::new(DeadLetter)], h, &rec, Some(env)).await;
+        })
+        .await;
         assert!(matches!(out, Outcome::Pause { .. }), "{out:?}");
     }
 

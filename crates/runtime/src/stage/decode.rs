@@ -45,7 +45,7 @@ mod tests {
 
     use super::*;
     use crate::handler::BoxHandler;
-    use crate::stage::testing::{FnHandler, bench, envelope, record_of, run, seen};
+    use crate::stage::testing::{FnHandler, bench, envelope, once, record_of, run, seen};
 
     fn registry() -> Arc<Registry> {
         let mut r = Registry::new();
@@ -55,18 +55,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_known_event_reaches_the_handler_decoded() {
-        let b = bench().await;
-        let env = envelope(4);
-        let out = run(
-            &b.db,
-            vec![Arc::new(Decode::new(registry()))],
-            BoxHandler::new(FnHandler(|_| Ok(()))),
-            &record_of(&env, 0),
-            None,
-        )
-        .await;
+        let stage: Arc<dyn Stage> = Arc::new(Decode::new(registry()));
+        let (out, seen) = once(vec![stage], 4, 0, false, |_| Ok(())).await;
         assert!(matches!(out, Outcome::Handled), "{out:?}");
-        assert_eq!(seen(&b.db).await, vec![4]);
+        assert_eq!(seen, vec![4]);
     }
 
     #[tokio::test]

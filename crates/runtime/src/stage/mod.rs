@@ -343,6 +343,32 @@ pub(crate) mod testing {
         outcome
     }
 
+    /// One record of `envelope(n)` at `offset`, taken through `stages` around a handler that
+    /// writes `n` and then answers `f(n)`; returns the outcome and what `seen` holds afterwards.
+    pub(crate) async fn once<F>(
+        stages: Vec<Arc<dyn Stage>>,
+        n: i64,
+        offset: u64,
+        decoded: bool,
+        f: F,
+    ) -> (Outcome, Vec<i64>)
+    where
+        F: Fn(i64) -> Result<(), HandlerError> + Send + Sync + 'static,
+    {
+        let b = bench().await;
+        let env = envelope(n);
+        let rec = record_of(&env, offset);
+        let out = run(
+            &b.db,
+            stages,
+            BoxHandler::new(FnHandler(f)),
+            &rec,
+            decoded.then_some(env),
+        )
+        .await;
+        (out, seen(&b.db).await)
+    }
+
     pub(crate) async fn seen(db: &Db) -> Vec<i64> {
         db.query("SELECT n FROM seen ORDER BY n", &[])
             .await
