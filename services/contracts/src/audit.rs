@@ -4,12 +4,38 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// An order as its event history tells it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An order as its event history tells it (and as its read model shows it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OrderFact {
     /// `PENDING`, `PAID`, `RESERVED`, `SHIPPED` or `CANCELLED`.
     pub status: String,
     pub customer_id: String,
+    /// The facts its history holds.
+    pub payment_id: Option<String>,
+    pub reserved: bool,
+    pub tracking_number: Option<String>,
+    pub carrier: Option<String>,
+    /// Its row in the read model, if it has one.
+    pub view: Option<ViewFact>,
+}
+
+/// What the order's read model says of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ViewFact {
+    pub status: String,
+    pub version: u64,
+    pub payment_id: Option<String>,
+    pub tracking_number: Option<String>,
+    pub carrier: Option<String>,
+}
+
+/// The shipping service's record of an order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShipmentFact {
+    /// `SHIPPED` or `FAILED`.
+    pub status: String,
+    pub tracking_number: Option<String>,
+    pub carrier: Option<String>,
 }
 
 impl OrderFact {
@@ -37,8 +63,8 @@ pub struct Facts {
     pub payments: BTreeMap<String, PaymentFact>,
     /// Reservation status by order id (inventory service).
     pub reservations: BTreeMap<String, String>,
-    /// Shipment status by order id (shipping service).
-    pub shipments: BTreeMap<String, String>,
+    /// By order id (shipping service).
+    pub shipments: BTreeMap<String, ShipmentFact>,
     /// E-mails sent per (order id, event type) (notification service).
     pub emails: BTreeMap<(String, String), usize>,
     /// Registered users (users service).
@@ -94,7 +120,42 @@ pub fn check(facts: &mut Facts) {
         }
         let pay = facts.payments.get(id).map(|p| p.status.as_str());
         let res = facts.reservations.get(id).map(String::as_str);
-        let ship = facts.shipments.get(id).map(String::as_str);
+        let shipment = facts.shipments.get(id);
+        let ship = shipment.map(|s| s.status.as_str());
+        let payment = facts.payments.get(id);
+        // What the order's history says agrees with the services' records, and so does its
+        // read model once the shop has drained.
+        if let (Some(mine), Some(theirs)) =
+            (&o.payment_id, payment.and_then(|p| p.payment_id.as_ref()))
+            && mine != theirs
+        {
+            bad.push(format!(
+                "order {id}: its history records payment {mine}, the payment service {theirs}"
+            ));
+        }
+        if let (Some(mine), Some(theirs)) = (
+            &o.tracking_number,
+            shipment.and_then(|s| s.tracking_number.as_ref()),
+        ) && mine != theirs
+        {
+            bad.push(format!(
+                "order {id}: its history records tracking number {mine}, the shipping service {theirs}"
+            ));
+        }
+        if settled {
+            match &o.view {
+                None => bad.push(format!("order {id}: not in the read model")),
+                Some(v) => {
+                    let mine = (&o.status, &o.payment_id, &o.tracking_number, &o.carrier);
+                    let shown = (&v.status, &v.payment_id, &v.tracking_number, &v.carrier);
+                    if mine != shown {
+                        bad.push(format!(
+                            "order {id}: the read model shows {shown:?}, its history {mine:?}"
+                        ));
+                    }
+                }
+            }
+        }
         let mails = |t: &str| {
             facts
                 .emails
@@ -109,6 +170,16 @@ pub fn check(facts: &mut Facts) {
         }
         match o.status.as_str() {
             "SHIPPED" => {
+                if settled && (o.payment_id.is_none() || !o.reserved) {
+                    bad.push(format!(
+                        "order {id}: SHIPPED but its history lacks {}",
+                        match (o.payment_id.is_none(), !o.reserved) {
+                            (true, true) => "its payment and its reservation",
+                            (true, false) => "its payment",
+                            _ => "its reservation",
+                        }
+                    ));
+                }
                 if pay != Some("COMPLETED") {
                     bad.push(format!("order {id}: SHIPPED but payment is {pay:?}"));
                 }
@@ -168,6 +239,17 @@ mod tests {
             OrderFact {
                 status: "SHIPPED".into(),
                 customer_id: "usr_1".into(),
+                payment_id: Some("pay_1".into()),
+                reserved: true,
+                tracking_number: Some("D1".into()),
+                carrier: Some("DHL".into()),
+                view: Some(ViewFact {
+                    status: "SHIPPED".into(),
+                    version: 4,
+                    payment_id: Some("pay_1".into()),
+                    tracking_number: Some("D1".into()),
+                    carrier: Some("DHL".into()),
+                }),
             },
         );
         f.users.insert("usr_1".into());
@@ -179,7 +261,14 @@ mod tests {
             },
         );
         f.reservations.insert("ord_1".into(), "SHIPPED".into());
-        f.shipments.insert("ord_1".into(), "SHIPPED".into());
+        f.shipments.insert(
+            "ord_1".into(),
+            ShipmentFact {
+                status: "SHIPPED".into(),
+                tracking_number: Some("D1".into()),
+                carrier: Some("DHL".into()),
+            },
+        );
         f.emails.insert(("ord_1".into(), "OrderCreated".into()), 1);
         f.emails.insert(("ord_1".into(), "OrderShipped".into()), 1);
         f
@@ -199,6 +288,38 @@ mod tests {
             vec!["order ord_1: SHIPPED but payment is None"]
         );
 
+        let mut lacking = shipped_order();
+        lacking.orders.get_mut("ord_1").unwrap().reserved = false;
+        check(&mut lacking);
+        assert_eq!(
+            lacking.violations,
+            vec!["order ord_1: SHIPPED but its history lacks its reservation"]
+        );
+
+        let mut stale_view = shipped_order();
+        let o = stale_view.orders.get_mut("ord_1").unwrap();
+        o.view.as_mut().unwrap().payment_id = None;
+        check(&mut stale_view);
+        assert_eq!(
+            stale_view.violations.len(),
+            1,
+            "{:?}",
+            stale_view.violations
+        );
+        assert!(stale_view.violations[0].contains("the read model shows"));
+
+        let mut other_payment = shipped_order();
+        other_payment.payments.get_mut("ord_1").unwrap().payment_id = Some("pay_2".into());
+        check(&mut other_payment);
+        assert!(
+            other_payment
+                .violations
+                .iter()
+                .any(|v| v.contains("records payment pay_1, the payment service pay_2")),
+            "{:?}",
+            other_payment.violations
+        );
+
         let mut twice = shipped_order();
         twice
             .emails
@@ -215,7 +336,13 @@ mod tests {
     #[test]
     fn a_cancelled_order_must_be_refunded_and_released_once_settled() {
         let mut f = shipped_order();
-        f.orders.get_mut("ord_1").unwrap().status = "CANCELLED".into();
+        let o = f.orders.get_mut("ord_1").unwrap();
+        o.status = "CANCELLED".into();
+        o.tracking_number = None;
+        o.carrier = None;
+        o.view.as_mut().unwrap().status = "CANCELLED".into();
+        o.view.as_mut().unwrap().tracking_number = None;
+        o.view.as_mut().unwrap().carrier = None;
         f.shipments.clear();
         f.reservations.insert("ord_1".into(), "RESERVED".into());
         f.emails.clear();

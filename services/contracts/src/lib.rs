@@ -336,6 +336,14 @@ pub struct ApproveOrder {
 }
 command!(ApproveOrder, "orders");
 
+/// Record that an order's stock is reserved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfirmReservation {
+    pub order_id: OrderId,
+}
+command!(ConfirmReservation, "orders");
+
 /// Record an order as shipped (its final state).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -436,6 +444,7 @@ pub fn registry() -> Registry {
         .register::<ReleaseStock>()
         .register::<ShipOrder>()
         .register::<ApproveOrder>()
+        .register::<ConfirmReservation>()
         .register::<CompleteOrder>()
         .register::<CancelOrder>();
     // OrderCreated v1 → v2: `amount` (major units, float in the seed) → `totalMinor` + `currency`;

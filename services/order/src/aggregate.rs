@@ -87,6 +87,17 @@ pub struct OrderCompleted {
 }
 domain_event!(OrderCompleted);
 
+/// A cancellation came after the order had shipped: recorded as what it is, the order stays
+/// SHIPPED (and nobody is told it was cancelled).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CancellationRefused {
+    pub order_id: OrderId,
+    /// Why the order would have been cancelled.
+    pub reason: String,
+}
+domain_event!(CancellationRefused);
+
 /// Everything that happens to an order, as stored in its stream.
 #[derive(Clone, Debug, PartialEq)]
 pub enum OrderEvent {
@@ -95,6 +106,7 @@ pub enum OrderEvent {
     Reserved(OrderReserved),
     Completed(OrderCompleted),
     Cancelled(OrderCancelled),
+    CancellationRefused(CancellationRefused),
 }
 
 impl DomainEvent for OrderEvent {
@@ -105,6 +117,7 @@ impl DomainEvent for OrderEvent {
             t if t == OrderReserved::TYPE => OrderEvent::Reserved(env.data_as()?),
             t if t == OrderCompleted::TYPE => OrderEvent::Completed(env.data_as()?),
             t if t == OrderCancelled::TYPE => OrderEvent::Cancelled(env.data_as()?),
+            t if t == CancellationRefused::TYPE => OrderEvent::CancellationRefused(env.data_as()?),
             other => {
                 return Err(shopflow_envelope::Error::UnknownEventType {
                     event_type: other.to_owned(),
@@ -120,6 +133,7 @@ impl DomainEvent for OrderEvent {
             OrderEvent::Reserved(e) => Envelope::new(e, meta),
             OrderEvent::Completed(e) => Envelope::new(e, meta),
             OrderEvent::Cancelled(e) => Envelope::new(e, meta),
+            OrderEvent::CancellationRefused(e) => Envelope::new(e, meta),
         }
     }
 
@@ -172,7 +186,13 @@ pub struct Order {
     pub card_last4: String,
     pub shipping_address: Option<Address>,
     pub cancel_reason: Option<String>,
+    /// A cancellation that came after the order shipped (the order stayed SHIPPED).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_cancellation: Option<String>,
     pub payment_id: Option<PaymentId>,
+    /// Whether its stock was reserved (a fact of its own: it may arrive after the shipment).
+    #[serde(default)]
+    pub reserved: bool,
     pub shipment_id: Option<ShipmentId>,
     pub carrier: Option<String>,
     pub tracking_number: Option<String>,
@@ -187,6 +207,14 @@ impl Order {
     pub fn exists(&self) -> bool {
         self.order_id.is_some()
     }
+
+    /// The status a fact leads to: forward only, and a final status (the first of SHIPPED or
+    /// CANCELLED to be recorded) stays.
+    fn advance(&mut self, to: Status) {
+        if !self.status.is_final() && (to.is_final() || self.status.rank() < to.rank()) {
+            self.status = to;
+        }
+    }
 }
 
 impl Aggregate for Order {
@@ -194,8 +222,9 @@ impl Aggregate for Order {
     type Event = OrderEvent;
     type Error = DomainError;
 
-    /// Decides. Events that arrive late or twice decide nothing: the status only moves forward,
-    /// and a final status never changes.
+    /// Decides. Every fact — payment, reservation, shipment, cancellation — is recorded once,
+    /// in whatever order it arrives: a repeat decides nothing, a late one is recorded as what it
+    /// is. The status is derived from the facts (see `apply`) and never moves back.
     fn handle(&self, cmd: Command) -> Result<Vec<OrderEvent>, DomainError> {
         if let Command::Place(e) = cmd {
             return if self.exists() {
@@ -207,32 +236,35 @@ impl Aggregate for Order {
         let Some(order_id) = self.order_id.clone() else {
             return Err(DomainError::NotFound);
         };
-        if self.status.is_final() {
-            return Ok(vec![]);
-        }
         Ok(match cmd {
             Command::Place(_) => unreachable!("handled above"),
-            Command::RecordPayment { payment_id } if self.status == Status::Pending => {
-                vec![OrderEvent::Paid(OrderPaid {
-                    order_id,
-                    payment_id,
-                })]
-            }
-            Command::RecordPayment { .. } => vec![],
-            Command::RecordReservation if self.status.rank() < Status::Reserved.rank() => {
-                vec![OrderEvent::Reserved(OrderReserved { order_id })]
-            }
-            Command::RecordReservation => vec![],
+            Command::RecordPayment { .. } if self.payment_id.is_some() => vec![],
+            Command::RecordPayment { payment_id } => vec![OrderEvent::Paid(OrderPaid {
+                order_id,
+                payment_id,
+            })],
+            Command::RecordReservation if self.reserved => vec![],
+            Command::RecordReservation => vec![OrderEvent::Reserved(OrderReserved { order_id })],
+            Command::RecordShipment { .. } if self.shipment_id.is_some() => vec![],
             Command::RecordShipment {
                 shipment_id,
                 carrier,
                 tracking_number,
-            } => {
-                vec![OrderEvent::Completed(OrderCompleted {
+            } => vec![OrderEvent::Completed(OrderCompleted {
+                order_id,
+                shipment_id,
+                carrier,
+                tracking_number,
+            })],
+            Command::Cancel { .. }
+                if self.cancel_reason.is_some() || self.refused_cancellation.is_some() =>
+            {
+                vec![]
+            }
+            Command::Cancel { reason } if self.status == Status::Shipped => {
+                vec![OrderEvent::CancellationRefused(CancellationRefused {
                     order_id,
-                    shipment_id,
-                    carrier,
-                    tracking_number,
+                    reason,
                 })]
             }
             Command::Cancel { reason } => vec![OrderEvent::Cancelled(OrderCancelled {
@@ -263,20 +295,24 @@ impl Aggregate for Order {
             }
             OrderEvent::Paid(e) => {
                 self.payment_id = Some(e.payment_id.clone());
-                if self.status.rank() < Status::Paid.rank() {
-                    self.status = Status::Paid;
-                }
+                self.advance(Status::Paid);
             }
-            OrderEvent::Reserved(_) => self.status = Status::Reserved,
+            OrderEvent::Reserved(_) => {
+                self.reserved = true;
+                self.advance(Status::Reserved);
+            }
             OrderEvent::Completed(e) => {
-                self.status = Status::Shipped;
                 self.shipment_id = Some(e.shipment_id.clone());
                 self.carrier = Some(e.carrier.clone());
                 self.tracking_number = Some(e.tracking_number.clone());
+                self.advance(Status::Shipped);
             }
             OrderEvent::Cancelled(e) => {
-                self.status = Status::Cancelled;
                 self.cancel_reason = Some(e.reason.clone());
+                self.advance(Status::Cancelled);
+            }
+            OrderEvent::CancellationRefused(e) => {
+                self.refused_cancellation = Some(e.reason.clone());
             }
         }
         self.version = applied.version;
@@ -350,7 +386,7 @@ mod tests {
     }
 
     #[test]
-    fn reservation_overtaking_payment_still_moves_forward() {
+    fn a_payment_overtaken_by_the_reservation_is_still_recorded() {
         let reserved = Given::given(vec![OrderEvent::Created(created())])
             .when(Command::RecordReservation)
             .result()
@@ -360,49 +396,117 @@ mod tests {
         past.extend(reserved);
         let o = Given::given(past);
         assert_eq!(o.state().status, Status::Reserved);
-        // The late payment no longer moves it back.
-        o.when(record_payment()).then_expect_no_events();
+        // The late payment is recorded, and does not move the status back.
+        o.when(record_payment())
+            .then_expect_events(vec![paid()])
+            .and_state(|o| {
+                assert_eq!(o.status, Status::Reserved);
+                assert_eq!(o.payment_id.as_ref().map(|p| p.as_str()), Some("pay_1"));
+            });
+    }
+
+    fn cancelled(reason: &str) -> OrderEvent {
+        OrderEvent::Cancelled(OrderCancelled {
+            order_id: OrderId::parse("ord_1").unwrap(),
+            customer_id: UserId::parse("usr_1").unwrap(),
+            reason: reason.into(),
+        })
+    }
+
+    fn shipment() -> Command {
+        Command::RecordShipment {
+            shipment_id: ShipmentId::parse("shp_1").unwrap(),
+            carrier: "DHL".into(),
+            tracking_number: "D1".into(),
+        }
     }
 
     #[test]
-    fn final_states_never_change() {
-        let cancelled = vec![
-            OrderEvent::Created(created()),
-            OrderEvent::Cancelled(OrderCancelled {
-                order_id: OrderId::parse("ord_1").unwrap(),
-                customer_id: UserId::parse("usr_1").unwrap(),
-                reason: "card_declined".into(),
-            }),
-        ];
+    fn final_states_stay_final_and_late_facts_are_still_recorded() {
+        let was_cancelled = vec![OrderEvent::Created(created()), cancelled("card_declined")];
         assert_eq!(
-            Given::given(cancelled.clone()).state().status,
+            Given::given(was_cancelled.clone()).state().status,
             Status::Cancelled
         );
-        Given::given(cancelled.clone())
+        // A reservation that arrives after the cancellation is a fact of its own.
+        Given::given(was_cancelled.clone())
             .when(Command::RecordReservation)
-            .then_expect_no_events();
-        Given::given(cancelled)
+            .then_expect_events(vec![OrderEvent::Reserved(OrderReserved {
+                order_id: OrderId::parse("ord_1").unwrap(),
+            })])
+            .and_state(|o| assert_eq!(o.status, Status::Cancelled));
+        // A second cancellation decides nothing: it is recorded once.
+        Given::given(was_cancelled)
             .when(Command::Cancel {
                 reason: "again".into(),
             })
             .then_expect_no_events();
+
         let shipped = Given::given(vec![OrderEvent::Created(created()), paid()])
-            .when(Command::RecordShipment {
-                shipment_id: ShipmentId::parse("shp_1").unwrap(),
-                carrier: "DHL".into(),
-                tracking_number: "D1".into(),
-            })
+            .when(shipment())
             .result()
             .unwrap();
         let mut past = vec![OrderEvent::Created(created()), paid()];
         past.extend(shipped);
-        let shipped = Given::given(past);
-        assert_eq!(shipped.state().status, Status::Shipped);
-        shipped
+        assert_eq!(Given::given(past.clone()).state().status, Status::Shipped);
+        Given::given(past.clone())
+            .when(shipment())
+            .then_expect_no_events();
+        // A cancellation after the shipment is recorded as refused; nobody hears of it.
+        let refused = Given::given(past.clone())
             .when(Command::Cancel {
                 reason: "late refund".into(),
             })
+            .then_expect_events(vec![OrderEvent::CancellationRefused(CancellationRefused {
+                order_id: OrderId::parse("ord_1").unwrap(),
+                reason: "late refund".into(),
+            })])
+            .and_state(|o| assert_eq!(o.status, Status::Shipped));
+        assert!(
+            OrderEvent::CancellationRefused(CancellationRefused {
+                order_id: OrderId::parse("ord_1").unwrap(),
+                reason: String::new(),
+            })
+            .topic()
+            .is_none()
+        );
+        past.push(OrderEvent::CancellationRefused(CancellationRefused {
+            order_id: OrderId::parse("ord_1").unwrap(),
+            reason: "late refund".into(),
+        }));
+        assert_eq!(refused.refused_cancellation.as_deref(), Some("late refund"));
+        Given::given(past)
+            .when(Command::Cancel {
+                reason: "again".into(),
+            })
             .then_expect_no_events();
+    }
+
+    /// Every order of the outcomes, each also delivered twice: every fact once, and the status
+    /// the facts lead to.
+    #[test]
+    fn every_arrival_order_records_every_fact_once() {
+        let outcomes = [record_payment(), Command::RecordReservation, shipment()];
+        let orders = [
+            [0usize, 1, 2],
+            [0, 2, 1],
+            [1, 0, 2],
+            [1, 2, 0],
+            [2, 0, 1],
+            [2, 1, 0],
+        ];
+        for perm in orders {
+            let mut stream = vec![OrderEvent::Created(created())];
+            for &i in perm.iter().chain(perm.iter()) {
+                let o = Given::given(stream.clone());
+                stream.extend(o.when(outcomes[i].clone()).result().unwrap());
+            }
+            assert_eq!(stream.len(), 4, "{perm:?}: {stream:?}");
+            let o = Given::given(stream);
+            let o = o.state();
+            assert_eq!(o.status, Status::Shipped, "{perm:?}");
+            assert!(o.payment_id.is_some() && o.reserved && o.tracking_number.is_some());
+        }
     }
 
     #[test]

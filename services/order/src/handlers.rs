@@ -3,8 +3,8 @@
 //! copy of the catalog that prices new orders.
 
 use shopflow_contracts::{
-    ApproveOrder, CancelOrder, CompleteOrder, OrderId, OrderShipped, PaymentCompleted,
-    PaymentFailed, PaymentRefunded, ProductUpdated, StockReserved,
+    ApproveOrder, CancelOrder, CompleteOrder, ConfirmReservation, OrderId, OrderShipped,
+    PaymentCompleted, PaymentFailed, PaymentRefunded, ProductUpdated, StockReserved,
 };
 use shopflow_envelope::{Envelope, Event, Meta};
 use shopflow_runtime::{Handler, HandlerError, Outgoing};
@@ -113,8 +113,8 @@ impl Handler for OutcomeHandler {
     }
 }
 
-/// The order service's command side (orchestration): `ApproveOrder`, `CompleteOrder`,
-/// `CancelOrder` move the aggregate as the outcome events do in the choreography; the catalog
+/// The order service's command side (orchestration): `ApproveOrder`, `ConfirmReservation`,
+/// `CompleteOrder`, `CancelOrder` move the aggregate as the outcome events do in the choreography; the catalog
 /// copy is fed by `ProductUpdated` in both styles.
 #[derive(Debug, Clone)]
 pub struct OrderCommands(pub(crate) Orders);
@@ -139,6 +139,9 @@ impl Handler for OrderCommands {
                     payment_id: c.payment_id,
                 },
             )
+        } else if env.is::<ConfirmReservation>() {
+            let c: ConfirmReservation = env.data_as()?;
+            (c.order_id, Command::RecordReservation)
         } else if env.is::<CompleteOrder>() {
             let c: CompleteOrder = env.data_as()?;
             (

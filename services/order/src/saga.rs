@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use shopflow_contracts::{
-    ApproveOrder, CancelOrder, CompleteOrder, OrderCreated, OrderShipped, PaymentCompleted,
-    PaymentFailed, PaymentRefunded, ProcessPayment, RefundPayment, ReleaseStock, ReserveStock,
-    ShipOrder, ShipmentFailed, StockReleased, StockReservationFailed, StockReserved,
+    ApproveOrder, CancelOrder, CompleteOrder, ConfirmReservation, OrderCreated, OrderShipped,
+    PaymentCompleted, PaymentFailed, PaymentRefunded, ProcessPayment, RefundPayment, ReleaseStock,
+    ReserveStock, ShipOrder, ShipmentFailed, StockReleased, StockReservationFailed, StockReserved,
 };
 use shopflow_saga::{CommandDef, FailureKind, SagaData, SagaDef, Step};
 
@@ -118,6 +118,11 @@ pub fn fulfilment(t: &SagaTimeouts) -> SagaDef {
                 Ok(ReleaseStock {
                     order_id: o.order_id,
                     items: o.items,
+                })
+            }))
+            .then_send(CommandDef::of(|d| {
+                Ok(ConfirmReservation {
+                    order_id: order(d)?.order_id,
                 })
             })),
         )

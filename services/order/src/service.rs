@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use shopflow_contracts::audit::{Facts, OrderFact};
+use shopflow_contracts::audit::{Facts, OrderFact, ViewFact};
 use shopflow_envelope::Registry;
 use shopflow_eventsourcing::fold_envelope;
 use shopflow_runtime::BoxHandler;
@@ -16,6 +16,7 @@ use shopflow_store::{Db, EventStore, params};
 use crate::aggregate::{Order, Status};
 use crate::saga::{FULFILMENT, SagaTimeouts, fulfilment};
 use crate::saga_api::{self, Sagas};
+use crate::view::{ORDER_VIEW, OrderProjection};
 use crate::{MIGRATIONS, NAME, Orders};
 
 /// The order service: event-sourced orders, their read model with time travel, and the
@@ -35,7 +36,8 @@ pub static SERVICE: Service<Facts> = Service {
 fn register(r: &mut Registry) {
     r.register::<crate::aggregate::OrderPaid>()
         .register::<crate::aggregate::OrderReserved>()
-        .register::<crate::aggregate::OrderCompleted>();
+        .register::<crate::aggregate::OrderCompleted>()
+        .register::<crate::aggregate::CancellationRefused>();
 }
 
 async fn start(ctx: Context) -> Result<Started> {
@@ -140,7 +142,34 @@ async fn audit(db: &Db, facts: &mut Facts) -> Result<()> {
             _ => {}
         }
     }
+    let projector = shopflow_eventsourcing::Projector::new(
+        store,
+        std::sync::Arc::new(registry),
+        OrderProjection,
+        ORDER_VIEW,
+    );
+    let mut views = std::collections::BTreeMap::new();
+    let mut after = String::new();
+    loop {
+        let page = projector
+            .query("order_id > $1", "order_id", params![after.as_str()], 5000)
+            .await
+            .map_err(|e| shopflow_service::Error::Corrupt {
+                what: "order read model",
+                reason: e.to_string(),
+            })?;
+        let Some((last, _)) = page.last() else { break };
+        after = last.clone();
+        views.extend(page);
+    }
     for (id, o) in orders {
+        let view = views.remove(&id).map(|v: Order| ViewFact {
+            status: v.status.as_str().to_owned(),
+            version: v.version,
+            payment_id: v.payment_id.as_ref().map(ToString::to_string),
+            tracking_number: v.tracking_number.clone(),
+            carrier: v.carrier.clone(),
+        });
         facts.orders.insert(
             id,
             OrderFact {
@@ -150,8 +179,18 @@ async fn audit(db: &Db, facts: &mut Facts) -> Result<()> {
                     .as_ref()
                     .map(ToString::to_string)
                     .unwrap_or_default(),
+                payment_id: o.payment_id.as_ref().map(ToString::to_string),
+                reserved: o.reserved,
+                tracking_number: o.tracking_number.clone(),
+                carrier: o.carrier.clone(),
+                view,
             },
         );
+    }
+    for id in views.into_keys() {
+        facts.violation(format!(
+            "order {id}: in the read model but not in the event store"
+        ));
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The shipping service as the deployment knows it.
 
 use serde_json::json;
-use shopflow_contracts::audit::Facts;
+use shopflow_contracts::audit::{Facts, ShipmentFact};
 use shopflow_runtime::BoxHandler;
 use shopflow_service::openapi::{op, part, with_params};
 use shopflow_service::{Context, Result, SagaStyle, Service, Started};
@@ -33,12 +33,20 @@ async fn start(ctx: Context) -> Result<Started> {
 
 async fn audit(db: &Db, facts: &mut Facts) -> Result<()> {
     for row in db
-        .query("SELECT order_id, status FROM shipments", &[])
+        .query(
+            "SELECT order_id, status, tracking_number, carrier FROM shipments",
+            &[],
+        )
         .await?
     {
-        facts
-            .shipments
-            .insert(row.str(0)?.to_owned(), row.str(1)?.to_owned());
+        facts.shipments.insert(
+            row.str(0)?.to_owned(),
+            ShipmentFact {
+                status: row.str(1)?.to_owned(),
+                tracking_number: row.opt_str(2)?.map(str::to_owned),
+                carrier: row.opt_str(3)?.map(str::to_owned),
+            },
+        );
     }
     Ok(())
 }
