@@ -269,7 +269,8 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
             }
         }
     }
-    // Wait until the order service's catalog copy knows every sku (it is fed by events).
+    // Wait until the order service's copies know the customer and every sku (they are fed by
+    // events).
     let end = Instant::now() + Duration::from_secs(30);
     'ready: loop {
         for k in 0..cfg.skus {
@@ -279,10 +280,10 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
             let (_, b) = retrying.call("POST", &format!("{base}/orders"), Some(&probe), None)?;
             if b["message"]
                 .as_str()
-                .is_some_and(|m| m.contains("unknown sku"))
+                .is_some_and(|m| m.contains("unknown sku") || m.contains("unknown customer"))
             {
                 if Instant::now() > end {
-                    bail!("the catalog never reached the order service");
+                    bail!("the catalog or the customer never reached the order service: {b}");
                 }
                 std::thread::sleep(Duration::from_millis(50));
                 continue 'ready;

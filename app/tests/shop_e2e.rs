@@ -415,6 +415,11 @@ async fn bad_input_gets_4xx_never_5xx() {
                 order("../etc/passwd", "OK", 1, GOOD_CARD, "DE").to_string(),
                 422,
             ),
+            (
+                "unknown customer",
+                order("usr_nobody", "OK", 1, GOOD_CARD, "DE").to_string(),
+                422,
+            ),
         ];
         for (name, body, want) in cases {
             let (s, b) = c.send("POST", "/orders", &body, &[]);
@@ -448,6 +453,7 @@ async fn bad_input_gets_4xx_never_5xx() {
         }
         let bad_products = [
             json!({"name": "x", "priceMinor": -1, "currency": "EUR", "stock": 1}),
+            json!({"name": "x", "priceMinor": 0, "currency": "EUR", "stock": 1}),
             json!({"name": "x", "priceMinor": 1, "currency": "euro", "stock": 1}),
             json!({"name": "x", "priceMinor": 1, "currency": "EUR", "stock": -5}),
             json!({"name": "", "priceMinor": 1, "currency": "EUR", "stock": 1}),

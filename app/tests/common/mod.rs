@@ -108,7 +108,8 @@ impl Client {
         b["userId"].as_str().unwrap().to_owned()
     }
 
-    /// Places an order; waits (up to 10 s) for the catalog copy to know the skus.
+    /// Places an order; waits (up to 10 s) for the order service's copies of the catalog and the
+    /// customers to know the skus and the customer.
     pub fn place(&self, body: &Value, headers: &[(&str, &str)]) -> (u16, Value) {
         let end = Instant::now() + Duration::from_secs(10);
         loop {
@@ -116,7 +117,7 @@ impl Client {
             let unknown = s == 422
                 && b["message"]
                     .as_str()
-                    .is_some_and(|m| m.contains("unknown sku"));
+                    .is_some_and(|m| m.contains("unknown sku") || m.contains("unknown customer"));
             if !unknown || Instant::now() > end {
                 return (s, b);
             }

@@ -97,9 +97,10 @@ impl Inventory {
         if name.is_empty() || name.len() > 200 {
             return Err(ApiError::invalid("name must be 1 to 200 characters"));
         }
-        if !(0..=1_000_000_000_000).contains(&req.price_minor) {
+        // A price of 0 would make every order of it fail at the payment gateway.
+        if !(1..=1_000_000_000_000).contains(&req.price_minor) {
             return Err(ApiError::invalid(
-                "priceMinor must be between 0 and 10^12 (minor units)",
+                "priceMinor must be between 1 and 10^12 (minor units)",
             ));
         }
         validate_currency(&req.currency)?;

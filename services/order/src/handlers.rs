@@ -1,10 +1,12 @@
 //! The order service's consumers: outcomes of the other services move orders (choreography),
 //! commands of the order-fulfilment saga do the same (orchestration), and both keep the local
-//! copy of the catalog that prices new orders.
+//! copies of the catalog (prices) and of the registered customers that new orders are checked
+//! against.
 
 use shopflow_contracts::{
     ApproveOrder, CancelOrder, CompleteOrder, ConfirmReservation, OrderId, OrderShipped,
     PaymentCompleted, PaymentFailed, PaymentRefunded, ProductUpdated, StockReserved,
+    UserRegistered,
 };
 use shopflow_envelope::{Envelope, Event, Meta};
 use shopflow_runtime::{Handler, HandlerError, Outgoing};
@@ -35,8 +37,26 @@ impl Orders {
             .await??)
     }
 
-    /// Keeps the catalog copy that prices new orders.
-    async fn catalog(&self, tx: &mut Tx, env: &Envelope) -> Result<Vec<Outgoing>, HandlerError> {
+    /// Keeps the copies that new orders are checked against: the catalog (prices) and the
+    /// registered customers. `None` when `env` is neither.
+    async fn copies(
+        &self,
+        tx: &mut Tx,
+        env: &Envelope,
+    ) -> Result<Option<Vec<Outgoing>>, HandlerError> {
+        if env.is::<UserRegistered>() {
+            let u: UserRegistered = env.data_as()?;
+            tx.execute(
+                "INSERT INTO customers (user_id, registered_at) VALUES ($1, $2)
+                 ON CONFLICT (user_id) DO NOTHING",
+                params![u.user_id.as_str(), env.timestamp().timestamp_millis()],
+            )
+            .await?;
+            return Ok(Some(vec![]));
+        }
+        if !env.is::<ProductUpdated>() {
+            return Ok(None);
+        }
         let p: ProductUpdated = env.data_as()?;
         tx.execute(
             "INSERT INTO catalog (sku, name, price_minor, currency) VALUES ($1, $2, $3, $4)
@@ -44,11 +64,11 @@ impl Orders {
             params![p.sku.as_str(), p.name.as_str(), p.price_minor, p.currency.as_str()],
         )
         .await?;
-        Ok(vec![])
+        Ok(Some(vec![]))
     }
 }
 
-/// Moves orders on the other services' outcomes, and keeps the catalog copy.
+/// Moves orders on the other services' outcomes, and keeps the catalog and customer copies.
 #[derive(Debug)]
 pub struct OutcomeHandler(pub(crate) Orders);
 
@@ -60,6 +80,7 @@ impl Handler for OutcomeHandler {
     fn topics(&self) -> Vec<String> {
         vec![
             ProductUpdated::topic(),
+            UserRegistered::topic(),
             PaymentCompleted::topic(),
             PaymentFailed::topic(),
             PaymentRefunded::topic(),
@@ -69,8 +90,8 @@ impl Handler for OutcomeHandler {
     }
 
     async fn handle(&self, tx: &mut Tx, env: &Envelope) -> Result<Vec<Outgoing>, HandlerError> {
-        if env.is::<ProductUpdated>() {
-            return self.0.catalog(tx, env).await;
+        if let Some(out) = self.0.copies(tx, env).await? {
+            return Ok(out);
         }
         let (order_id, cmd) = if env.is::<PaymentCompleted>() {
             let e: PaymentCompleted = env.data_as()?;
@@ -114,8 +135,8 @@ impl Handler for OutcomeHandler {
 }
 
 /// The order service's command side (orchestration): `ApproveOrder`, `ConfirmReservation`,
-/// `CompleteOrder`, `CancelOrder` move the aggregate as the outcome events do in the choreography; the catalog
-/// copy is fed by `ProductUpdated` in both styles.
+/// `CompleteOrder`, `CancelOrder` move the aggregate as the outcome events do in the
+/// choreography; the catalog and customer copies are fed by events in both styles.
 #[derive(Debug, Clone)]
 pub struct OrderCommands(pub(crate) Orders);
 
@@ -125,13 +146,18 @@ impl Handler for OrderCommands {
     }
 
     fn topics(&self) -> Vec<String> {
-        vec![ProductUpdated::topic(), CancelOrder::topic()]
+        vec![
+            ProductUpdated::topic(),
+            UserRegistered::topic(),
+            CancelOrder::topic(),
+        ]
     }
 
     async fn handle(&self, tx: &mut Tx, env: &Envelope) -> Result<Vec<Outgoing>, HandlerError> {
-        let (order_id, cmd) = if env.is::<ProductUpdated>() {
-            return self.0.catalog(tx, env).await;
-        } else if env.is::<ApproveOrder>() {
+        if let Some(out) = self.0.copies(tx, env).await? {
+            return Ok(out);
+        }
+        let (order_id, cmd) = if env.is::<ApproveOrder>() {
             let c: ApproveOrder = env.data_as()?;
             (
                 c.order_id,

@@ -32,11 +32,14 @@ const SOURCE: &str = "order-service";
 /// How often the order aggregate is snapshotted (every this many events).
 const SNAPSHOT_EVERY: u64 = 4;
 
-pub const MIGRATIONS: &[Migration] = &[Migration::portable(
-    1,
-    "order",
-    include_str!("../migrations/001_order.sql"),
-)];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration::portable(1, "order", include_str!("../migrations/001_order.sql")),
+    Migration::portable(
+        2,
+        "customers",
+        include_str!("../migrations/002_customers.sql"),
+    ),
+];
 
 /// The registry of the order service: the shop's events plus the order stream's own.
 pub fn registry() -> Registry {

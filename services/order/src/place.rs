@@ -228,6 +228,18 @@ impl Orders {
                 return Ok((false, OrderId::parse(r.str(0)?).map_err(ApiError::invalid)?));
             }
         }
+        // The customer copy is fed by UserRegistered (like the catalog, it follows the users
+        // service by a few milliseconds: a client that has just registered retries).
+        if tx
+            .query(
+                "SELECT 1 FROM customers WHERE user_id = $1",
+                params![customer_id.as_str()],
+            )
+            .await?
+            .is_empty()
+        {
+            return Err(ApiError::invalid(format!("unknown customer {customer_id}")));
+        }
         let mut lines = Vec::with_capacity(req.items.len());
         let mut currency: Option<String> = None;
         let mut total: i64 = 0;

@@ -45,6 +45,13 @@ async fn one_instance_projects_at_a_time_and_another_takes_over() {
     )
     .await
     .unwrap();
+    // The customer, as the order service's copy learns it from UserRegistered.
+    tx.execute(
+        "INSERT INTO customers (user_id, registered_at) VALUES ('usr_0192d5e0a1b27c3d8e4f5a6b7c8d9e0f', 0)",
+        params![],
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
 
     // Somebody else holds the projection (as a busy instance would).
