@@ -205,7 +205,7 @@ pub(crate) struct Common {
 impl Common {
     /// With `--json`, prints `v` as pretty JSON and says so (the caller then prints nothing
     /// else).
-    fn printed_json(&self, v: &impl serde::Serialize) -> anyhow::Result<bool> {
+    pub(crate) fn printed_json(&self, v: &impl serde::Serialize) -> anyhow::Result<bool> {
         if self.json {
             println!("{}", serde_json::to_string_pretty(v)?);
         }
@@ -267,7 +267,7 @@ fn filter_pairs(f: &FilterArgs) -> Vec<(&'static str, String)> {
     q
 }
 
-fn s(v: &Value) -> String {
+pub(crate) fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
@@ -275,7 +275,7 @@ fn s(v: &Value) -> String {
     }
 }
 
-fn clip(text: &str, n: usize) -> String {
+pub(crate) fn clip(text: &str, n: usize) -> String {
     if text.chars().count() <= n {
         text.to_owned()
     } else {

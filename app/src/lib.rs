@@ -7,4 +7,5 @@ pub mod openapi;
 pub mod ops;
 pub mod services;
 pub mod shop;
+pub mod tail;
 pub mod verify;

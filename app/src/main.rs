@@ -2,6 +2,10 @@
 
 mod admin;
 mod bench;
+mod history;
+
+/// Most events one `events tail --follow` round asks for.
+const MAX_TAIL: u32 = shopflow::tail::MAX_LIMIT;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -92,6 +96,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// An order of a running shop: as it is or was (time travel), and its events.
+    #[command(subcommand)]
+    Orders(history::Orders),
+    /// The events of a running shop, as they are published.
+    #[command(subcommand)]
+    Events(history::Events),
     /// Dead letters of a running shop: list, show, redrive, discard.
     #[command(subcommand)]
     Dlq(admin::Dlq),
@@ -268,6 +278,12 @@ fn run() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Dlq(cmd) => tokio::task::spawn_blocking(move || admin::dlq(cmd)).await?,
+            Command::Orders(cmd) => {
+                tokio::task::spawn_blocking(move || history::orders(cmd)).await?
+            }
+            Command::Events(cmd) => {
+                tokio::task::spawn_blocking(move || history::events(cmd)).await?
+            }
             Command::Sagas(cmd) => tokio::task::spawn_blocking(move || admin::sagas(cmd)).await?,
             Command::Lag { all, common } => {
                 tokio::task::spawn_blocking(move || admin::lag(common, all)).await?

@@ -18,6 +18,7 @@ fn operations() -> Value {
             "/admin/dlq/redrive": {"post": with_body(op("Send every open dead letter matching the filter back to its topic", "200", "Redriven"), "DlqFilter")},
             "/admin/dlq/{id}/discard": {"post": with_body(with_params(op("Close an open dead letter without redriving it", "200", "DeadLetter"), &id), "Discard")},
             "/admin/lag": {"get": op("Consumer lag per group and partition, and outbox backlogs", "200", "Lag")},
+            "/admin/events": {"get": with_params(op("The latest records of the shop's topics (or of one), decoded, newest last; pass the cursor back for what came after", "200", "Tail"), &[("topic", "query", false), ("limit", "query", false), ("cursor", "query", false)])},
             "/admin/breakers": {"get": op("Circuit breakers and their states", "200", "Breakers")},
             "/metrics": {"get": {"summary": "Prometheus metrics (text format 0.0.4)", "responses": {"200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}}}
         }),
@@ -31,6 +32,7 @@ fn operations() -> Value {
             "Redriven": {"type": "object", "properties": {"redriven": {"type": "array", "items": {"type": "object", "properties": {"id": {"type": "string"}, "topic": {"type": "string"}}}}}},
             "Discard": {"type": "object", "required": ["reason"], "properties": {"reason": {"type": "string"}}},
             "Lag": {"type": "object", "properties": {"groups": {"type": "object", "additionalProperties": {"type": "integer"}}, "outboxBacklog": {"type": "object", "additionalProperties": {"type": "integer"}}, "partitions": {"type": "array", "items": {"type": "object", "properties": {"group": {"type": "string"}, "topic": {"type": "string"}, "partition": {"type": "integer"}, "committed": {"type": "integer", "nullable": true}, "endOffset": {"type": "integer"}, "lag": {"type": "integer"}}}}}},
+            "Tail": {"type": "object", "properties": {"events": {"type": "array", "items": {"type": "object", "properties": {"topic": {"type": "string"}, "partition": {"type": "integer"}, "offset": {"type": "integer"}, "timestampMs": {"type": "integer"}, "key": {"type": "string", "nullable": true}, "eventType": {"type": "string", "nullable": true}, "eventId": {"type": "string", "nullable": true}, "aggregateId": {"type": "string", "nullable": true}, "sequence": {"type": "integer", "nullable": true}, "source": {"type": "string", "nullable": true}, "kind": {"type": "string", "nullable": true}, "correlationId": {"type": "string", "nullable": true}, "data": {}, "error": {"type": "string"}}}}, "cursor": {"type": "string"}}},
             "Breakers": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}, "state": {"type": "string", "enum": ["closed", "open", "half-open"]}, "failureThreshold": {"type": "integer"}, "openForMs": {"type": "integer"}}}}
         }),
     )

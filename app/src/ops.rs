@@ -45,6 +45,15 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
         .clone()
 }
 
+/// A 503 for a bus (or other dependency) that cannot answer now.
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        e.to_string(),
+    )
+}
+
 /// The operations side of a running shop.
 #[derive(Clone)]
 pub struct Ops {
@@ -125,6 +134,7 @@ impl Ops {
             .route("/admin/dlq/{id}/redrive", post(redrive_one))
             .route("/admin/dlq/{id}/discard", post(discard))
             .route("/admin/lag", get(lag))
+            .route("/admin/events", get(crate::tail::handler))
             .route("/admin/breakers", get(breakers))
             .route("/metrics", get(metrics))
             .with_state(Arc::new(self))
@@ -135,13 +145,7 @@ impl Ops {
         let mut partitions = Vec::new();
         let mut groups = BTreeMap::new();
         for g in &self.groups {
-            let rows = self.log.lag(g).await.map_err(|e| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    e.to_string(),
-                )
-            })?;
+            let rows = self.log.lag(g).await.map_err(unavailable)?;
             let mut total = 0;
             for r in rows {
                 total += r.lag;

@@ -210,7 +210,7 @@ pub async fn redeliver_everything(shop: &shopflow::shop::Shop, topics: Vec<Strin
             let (start, end) = shop.log.watermarks(&tp).await.unwrap();
             let mut from = start;
             while from < end {
-                let recs = shop.log.read(&tp, from, 1000).unwrap();
+                let recs = shop.log.read(&tp, from, 1000).await.unwrap();
                 let Some(last) = recs.last() else { break };
                 from = last.offset + 1;
                 let msgs: Vec<shopflow_bus::Message> = recs

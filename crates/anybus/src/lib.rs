@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use shopflow_bus::{
-    Ack, Bus, Capabilities, Consumer, Error, Message, PartitionLag, Record, Result, TopicInfo,
+    Ack, Bus, Capabilities, Consumer, Message, PartitionLag, Record, Result, TopicInfo,
     TopicPartition, TopicSpec,
 };
 use shopflow_kafka::{KafkaBus, KafkaConfig, KafkaConsumer};
@@ -73,18 +73,6 @@ impl AnyBus {
         })
     }
 
-    /// Reads records of a partition from an offset, outside any group (the embedded log only;
-    /// used by tools and tests).
-    pub fn read(&self, tp: &TopicPartition, from: u64, max: usize) -> Result<Vec<Record>> {
-        match self {
-            AnyBus::Embedded(l) => l.read(tp, from, max),
-            AnyBus::Kafka(_) => Err(Error::Backend {
-                reason: "direct partition reads are an embedded-log tool".into(),
-                transient: false,
-            }),
-        }
-    }
-
     pub fn is_kafka(&self) -> bool {
         matches!(self, AnyBus::Kafka(_))
     }
@@ -120,6 +108,10 @@ impl Bus for AnyBus {
 
     async fn watermarks(&self, tp: &TopicPartition) -> Result<(u64, u64)> {
         each!(self, b => b.watermarks(tp).await)
+    }
+
+    async fn read(&self, tp: &TopicPartition, from: u64, max: usize) -> Result<Vec<Record>> {
+        each!(self, b => Bus::read(b, tp, from, max).await)
     }
 
     async fn publish(&self, messages: Vec<Message>) -> Result<Vec<Ack>> {

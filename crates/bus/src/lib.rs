@@ -95,6 +95,16 @@ pub trait Bus: Clone + Send + Sync + 'static {
     /// Start and end offset of a partition: records `start..end` are readable.
     fn watermarks(&self, tp: &TopicPartition) -> impl Future<Output = Result<(u64, u64)>> + Send;
 
+    /// Reads up to `max` records of one partition from offset `from` on (from its start if
+    /// `from` is older), in offset order, outside any consumer group: for tools that browse or
+    /// tail a topic. Nothing is committed. An empty answer means nothing at or after `from` yet.
+    fn read(
+        &self,
+        tp: &TopicPartition,
+        from: u64,
+        max: usize,
+    ) -> impl Future<Output = Result<Vec<Record>>> + Send;
+
     /// Appends a batch of messages (any topics, any partitions). See the trait docs for guarantees.
     fn publish(&self, messages: Vec<Message>) -> impl Future<Output = Result<Vec<Ack>>> + Send;
 

@@ -17,8 +17,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
 use shopflow_bus::{
-    Ack, Bus, Capabilities, Error, INTERNAL_TOPIC_PREFIX, Message, PartitionLag, Result, TopicInfo,
-    TopicPartition, TopicSpec, partition_for_key,
+    Ack, Bus, Capabilities, Error, INTERNAL_TOPIC_PREFIX, Message, PartitionLag, Record, Result,
+    TopicInfo, TopicPartition, TopicSpec, partition_for_key,
 };
 
 /// The bus on Apache Kafka (or any Kafka-protocol broker).
@@ -305,6 +305,10 @@ impl Bus for KafkaBus {
 
     async fn watermarks(&self, tp: &TopicPartition) -> Result<(u64, u64)> {
         self.inner.watermarks(tp).await
+    }
+
+    async fn read(&self, tp: &TopicPartition, from: u64, max: usize) -> Result<Vec<Record>> {
+        crate::reader::read(self.inner.clone(), tp, from, max).await
     }
 
     async fn publish(&self, messages: Vec<Message>) -> Result<Vec<Ack>> {

@@ -5,6 +5,7 @@ mod client;
 mod config;
 mod consumer;
 mod error;
+mod reader;
 
 pub use bus::KafkaBus;
 pub use config::KafkaConfig;

@@ -414,6 +414,11 @@ impl Bus for Log {
         Ok((p.start(), p.end()))
     }
 
+    async fn read(&self, tp: &TopicPartition, from: u64, max: usize) -> Result<Vec<Record>> {
+        let start = self.shared.partition(tp)?.start();
+        Log::read(self, tp, from.max(start), max)
+    }
+
     async fn publish(&self, messages: Vec<Message>) -> Result<Vec<Ack>> {
         if messages.is_empty() {
             return Ok(Vec::new());
