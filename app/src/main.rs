@@ -169,10 +169,19 @@ struct RunArgs {
     /// `postgres://user@host:port/db[?schema_prefix=shopflow_]` (one schema per service).
     #[arg(long, default_value = "sqlite", env = "SHOPFLOW_DB")]
     db: shopflow::shop::DbConfig,
+    /// The card vault's keys: a file of `token-secret <base64>` and `key <id> <base64>` lines
+    /// (every payment process of a deployment needs the same). Default: <data-dir>/payment/vault.keys,
+    /// created on first start. The text itself can be given in SHOPFLOW_VAULT_KEYS.
+    #[arg(long)]
+    vault_keys_file: Option<PathBuf>,
+    /// Where a process without the payment service tokenises cards for POST /orders: base URLs
+    /// of payment processes, comma-separated, tried in turn.
+    #[arg(long, env = "SHOPFLOW_VAULT_URL", value_delimiter = ',')]
+    vault_url: Vec<String>,
 }
 
 impl RunArgs {
-    fn config(self) -> ShopConfig {
+    fn config(self) -> anyhow::Result<ShopConfig> {
         let mut saga_timeouts = shopflow_order::saga::SagaTimeouts::default();
         if let Some(s) = self.saga_step_timeout_secs {
             let d = std::time::Duration::from_secs(s.max(1));
@@ -180,7 +189,15 @@ impl RunArgs {
             saga_timeouts.stock = d;
             saga_timeouts.shipping = d;
         }
-        ShopConfig {
+        let vault_keys = match (&self.vault_keys_file, std::env::var("SHOPFLOW_VAULT_KEYS")) {
+            (Some(path), _) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("--vault-keys-file {}: {e}", path.display()))?,
+            ),
+            (None, Ok(text)) if !text.trim().is_empty() => Some(text),
+            _ => None,
+        };
+        Ok(ShopConfig {
             partitions: self.partitions,
             smtp: self.smtp,
             gateway_latency: std::time::Duration::from_millis(self.gateway_latency_ms),
@@ -201,8 +218,14 @@ impl RunArgs {
             saga_timeouts,
             bus: self.bus,
             db: self.db,
+            vault_keys,
+            vault_urls: self
+                .vault_url
+                .into_iter()
+                .filter(|u| !u.trim().is_empty())
+                .collect(),
             ..ShopConfig::new(&self.data_dir, self.listen)
-        }
+        })
     }
 }
 
@@ -273,7 +296,11 @@ fn run() -> anyhow::Result<()> {
                         moved.records.len(),
                         moved.groups.len()
                     );
-                    println!("now run: shopflow up --bus {to} --db <the same --db>");
+                    println!(
+                        "the card vault's keys stay in {}: give them to the new deployment (--vault-keys-file, or SHOPFLOW_VAULT_KEYS), or the cards of the orders in flight cannot be charged",
+                        from.join("payment/vault.keys").display()
+                    );
+                    println!("now run: shopflow up --bus {to} --db <the same --db> --vault-keys-file <that file>");
                 }
                 Ok(())
             }
@@ -313,11 +340,11 @@ fn run() -> anyhow::Result<()> {
                 println!("{out}");
                 Ok(())
             }
-            Command::Up(run) => up(run.config()).await,
+            Command::Up(run) => up(run.config()?).await,
             Command::Service { name, run } => {
                 up(ShopConfig {
                     services: vec![name],
-                    ..run.config()
+                    ..run.config()?
                 })
                 .await
             }

@@ -16,6 +16,7 @@ use shopflow_anybus::AnyBus;
 use shopflow_bus::{Bus, TopicSpec};
 use shopflow_http::ApiError;
 use shopflow_order::saga::SagaTimeouts;
+use shopflow_payment::edge::CardVault;
 use shopflow_runtime::dlq::Indexer;
 use shopflow_runtime::{BreakerConfig, Runner, RunnerConfig, Shutdown, ShutdownTrigger};
 use shopflow_service::{Context, Settings};
@@ -57,6 +58,12 @@ pub struct ShopConfig {
     pub db: DbConfig,
     /// The services this process runs, by name (all of them by default).
     pub services: Vec<&'static str>,
+    /// The text of the card vault's key file (`SHOPFLOW_VAULT_KEYS`); without it the payment
+    /// service keeps its keys in `<data-dir>/payment/vault.keys`.
+    pub vault_keys: Option<String>,
+    /// Where the edge of a process without the payment service tokenises cards: base URLs of
+    /// processes that run it.
+    pub vault_urls: Vec<String>,
 }
 
 impl ShopConfig {
@@ -74,6 +81,8 @@ impl ShopConfig {
             bus: BusConfig::default(),
             db: DbConfig::default(),
             services: services::names(),
+            vault_keys: None,
+            vault_urls: Vec::new(),
         }
     }
 
@@ -84,6 +93,9 @@ impl ShopConfig {
             .with(self.saga_timeouts.clone());
         if let Some(url) = &self.smtp {
             s = s.with(shopflow_notification::SmtpRelay(url.clone()));
+        }
+        if let Some(keys) = &self.vault_keys {
+            s = s.with(shopflow_payment::VaultKeyText(keys.clone()));
         }
         s
     }
@@ -106,6 +118,8 @@ pub struct Shop {
 
 impl Shop {
     pub async fn start(config: ShopConfig) -> anyhow::Result<Shop> {
+        // Every file the shop creates (databases, the log, the spool, keys) is its user's alone.
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let log =
@@ -142,6 +156,7 @@ impl Shop {
         let mut consumers = Vec::new();
         let mut breakers = Vec::new();
         let mut hooks = Vec::new();
+        let mut vault = None;
         for service in SERVICES
             .iter()
             .filter(|s| config.services.contains(&s.name))
@@ -174,10 +189,23 @@ impl Shop {
             tasks.extend(started.tasks.into_iter().map(tokio::spawn));
             breakers.extend(started.breakers);
             hooks.extend(started.metrics);
+            vault = vault.or(started.exports.get::<CardVault>().cloned());
             app = app.merge(started.router);
             dbs.push((service.name, db));
         }
         groups.push(shopflow_runtime::dlq::GROUP);
+        // Cards are swapped for the vault's tokens at the edge, before the order service sees
+        // them: by the vault in this process, or by a payment process's API.
+        let vault = match vault {
+            Some(v) => Some(v),
+            None if !config.vault_urls.is_empty() => Some(CardVault::Remote {
+                bases: config.vault_urls.clone(),
+            }),
+            None if config.services.contains(&shopflow_order::NAME) => anyhow::bail!(
+                "the order service takes cards only through the payment service's vault: run the payment service in this process, or give --vault-url http://<a payment process>"
+            ),
+            None => None,
+        };
 
         // Every process indexes dead letters (as one consumer group) and serves the ops API.
         let ops_db = config.db.open(dir, OPS).await?;
@@ -225,8 +253,15 @@ impl Shop {
                     "no such endpoint here; see /openapi.json",
                 )
             })
-            .layer(DefaultBodyLimit::max(shopflow_http::MAX_BODY_BYTES))
-            .layer(axum::middleware::from_fn(shopflow_http::correlate));
+            .layer(DefaultBodyLimit::max(shopflow_http::MAX_BODY_BYTES));
+        let app = match vault {
+            Some(v) => app.layer(axum::middleware::from_fn_with_state(
+                v,
+                shopflow_payment::edge::tokenize_cards,
+            )),
+            None => app,
+        }
+        .layer(axum::middleware::from_fn(shopflow_http::correlate));
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;

@@ -136,10 +136,21 @@ struct Fleet {
     dir: tempfile::TempDir,
     bus: String,
     db: String,
+    vault_keys: String,
     procs: Vec<(String, u16, Child)>,
 }
 
 impl Fleet {
+    /// The payment processes, running or to come back on their ports.
+    fn vault_urls(&self) -> String {
+        self.procs
+            .iter()
+            .filter(|(s, _, _)| s == "payment")
+            .map(|(_, port, _)| format!("http://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     fn spawn(&mut self, service: &str) -> u16 {
         let port = free_port();
         self.spawn_on(service, port)
@@ -174,6 +185,10 @@ impl Fleet {
             )
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            // Every payment process of a deployment shares the card vault's keys; the others
+            // tokenise cards through whichever payment process answers.
+            .env("SHOPFLOW_VAULT_KEYS", &self.vault_keys)
+            .env("SHOPFLOW_VAULT_URL", self.vault_urls())
             .spawn()
             .expect("start shopflow service");
         self.procs.push((service.to_owned(), port, child));
@@ -235,6 +250,7 @@ async fn every_service_in_its_own_process_on_kafka_and_postgresql() {
         dir: tempfile::tempdir().unwrap(),
         bus: format!("kafka://{brokers}?namespace={prefix}."),
         db: format!("{url}{sep}schema_prefix={prefix}"),
+        vault_keys: shopflow_payment::VaultKeys::generate(),
         procs: Vec::new(),
     };
     let fleet = blocking(move || {
@@ -272,9 +288,9 @@ async fn every_service_in_its_own_process_on_kafka_and_postgresql() {
             })
         };
         std::thread::sleep(Duration::from_millis(400));
-        fleet.kill("payment");
+        let port = fleet.kill("payment");
         std::thread::sleep(Duration::from_millis(REJOIN_AFTER_MS));
-        fleet.spawn("payment");
+        fleet.spawn_on("payment", port);
         let placed = placer.join().unwrap();
         for id in &placed {
             orders.wait_final_within(id, FINAL_WITHIN);
@@ -376,11 +392,14 @@ async fn migrate_moves_an_embedded_deployment_and_the_shop_carries_on() {
             .is_err()
     );
 
-    // The same shop on Kafka + PostgreSQL carries on.
+    // The same shop on Kafka + PostgreSQL carries on, with the card vault's keys of the embedded
+    // deployment (as migrate says: the cards in flight are encrypted under them).
     let fresh = tempfile::tempdir().unwrap();
+    let vault_keys = std::fs::read_to_string(dir.path().join("payment/vault.keys")).unwrap();
     let shop = Shop::start(ShopConfig {
         bus: shopflow::shop::BusConfig::Kafka(kafka),
         db: db.clone(),
+        vault_keys: Some(vault_keys),
         ..ShopConfig::new(fresh.path(), "127.0.0.1:0".parse().unwrap())
     })
     .await
@@ -437,6 +456,7 @@ async fn killing_service_processes_one_at_a_time_loses_nothing() {
         dir: tempfile::tempdir().unwrap(),
         bus: format!("kafka://{brokers}?namespace={prefix}."),
         db: format!("{url}{sep}schema_prefix={prefix}"),
+        vault_keys: shopflow_payment::VaultKeys::generate(),
         procs: Vec::new(),
     };
     let fleet = blocking(move || {

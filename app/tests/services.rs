@@ -105,7 +105,10 @@ async fn a_running_shop_is_what_the_list_says() {
         blocking(move || {
             let doc = shopflow::openapi::document();
             for (path, methods) in doc["paths"].as_object().unwrap() {
-                let concrete = path.replace("{id}", "nope").replace("{sku}", "NOPE");
+                let concrete = path
+                    .replace("{id}", "nope")
+                    .replace("{sku}", "NOPE")
+                    .replace("{token}", "tok_nope");
                 for method in methods.as_object().unwrap().keys() {
                     let (status, body) = match method.as_str() {
                         "get" => c.get(&concrete),

@@ -121,6 +121,9 @@ pub struct Started {
     /// Background tasks (projectors, timers); they end on shutdown.
     pub tasks: Vec<BoxFuture<'static, ()>>,
     pub metrics: Vec<MetricsHook>,
+    /// What it offers the rest of the process, by type (the payment service's card vault, for
+    /// the edge).
+    pub exports: Extensions,
 }
 
 impl Started {
@@ -131,6 +134,7 @@ impl Started {
             breakers: Vec::new(),
             tasks: Vec::new(),
             metrics: Vec::new(),
+            exports: Extensions::new(),
         }
     }
 }

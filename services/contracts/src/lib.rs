@@ -214,6 +214,13 @@ pub struct ShipmentFailed {
 }
 event!(ShipmentFailed, "shipping", 1);
 
+/// The shape of a card token of the payment service's vault: `tok_` and 32 lowercase hex digits.
+/// Events carry this and the card's last four digits, never the card.
+pub fn is_payment_token(t: &str) -> bool {
+    t.strip_prefix("tok_")
+        .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
 /// Luhn check of a card number given as 12 to 19 ASCII digits.
 pub fn luhn_valid(digits: &str) -> bool {
     if !(12..=19).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {

@@ -33,10 +33,14 @@ pub struct PlaceLine {
     pub quantity: i64,
 }
 
+/// How the order is paid: the card vault's token and the card's last four digits. The card
+/// number itself never reaches the order service: the edge swaps it for these (see the payment
+/// service's `edge`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PaymentMethod {
-    pub card_number: String,
+    pub token: String,
+    pub last4: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -53,12 +57,6 @@ pub(crate) struct PlaceJob {
     key: Option<String>,
     correlation: CorrelationId,
     reply: tokio::sync::oneshot::Sender<Result<(bool, OrderId), ApiError>>,
-}
-
-fn card_digits(card: &str) -> Option<String> {
-    let digits: String = card.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
-    (digits.bytes().all(|b| b.is_ascii_digit()) && (12..=19).contains(&digits.len()))
-        .then_some(digits)
 }
 
 fn check_text(field: &str, v: &str) -> Result<(), ApiError> {
@@ -160,9 +158,15 @@ impl Orders {
         if req.items.is_empty() || req.items.len() > 100 {
             return Err(ApiError::invalid("an order has 1 to 100 lines"));
         }
-        card_digits(&req.payment.card_number)
-            .filter(|d| shopflow_contracts::luhn_valid(d))
-            .ok_or_else(|| ApiError::invalid("payment.cardNumber is not a valid card number"))?;
+        let p = &req.payment;
+        if !shopflow_contracts::is_payment_token(&p.token)
+            || p.last4.len() != 4
+            || !p.last4.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(ApiError::invalid(
+                "payment must be a card vault token and its last four digits",
+            ));
+        }
         let a = &req.shipping_address;
         for (f, v) in [
             ("shippingAddress.name", &a.name),
@@ -207,8 +211,6 @@ impl Orders {
         correlation: CorrelationId,
     ) -> Result<(bool, OrderId), ApiError> {
         let customer_id = UserId::parse(&req.customer_id).map_err(ApiError::invalid)?;
-        let digits = card_digits(&req.payment.card_number)
-            .ok_or_else(|| ApiError::invalid("payment.cardNumber is not a valid card number"))?;
         let request = serde_json::to_string(&req).map_err(|e| ApiError::invalid(e.to_string()))?;
         if let Some(k) = idempotency_key {
             let rows = tx
@@ -282,8 +284,8 @@ impl Orders {
             items: lines,
             total_minor: total,
             currency: currency.unwrap_or_default(),
-            card_last4: digits[digits.len() - 4..].to_owned(),
-            payment_token: format!("tok_{digits}"),
+            card_last4: req.payment.last4.clone(),
+            payment_token: req.payment.token.clone(),
             shipping_address: req.shipping_address.clone(),
         };
         let new = Versioned::<Order>::default();

@@ -215,7 +215,7 @@ fn openapi() -> serde_json::Value {
             "PlaceOrder": {"type": "object", "required": ["customerId", "items", "payment", "shippingAddress"], "properties": {
                 "customerId": {"type": "string"},
                 "items": {"type": "array", "items": {"type": "object", "required": ["sku", "quantity"], "properties": {"sku": {"type": "string"}, "quantity": {"type": "integer", "minimum": 1}}}},
-                "payment": {"type": "object", "required": ["cardNumber"], "properties": {"cardNumber": {"type": "string", "example": "4242424242424242"}}},
+                "payment": {"type": "object", "description": "the card number (swapped for the card vault's token at the edge: it never reaches the order service), or a token from POST /payments/tokens", "properties": {"cardNumber": {"type": "string", "example": "4242424242424242"}, "token": {"type": "string", "example": "tok_0123456789abcdef0123456789abcdef"}}},
                 "shippingAddress": {"$ref": "#/components/schemas/Address"}}},
             "Placed": {"type": "object", "properties": {"orderId": {"type": "string"}, "status": {"type": "string"}}},
             "Order": {"type": "object", "properties": {"orderId": {"type": "string"}, "status": {"type": "string", "enum": ["PENDING", "PAID", "RESERVED", "SHIPPED", "CANCELLED"]}, "customerId": {"type": "string"}, "items": {"type": "array", "items": {"type": "object"}}, "totalMinor": {"type": "integer"}, "currency": {"type": "string"}, "cancelReason": {"type": "string"}, "version": {"type": "integer"}, "source": {"type": "string"}, "projection": {"type": "object"}}},

@@ -13,7 +13,7 @@ fn order() -> PlaceOrder {
     serde_json::from_value(serde_json::json!({
         "customerId": "usr_0192d5e0a1b27c3d8e4f5a6b7c8d9e0f",
         "items": [{"sku": "MUG", "quantity": 2}],
-        "payment": {"cardNumber": "4242 4242 4242 4242"},
+        "payment": {"token": "tok_0123456789abcdef0123456789abcdef", "last4": "4242"},
         "shippingAddress": {"name": "Ada", "line1": "1 Analytical St", "city": "London",
                             "postalCode": "N1 9GU", "country": "GB"}
     }))

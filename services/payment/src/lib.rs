@@ -1,7 +1,10 @@
 #![doc = include_str!("../README.md")]
 
+pub mod edge;
 mod service;
-pub use service::{GatewayLatency, SERVICE};
+pub mod vault;
+pub use service::{GatewayLatency, SERVICE, VaultKeyText};
+pub use vault::{Vault, VaultKeys};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -25,19 +28,34 @@ use shopflow_store::{Db, Migration, Tx, params};
 pub const NAME: &str = "payment";
 const SOURCE: &str = "payment-service";
 
-pub const MIGRATIONS: &[Migration] = &[Migration::portable(
-    1,
-    "payments",
-    include_str!("../migrations/001_payments.sql"),
-)];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration::portable(
+        1,
+        "payments",
+        include_str!("../migrations/001_payments.sql"),
+    ),
+    Migration::portable(2, "vault", include_str!("../migrations/002_vault.sql")),
+];
 
-/// A charge request. `idempotency_key` is the order id: the same key never charges twice.
-#[derive(Debug, Clone)]
+/// A charge request. `idempotency_key` is the order id: the same key never charges twice. The
+/// card number comes out of the vault for this call only (the gateway is the card's provider).
+#[derive(Clone)]
 pub struct Charge {
     pub idempotency_key: String,
-    pub token: String,
+    pub card_number: String,
     pub amount_minor: i64,
     pub currency: String,
+}
+
+impl std::fmt::Debug for Charge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the card number, not even in a debug print.
+        f.debug_struct("Charge")
+            .field("idempotency_key", &self.idempotency_key)
+            .field("amount_minor", &self.amount_minor)
+            .field("currency", &self.currency)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,10 +124,10 @@ impl PaymentGateway for Simulator {
                 payment_id: id.clone(),
             });
         }
-        let card = c.token.strip_prefix("tok_").unwrap_or("");
+        let card = c.card_number.as_str();
         let outcome = match card {
             _ if !shopflow_contracts::luhn_valid(card) => ChargeOutcome::Declined {
-                reason: "invalid payment token".into(),
+                reason: "invalid card number".into(),
             },
             "4000000000000002" => ChargeOutcome::Declined {
                 reason: "card_declined".into(),
@@ -154,6 +172,8 @@ impl PaymentGateway for Simulator {
 pub struct Payments<G: PaymentGateway> {
     db: Db,
     gateway: Arc<G>,
+    /// Where the cards are: only this service turns a token back into a card.
+    vault: Vault,
     /// Guards every call to the gateway (the handlers declare it to the runtime): while the
     /// provider is down the payment consumer pauses instead of burning retries.
     breaker: Arc<CircuitBreaker>,
@@ -164,6 +184,7 @@ impl<G: PaymentGateway> Clone for Payments<G> {
         Self {
             db: self.db.clone(),
             gateway: self.gateway.clone(),
+            vault: self.vault.clone(),
             breaker: self.breaker.clone(),
         }
     }
@@ -182,11 +203,12 @@ pub struct PaymentView {
 }
 
 impl<G: PaymentGateway> Payments<G> {
-    pub async fn open(db: Db, gateway: Arc<G>) -> shopflow_store::Result<Self> {
+    pub async fn open(db: Db, gateway: Arc<G>, vault: Vault) -> shopflow_store::Result<Self> {
         SERVICE.migrate(&db).await?;
         Ok(Self {
             db,
             gateway,
+            vault,
             breaker: Arc::new(CircuitBreaker::new(
                 "payment-gateway",
                 BreakerConfig::default(),
@@ -213,6 +235,31 @@ impl<G: PaymentGateway> Payments<G> {
         Router::new()
             .route("/orders/{id}/payment", get(get_payment::<G>))
             .with_state(Arc::new(self.clone()))
+            .merge(edge::router(self.vault.clone(), self.db.clone()))
+    }
+
+    /// The card vault, for the edge of a process that runs this service.
+    pub fn vault(&self) -> edge::CardVault {
+        edge::CardVault::Local {
+            vault: self.vault.clone(),
+            db: self.db.clone(),
+        }
+    }
+
+    /// The card behind a token, for one charge. Histories written before the vault carry
+    /// `tok_<the card's digits>`; those still charge (new tokens never look like that: the
+    /// edge only lets the vault's own through).
+    async fn card(&self, tx: &mut Tx, token: &str) -> Result<Option<String>, HandlerError> {
+        match self.vault.reveal(tx, token).await {
+            Ok(Some(card)) => return Ok(Some(card)),
+            Ok(None) => {}
+            Err(vault::VaultError::Store(e)) => return Err(e.into()),
+            Err(e) => return Err(HandlerError::Permanent(e.to_string())),
+        }
+        Ok(token
+            .strip_prefix("tok_")
+            .and_then(vault::card_digits)
+            .filter(|d| token.len() == d.len() + 4))
     }
 
     pub async fn get(&self, order_id: &str) -> Result<PaymentView, ApiError> {
@@ -261,17 +308,23 @@ impl<G: PaymentGateway> Payments<G> {
             }
             return Ok(vec![]); // charged (or declined) already
         }
-        let charge = Charge {
-            idempotency_key: e.order_id.to_string(),
-            token: e.payment_token.clone(),
-            amount_minor: e.total_minor,
-            currency: e.currency.clone(),
+        let outcome = match self.card(tx, &e.payment_token).await? {
+            None => ChargeOutcome::Declined {
+                reason: "unknown payment token".into(),
+            },
+            Some(card_number) => {
+                let charge = Charge {
+                    idempotency_key: e.order_id.to_string(),
+                    card_number,
+                    amount_minor: e.total_minor,
+                    currency: e.currency.clone(),
+                };
+                self.gateway
+                    .charge(&charge)
+                    .await
+                    .map_err(|e| HandlerError::dependency(&self.breaker, e))?
+            }
         };
-        let outcome = self
-            .gateway
-            .charge(&charge)
-            .await
-            .map_err(|e| HandlerError::dependency(&self.breaker, e))?;
         let now = chrono::Utc::now().timestamp_millis();
         match outcome {
             ChargeOutcome::Approved { payment_id } => {
@@ -478,7 +531,7 @@ mod tests {
         let g = Simulator::default();
         let c = |key: &str, card: &str| Charge {
             idempotency_key: key.into(),
-            token: format!("tok_{card}"),
+            card_number: card.into(),
             amount_minor: 100,
             currency: "EUR".into(),
         };

@@ -9,14 +9,25 @@ use serde_json::json;
 use shopflow_contracts::audit::{Facts, PaymentFact};
 use shopflow_runtime::BoxHandler;
 use shopflow_service::openapi::{op, part, with_body, with_params};
-use shopflow_service::{Context, Result, SagaStyle, Service, Started};
+use shopflow_service::{Context, Error, Result, SagaStyle, Service, Started};
 use shopflow_store::Db;
 
-use crate::{MIGRATIONS, NAME, PaymentCommands, Payments, Simulator};
+use crate::{MIGRATIONS, NAME, PaymentCommands, Payments, Simulator, Vault, VaultKeys};
 
 /// The simulated gateway's latency (a typed setting of the deployment; none by default).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GatewayLatency(pub Duration);
+
+/// The text of the card vault's key file, given by the deployment (`SHOPFLOW_VAULT_KEYS`);
+/// without it, `<data-dir>/payment/vault.keys` (created on first start).
+#[derive(Clone, PartialEq, Eq)]
+pub struct VaultKeyText(pub String);
+
+impl std::fmt::Debug for VaultKeyText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VaultKeyText(…)")
+    }
+}
 
 /// The payment service: charges orders through the payment gateway (behind a circuit breaker)
 /// and refunds them when they are compensated.
@@ -33,7 +44,15 @@ pub static SERVICE: Service<Facts> = Service {
 async fn start(ctx: Context) -> Result<Started> {
     let latency = ctx.settings.get::<GatewayLatency>().unwrap_or_default();
     let gateway = Arc::new(Simulator::new(latency.0));
-    let payments = Payments::open(ctx.db, gateway.clone())
+    let keys = match ctx.settings.get::<VaultKeyText>() {
+        Some(VaultKeyText(text)) => VaultKeys::parse(&text),
+        None => VaultKeys::load_or_create(&ctx.settings.data_dir.join(NAME).join("vault.keys")),
+    }
+    .map_err(|e| Error::Config {
+        what: "card vault",
+        reason: e.to_string(),
+    })?;
+    let payments = Payments::open(ctx.db, gateway.clone(), Vault::new(keys))
         .await?
         .with_breaker(ctx.settings.breaker.clone());
     let router = payments.router().route(
@@ -42,6 +61,7 @@ async fn start(ctx: Context) -> Result<Started> {
     );
     let mut s = Started::new(router);
     s.breakers.push(payments.breaker().clone());
+    s.exports.insert(payments.vault());
     s.handlers.push(match ctx.settings.saga {
         SagaStyle::Choreography => BoxHandler::new(payments),
         SagaStyle::Orchestration => BoxHandler::new(PaymentCommands(payments)),
@@ -103,10 +123,16 @@ fn openapi() -> serde_json::Value {
     part(
         json!({
             "/orders/{id}/payment": {"get": with_params(op("The order's payment", "200", "Payment"), &[("id", "path", true)])},
+            "/payments/tokens": {"post": with_body(op("Tokenise a card: its vault token and last four digits (the same card, the same token)", "201", "CardToken"), "Card")},
+            "/payments/tokens/{token}": {"get": with_params(op("A token of the card vault, with its card's last four digits", "200", "CardToken"), &[("token", "path", true)])},
+            "/admin/vault/rekey": {"post": op("Re-encrypt every card held under an older vault key with the current one", "200", "Rekeyed")},
             "/admin/payment-gateway": {"put": with_body(op("Take the simulated payment gateway down ({\"outage\": true}) or bring it back", "200", "GatewayMode"), "GatewayMode")}
         }),
         json!({
             "Payment": {"type": "object"},
+            "Card": {"type": "object", "required": ["cardNumber"], "properties": {"cardNumber": {"type": "string"}}},
+            "CardToken": {"type": "object", "properties": {"token": {"type": "string"}, "last4": {"type": "string"}}},
+            "Rekeyed": {"type": "object", "properties": {"rekeyed": {"type": "integer"}}},
             "GatewayMode": {"type": "object", "required": ["outage"], "properties": {"outage": {"type": "boolean"}}}
         }),
     )

@@ -463,10 +463,6 @@ pub async fn bad_requests_get_typed_errors<H: Harness>(h: &H) {
     bus.close().await.unwrap();
 }
 
-/// Generates one `#[tokio::test]` per conformance check for a harness expression. With
-/// `optional`, the expression is an `Option` of a harness (a server-backed backend whose address
-/// may be missing); a `None` makes every check return at once.
-
 /// A partition reads back from any offset outside any group: what was published, in order,
 /// and nothing is committed for anybody.
 pub async fn reads_a_partition_from_an_offset<H: Harness>(h: &H) {

@@ -89,6 +89,9 @@ mod checks;
 
 pub use checks::*;
 
+/// Generates one `#[tokio::test]` per conformance check for a harness expression. With
+/// `optional`, the expression is an `Option` of a harness (a server-backed backend whose address
+/// may be missing); a `None` makes every check return at once.
 #[macro_export]
 macro_rules! bus_conformance_tests {
     (optional $harness:expr) => {

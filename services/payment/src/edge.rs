@@ -1,0 +1,326 @@
+//! Tokenisation at the edge: the card number a client sends with `POST /orders` is swapped for
+//! the vault's token before the order service (or any event) sees it, the way a payment
+//! provider's tokenisation works. Also the vault's own routes: `POST /payments/tokens` (a card →
+//! its token and last four digits), `GET /payments/tokens/{token}`, `POST /admin/vault/rekey`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use shopflow_http::{ApiError, Json, reply};
+use shopflow_store::{Db, params};
+
+use crate::vault::{Tokenized, Vault, VaultError};
+
+/// Where the edge gets tokens from: the vault in this process, or the payment service's API.
+#[derive(Clone, Debug)]
+pub enum CardVault {
+    Local {
+        vault: Vault,
+        db: Db,
+    },
+    /// Base URLs of processes that run the payment service (`http://payment-1:8083`), tried in
+    /// turn.
+    Remote {
+        bases: Vec<String>,
+    },
+}
+
+fn not_a_card() -> ApiError {
+    ApiError::invalid("payment.cardNumber is not a valid card number")
+}
+
+fn vault_error(e: VaultError) -> ApiError {
+    match e {
+        VaultError::NotACard => not_a_card(),
+        VaultError::Store(e) => ApiError::from(e),
+        other => {
+            tracing::error!(error = %other, "card vault failed");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the card vault cannot answer now",
+            )
+        }
+    }
+}
+
+/// A blocking call to the payment service's API (the edge of a process without it).
+fn remote(method: &str, url: String, body: Option<Value>) -> Result<(u16, Value), ApiError> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(10)))
+        .build()
+        .into();
+    let unavailable = |e: String| {
+        tracing::warn!(error = %e, "the payment service's vault is unreachable");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the card vault is unreachable; try again",
+        )
+    };
+    let mut resp = match body {
+        Some(b) => agent.post(&url).send_json(b),
+        None if method == "GET" => agent.get(&url).call(),
+        None => agent.post(&url).send_empty(),
+    }
+    .map_err(|e| unavailable(e.to_string()))?;
+    let status = resp.status().as_u16();
+    let text = resp
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| unavailable(e.to_string()))?;
+    Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+}
+
+/// The answer of the first of `bases` that answers at all.
+async fn first_answer(
+    bases: &[String],
+    method: &'static str,
+    path: String,
+    body: Option<Value>,
+) -> Result<(u16, Value), ApiError> {
+    let bases = bases.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let mut last = None;
+        for base in &bases {
+            let url = format!("{}{path}", base.trim_end_matches('/'));
+            match remote(method, url, body.clone()) {
+                Ok(answer) => return Ok(answer),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "no card vault is configured",
+            )
+        }))
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        )
+    })?
+}
+
+impl CardVault {
+    async fn tokenize(&self, card: &str) -> Result<Tokenized, ApiError> {
+        match self {
+            CardVault::Local { vault, db } => vault.tokenize(db, card).await.map_err(vault_error),
+            CardVault::Remote { bases } => {
+                let body = json!({ "cardNumber": card });
+                let (status, v) =
+                    first_answer(bases, "POST", "/payments/tokens".into(), Some(body)).await?;
+                match status {
+                    201 => parse_tokenized(&v),
+                    422 => Err(not_a_card()),
+                    _ => Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        format!("the card vault answered {status}"),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// The token's last four digits, if it is a token of this vault.
+    async fn lookup(&self, token: &str) -> Result<Option<Tokenized>, ApiError> {
+        if !is_token(token) {
+            return Ok(None);
+        }
+        match self {
+            CardVault::Local { db, .. } => {
+                let rows = db
+                    .query("SELECT last4 FROM vault WHERE token = $1", params![token])
+                    .await?;
+                Ok(match rows.first() {
+                    Some(r) => Some(Tokenized {
+                        token: token.to_owned(),
+                        last4: r.str(0)?.to_owned(),
+                    }),
+                    None => None,
+                })
+            }
+            CardVault::Remote { bases } => {
+                let (status, v) =
+                    first_answer(bases, "GET", format!("/payments/tokens/{token}"), None).await?;
+                match status {
+                    200 => parse_tokenized(&v).map(Some),
+                    404 => Ok(None),
+                    _ => Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        format!("the card vault answered {status}"),
+                    )),
+                }
+            }
+        }
+    }
+}
+
+fn parse_tokenized(v: &Value) -> Result<Tokenized, ApiError> {
+    match (v["token"].as_str(), v["last4"].as_str()) {
+        (Some(t), Some(l)) if is_token(t) => Ok(Tokenized {
+            token: t.to_owned(),
+            last4: l.to_owned(),
+        }),
+        _ => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the card vault answered something else than a token",
+        )),
+    }
+}
+
+/// `tok_` and 32 lowercase hex digits: the shape of the vault's tokens.
+pub fn is_token(t: &str) -> bool {
+    shopflow_contracts::is_payment_token(t)
+}
+
+/// The middleware: on `POST /orders`, `payment.cardNumber` becomes `payment.token` and
+/// `payment.last4`; a `payment.token` the client sends must be one of the vault's. Anything
+/// that is not JSON goes on unchanged, for the order service to refuse.
+pub async fn tokenize_cards(State(vault): State<CardVault>, req: Request, next: Next) -> Response {
+    if req.method() != Method::POST || req.uri().path() != "/orders" {
+        return next.run(req).await;
+    }
+    let (mut parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, shopflow_http::MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!(
+                    "the body is larger than {} bytes",
+                    shopflow_http::MAX_BODY_BYTES
+                ),
+            )
+            .into_response();
+        }
+    };
+    let mut json: Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(_) => {
+            return next
+                .run(Request::from_parts(parts, Body::from(bytes)))
+                .await;
+        }
+    };
+    let payment = match json.pointer_mut("/payment") {
+        Some(Value::Object(p)) => p,
+        _ => {
+            return next
+                .run(Request::from_parts(parts, Body::from(bytes)))
+                .await;
+        }
+    };
+    let tokenized = if let Some(card) = payment.get("cardNumber") {
+        let Some(card) = card.as_str() else {
+            return not_a_card().into_response();
+        };
+        if payment.len() != 1 {
+            return ApiError::invalid(
+                "payment has either a cardNumber or a token, and nothing else",
+            )
+            .into_response();
+        }
+        match vault.tokenize(card).await {
+            Ok(t) => t,
+            Err(e) => return e.into_response(),
+        }
+    } else if let Some(token) = payment.get("token").and_then(Value::as_str) {
+        match vault.lookup(token).await {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                return ApiError::invalid("payment.token is not a token of this shop's card vault")
+                    .into_response();
+            }
+            Err(e) => return e.into_response(),
+        }
+    } else {
+        return next
+            .run(Request::from_parts(parts, Body::from(bytes)))
+            .await;
+    };
+    payment.clear();
+    payment.insert("token".into(), Value::String(tokenized.token));
+    payment.insert("last4".into(), Value::String(tokenized.last4));
+    let body = serde_json::to_vec(&json).unwrap_or_default();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    next.run(Request::from_parts(parts, Body::from(body))).await
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TokenizeBody {
+    card_number: String,
+}
+
+async fn tokenize(
+    State(v): State<Arc<(Vault, Db)>>,
+    Json(b): Json<TokenizeBody>,
+) -> Result<Response, ApiError> {
+    let t =
+        v.0.tokenize(&v.1, &b.card_number)
+            .await
+            .map_err(vault_error)?;
+    Ok(reply(StatusCode::CREATED, t))
+}
+
+async fn token(
+    State(v): State<Arc<(Vault, Db)>>,
+    Path(token): Path<String>,
+) -> Result<Json<Tokenized>, ApiError> {
+    CardVault::Local {
+        vault: v.0.clone(),
+        db: v.1.clone(),
+    }
+    .lookup(&token)
+    .await?
+    .map(Json)
+    .ok_or_else(|| ApiError::not_found("token", &token))
+}
+
+async fn rekey(State(v): State<Arc<(Vault, Db)>>) -> Result<Json<Value>, ApiError> {
+    let n = v.0.rekey(&v.1).await.map_err(vault_error)?;
+    Ok(Json(json!({ "rekeyed": n })))
+}
+
+/// The vault's routes.
+pub(crate) fn router(vault: Vault, db: Db) -> Router {
+    Router::new()
+        .route("/payments/tokens", post(tokenize))
+        .route("/payments/tokens/{token}", get(token))
+        .route("/admin/vault/rekey", post(rekey))
+        .with_state(Arc::new((vault, db)))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tokens_have_one_shape() {
+        assert!(super::is_token("tok_0123456789abcdef0123456789abcdef"));
+        for bad in [
+            "tok_4242424242424242",
+            "tok_0123456789ABCDEF0123456789abcdef",
+            "0123456789abcdef0123456789abcdef",
+            "tok_0123456789abcdef0123456789abcde",
+        ] {
+            assert!(!super::is_token(bad), "{bad}");
+        }
+    }
+}
