@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use shopflow_contracts::audit::{self, Facts};
-use shopflow_store::{Db, DbUrl};
+use shopflow_store::{Db, DbUrl, sequence};
 
 use crate::services::SERVICES;
 
@@ -44,6 +44,9 @@ pub struct Report {
     pub deferred_notifications: usize,
     /// Orchestrated sagas by state (empty under choreography).
     pub sagas: BTreeMap<String, usize>,
+    /// Sequence anomalies (reorderings, gaps while late events were on their way) each consumer
+    /// group counted: the order in which facts arrived, not violations.
+    pub sequence_anomalies: BTreeMap<String, u64>,
     pub violations: Vec<String>,
 }
 
@@ -78,6 +81,16 @@ impl Report {
             "notifications {} sent, {} waiting for a recipient",
             self.notifications, self.deferred_notifications
         );
+        if !self.sequence_anomalies.is_empty() {
+            println!(
+                "out of order  {} (events that came after a later one of their producer, by group)",
+                self.sequence_anomalies
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         if self.ok() {
             println!("OK: every invariant holds");
         } else {
@@ -93,6 +106,7 @@ impl Report {
 /// taken by every service, is a violation too (use it after the shop has drained).
 pub async fn verify(dbs: &Databases, settled: bool) -> anyhow::Result<Report> {
     let mut facts = Facts::new(settled);
+    let mut anomalies = BTreeMap::new();
     for s in SERVICES {
         let db = dbs
             .get(s.name)
@@ -100,6 +114,19 @@ pub async fn verify(dbs: &Databases, settled: bool) -> anyhow::Result<Report> {
         (s.audit)(db, &mut facts)
             .await
             .map_err(|e| anyhow::anyhow!("reading the {} database: {e}", s.name))?;
+        // What the consumers of this database have seen of the producers they read completely:
+        // once the shop has settled, every number of theirs has been handled.
+        if settled {
+            for m in sequence::gaps(db).await? {
+                facts.violation(format!(
+                    "{} has handled {} of events 1..{} of {} for {}: the others never arrived (an open dead letter?)",
+                    m.consumer, m.seen, m.last, m.source, m.aggregate
+                ));
+            }
+        }
+        for (group, n) in sequence::anomalies(db).await? {
+            *anomalies.entry(group).or_default() += n;
+        }
     }
     audit::check(&mut facts);
     let mut r = Report {
@@ -120,6 +147,7 @@ pub async fn verify(dbs: &Databases, settled: bool) -> anyhow::Result<Report> {
         }
     }
     r.sagas = facts.sagas;
+    r.sequence_anomalies = anomalies;
     r.in_flight.sort();
     facts.violations.sort();
     r.violations = facts.violations;

@@ -202,7 +202,13 @@ impl Fleet {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("shopflow service {service} did not start");
+        let log = std::fs::read_to_string(self.dir.path().join(format!("{service}.log")))
+            .unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        panic!(
+            "shopflow service {service} did not start on port {port}; the end of its log:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
     }
 
     fn client(&self, service: &str) -> Client {

@@ -263,6 +263,13 @@ impl Envelope {
     pub fn aggregate_id(&self) -> &str {
         &self.aggregate_id
     }
+    /// The same event, numbered `sequence` in its producer's sequence for the aggregate: the
+    /// outbox numbers what a producer publishes (the event id stays).
+    pub fn renumbered(mut self, sequence: u64) -> Self {
+        self.sequence = sequence;
+        self
+    }
+
     pub fn sequence(&self) -> u64 {
         self.sequence
     }

@@ -79,6 +79,11 @@ pub trait Handler: Send + Sync + 'static {
     fn breakers(&self) -> Vec<Arc<CircuitBreaker>> {
         Vec::new()
     }
+    /// The producers (`source` of their envelopes) of which it reads every topic they number
+    /// events on: for those, a skipped sequence number is a gap (see `stage::sequence`).
+    fn complete_sources(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
     /// Handles one event inside the runtime's transaction: write state through `tx`, return what
     /// to publish (the runtime puts it in the outbox of the same transaction). Events of types it
     /// does not handle should return `Ok(vec![])`.
@@ -128,6 +133,9 @@ impl Handler for BoxHandler {
     fn breakers(&self) -> Vec<Arc<CircuitBreaker>> {
         self.0.breakers()
     }
+    fn complete_sources(&self) -> Vec<&'static str> {
+        self.0.complete_sources()
+    }
     fn handle<'a>(
         &'a self,
         tx: &'a mut Tx,
@@ -142,6 +150,7 @@ trait ErasedHandler: Send + Sync {
     fn name(&self) -> &'static str;
     fn topics(&self) -> Vec<String>;
     fn breakers(&self) -> Vec<Arc<CircuitBreaker>>;
+    fn complete_sources(&self) -> Vec<&'static str>;
     fn call<'a>(
         &'a self,
         tx: &'a mut Tx,
@@ -158,6 +167,9 @@ impl<H: Handler> ErasedHandler for H {
     }
     fn breakers(&self) -> Vec<Arc<CircuitBreaker>> {
         Handler::breakers(self)
+    }
+    fn complete_sources(&self) -> Vec<&'static str> {
+        Handler::complete_sources(self)
     }
     fn call<'a>(
         &'a self,

@@ -170,6 +170,9 @@ pub struct SagaDef {
     /// A compensation not confirmed within this time is sent again (compensations are
     /// idempotent and must eventually succeed).
     pub resend_compensation_after: Duration,
+    /// The producers (envelope `source`) whose every event for a saga's key reaches the
+    /// orchestrator: a skipped sequence number of theirs is a gap.
+    pub participants: Vec<&'static str>,
 }
 
 impl SagaDef {
@@ -183,11 +186,18 @@ impl SagaDef {
             on_completed: None,
             on_compensated: None,
             resend_compensation_after: Duration::from_secs(10),
+            participants: Vec::new(),
         }
     }
 
     pub fn started_by<E: Event>(mut self) -> Self {
         self.trigger = (E::TYPE, E::topic());
+        self
+    }
+
+    /// Names the producers that answer the saga (see [`SagaDef::participants`]).
+    pub fn answered_by(mut self, participants: &[&'static str]) -> Self {
+        self.participants = participants.to_vec();
         self
     }
 

@@ -562,6 +562,12 @@ impl Handler for SagaHandler {
         self.0.def.name
     }
 
+    /// The replies: the saga reads every topic its participants number events on for an order
+    /// (what a participant publishes for other aggregates never reaches it).
+    fn complete_sources(&self) -> Vec<&'static str> {
+        self.0.def.participants.clone()
+    }
+
     fn topics(&self) -> Vec<String> {
         self.0.def.topics()
     }

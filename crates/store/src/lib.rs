@@ -9,6 +9,7 @@ mod headers;
 pub mod inbox;
 mod migrate;
 pub mod outbox;
+pub mod sequence;
 mod value;
 
 pub use backend::{Backend, Db, DbUrl, PgDb, PgTx, SqliteDb, SqliteTx, Tx, blocking, copy_tables};
@@ -37,6 +38,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(2, "outbox", "002_outbox.sql"),
     migration!(3, "inbox", "003_inbox.sql"),
     migration!(4, "checkpoints", "004_checkpoints.sql"),
+    migration!(5, "sequences", "005_sequences.sql"),
 ];
 
 /// The environment variable naming the PostgreSQL server that tests use

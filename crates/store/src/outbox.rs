@@ -75,14 +75,36 @@ impl Outgoing {
 /// The one way to publish: puts outgoing envelopes in the outbox of the caller's transaction, so
 /// they are published if and only if it commits. Event handlers, command handlers and HTTP write
 /// paths all end here.
+///
+/// Every envelope is numbered here: the next number of its producer (`source`) for its
+/// aggregate, gap-free and committed with the producer's state (see [`crate::sequence`]).
 pub async fn emit(tx: &mut Tx, outgoing: Vec<Outgoing>) -> Result<()> {
     if outgoing.is_empty() {
         return Ok(());
     }
-    let messages = outgoing
-        .into_iter()
-        .map(Outgoing::into_message)
-        .collect::<Result<Vec<_>, _>>()?;
+    // How many numbers each (source, aggregate) takes, in order of first appearance.
+    let mut wanted: Vec<(String, String, u64)> = Vec::new();
+    for o in &outgoing {
+        let (src, agg) = (o.envelope.source(), o.envelope.aggregate_id());
+        match wanted.iter_mut().find(|(s, a, _)| s == src && a == agg) {
+            Some(w) => w.2 += 1,
+            None => wanted.push((src.to_owned(), agg.to_owned(), 1)),
+        }
+    }
+    let mut next = Vec::with_capacity(wanted.len());
+    for (src, agg, n) in &wanted {
+        next.push(crate::sequence::take(tx, src, agg, *n).await?);
+    }
+    let mut messages = Vec::with_capacity(outgoing.len());
+    for mut o in outgoing {
+        let i = wanted
+            .iter()
+            .position(|(s, a, _)| s == o.envelope.source() && a == o.envelope.aggregate_id())
+            .unwrap_or_default();
+        o.envelope = o.envelope.renumbered(next[i]);
+        next[i] += 1;
+        messages.push(o.into_message()?);
+    }
     enqueue(tx, &messages).await
 }
 

@@ -110,6 +110,8 @@ impl ToSql for Value {
             Value::Int(i) => match *ty {
                 Type::INT2 => i16::try_from(*i)?.to_sql(ty, out),
                 Type::INT4 => i32::try_from(*i)?.to_sql(ty, out),
+                // SQLite keeps booleans as 0 and 1 (a copied row arrives as integers).
+                Type::BOOL => (*i != 0).to_sql(ty, out),
                 _ => i.to_sql(ty, out),
             },
             Value::Text(s) => s.to_sql(ty, out),

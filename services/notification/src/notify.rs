@@ -325,6 +325,11 @@ impl<M: Mailer> Handler for Notifications<M> {
         NAME
     }
 
+    /// Every topic the order service and the users service number events on.
+    fn complete_sources(&self) -> Vec<&'static str> {
+        vec!["order-service", "user-service"]
+    }
+
     fn topics(&self) -> Vec<String> {
         vec![
             UserRegistered::topic(),

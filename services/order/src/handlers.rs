@@ -77,6 +77,11 @@ impl Handler for OutcomeHandler {
         NAME
     }
 
+    /// Every topic the payment service and the users service number events on.
+    fn complete_sources(&self) -> Vec<&'static str> {
+        vec!["payment-service", "user-service"]
+    }
+
     fn topics(&self) -> Vec<String> {
         vec![
             ProductUpdated::topic(),

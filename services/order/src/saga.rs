@@ -74,6 +74,7 @@ pub fn fulfilment(t: &SagaTimeouts) -> SagaDef {
     SagaDef::new(FULFILMENT, "order-saga")
         .started_by::<OrderCreated>()
         .keyed_by("orderId")
+        .answered_by(&["payment-service", "inventory-service", "shipping-service"])
         .step(
             Step::new(
                 "payment",

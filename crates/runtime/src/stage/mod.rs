@@ -2,8 +2,8 @@
 //! rest of the stack (tower's middleware, watermill's handler middleware):
 //!
 //! ```text
-//!  dead_letter ─ decode ─ retry ─ savepoint ─ inbox ─ breaker ─ catch ─ [timeout] ─ handler
-//!  (outermost)                                                                   (innermost)
+//!  dead_letter ─ decode ─ retry ─ savepoint ─ inbox ─ sequence ─ breaker ─ catch ─ [timeout]
+//!  (outermost)                                                       ─ handler (innermost)
 //! ```
 //!
 //! - [`dead_letter`]: turns a given-up record into a dead letter on `<topic>.dlq` (once).
@@ -14,6 +14,8 @@
 //! - [`savepoint`]: everything inside commits or rolls back as one, within the batch's
 //!   transaction.
 //! - [`inbox`]: records the event id for the consumer; a redelivery stops here, a duplicate.
+//! - [`sequence`]: checks the producer's per-aggregate number of each handled event, counting
+//!   reorderings and gaps.
 //! - [`breaker`]: admits the record only while the handler's declared circuit breakers let calls
 //!   through (else the consumer pauses) and counts the handler's dependency failures.
 //! - [`catch`]: a panic in the handler becomes a permanent failure (the event is dead-lettered,
@@ -31,6 +33,7 @@ pub mod decode;
 pub mod inbox;
 pub mod retry;
 pub mod savepoint;
+pub mod sequence;
 pub mod timeout;
 
 use std::fmt;
@@ -208,6 +211,7 @@ impl Stack {
             Arc::new(retry::Retry::new(retry)),
             Arc::new(savepoint::Savepoint),
             Arc::new(inbox::Inbox),
+            Arc::new(sequence::Sequence::new(handler.complete_sources())),
         ];
         let breakers = handler.breakers();
         if !breakers.is_empty() {

@@ -1,0 +1,138 @@
+//! Per-aggregate sequence numbers. A producer numbers everything it publishes for an aggregate,
+//! 1, 2, 3, …, in the publishing transaction ([`crate::emit`] does it, so the numbers are
+//! gap-free and commit with the producer's state). A consumer records what it has handled of
+//! each producer's numbers ([`observe`]): an event that comes after a later one of the same
+//! producer and aggregate is a reordering (outcomes travel on different topics); a number
+//! skipped is a gap — which means something only for a consumer that reads every topic the
+//! producer numbers for the aggregate (`complete`), and then only until the late event arrives:
+//! once the shop has settled, [`gaps`] lists what is still missing.
+
+use crate::{Db, Result, Tx, params};
+
+/// Takes `count` numbers of `(source, aggregate)`; returns the first.
+pub(crate) async fn take(tx: &mut Tx, source: &str, aggregate: &str, count: u64) -> Result<u64> {
+    let rows = tx
+        .query(
+            "INSERT INTO sequences (source, aggregate_id, next) VALUES ($1, $2, $3 + 1)
+             ON CONFLICT (source, aggregate_id) DO UPDATE SET next = sequences.next + $3
+             RETURNING next",
+            params![source, aggregate, count],
+        )
+        .await?;
+    let next = rows.first().map(|r| r.u64(0)).transpose()?.unwrap_or(1);
+    Ok(next.saturating_sub(count))
+}
+
+/// What a consumer's handling of one number says about the order it came in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Observed {
+    /// The next number (or the first of the aggregate, or one a partial reader cannot judge).
+    InOrder,
+    /// Numbers between the last one handled and this one have not come (yet).
+    Gap { expected: u64, got: u64 },
+    /// A later number was handled before this one.
+    Reordered { last: u64, got: u64 },
+}
+
+impl Observed {
+    pub fn kind(self) -> Option<&'static str> {
+        match self {
+            Observed::InOrder => None,
+            Observed::Gap { .. } => Some("gap"),
+            Observed::Reordered { .. } => Some("reordered"),
+        }
+    }
+}
+
+/// Records, in the consumer's transaction, that `consumer` handled number `seq` of
+/// `(source, aggregate)`. `complete`: the consumer reads every topic `source` numbers.
+pub async fn observe(
+    tx: &mut Tx,
+    consumer: &str,
+    source: &str,
+    aggregate: &str,
+    seq: u64,
+    complete: bool,
+) -> Result<Observed> {
+    let rows = tx
+        .query(
+            "SELECT last FROM sequence_seen WHERE consumer = $1 AND source = $2 AND aggregate_id = $3",
+            params![consumer, source, aggregate],
+        )
+        .await?;
+    let last = rows.first().map(|r| r.u64(0)).transpose()?.unwrap_or(0);
+    let observed = if seq < last {
+        Observed::Reordered { last, got: seq }
+    } else if complete && seq > last + 1 {
+        Observed::Gap {
+            expected: last + 1,
+            got: seq,
+        }
+    } else {
+        Observed::InOrder
+    };
+    let anomaly = u64::from(observed.kind().is_some());
+    tx.execute(
+        "INSERT INTO sequence_seen (consumer, source, aggregate_id, last, seen, complete, anomalies)
+         VALUES ($1, $2, $3, $4, 1, $5, $6)
+         ON CONFLICT (consumer, source, aggregate_id) DO UPDATE SET
+             last = CASE WHEN sequence_seen.last > excluded.last THEN sequence_seen.last ELSE excluded.last END,
+             seen = sequence_seen.seen + 1,
+             complete = excluded.complete,
+             anomalies = sequence_seen.anomalies + excluded.anomalies",
+        params![consumer, source, aggregate, seq, complete, anomaly],
+    )
+    .await?;
+    Ok(observed)
+}
+
+/// A consumer that reads every topic of a producer but has not handled every number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Missing {
+    pub consumer: String,
+    pub source: String,
+    pub aggregate: String,
+    /// The highest number handled, and how many were.
+    pub last: u64,
+    pub seen: u64,
+}
+
+/// What complete readers of this database are still missing.
+pub async fn gaps(db: &Db) -> Result<Vec<Missing>> {
+    let rows = db
+        .query(
+            "SELECT consumer, source, aggregate_id, last, seen FROM sequence_seen
+             WHERE complete AND seen <> last ORDER BY consumer, source, aggregate_id",
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Missing {
+                consumer: r.str(0)?.to_owned(),
+                source: r.str(1)?.to_owned(),
+                aggregate: r.str(2)?.to_owned(),
+                last: r.u64(3)?,
+                seen: r.u64(4)?,
+            })
+        })
+        .collect()
+}
+
+/// Anomalies (gaps and reorderings) each consumer of this database has counted.
+pub async fn anomalies(db: &Db) -> Result<Vec<(String, u64)>> {
+    let rows = db
+        .query(
+            "SELECT consumer, CAST(SUM(anomalies) AS BIGINT) FROM sequence_seen GROUP BY consumer ORDER BY consumer",
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.str(0)?.to_owned(),
+                r.opt_i64(1)?.unwrap_or(0).max(0) as u64,
+            ))
+        })
+        .collect()
+}
