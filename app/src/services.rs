@@ -36,18 +36,20 @@ pub fn parse(name: &str) -> Result<&'static str, String> {
         .ok_or_else(|| format!("unknown service `{name}` ({})", names().join(", ")))
 }
 
-/// The shop's registry: the contracts' events and every service's own.
+/// The shop's registry: the contracts' events, the system events and every service's own.
 pub fn registry() -> Registry {
     let mut r = shopflow_contracts::registry();
+    shopflow_runtime::system::register(&mut r);
     for s in SERVICES {
         (s.register)(&mut r);
     }
     r
 }
 
-/// Every topic of the shop: the contracts' and every service's own.
+/// Every topic of the shop: the contracts', the system topics and every service's own.
 pub fn topics() -> Vec<String> {
     let mut t = shopflow_contracts::all_topics();
+    t.extend(shopflow_runtime::system::topics());
     for s in SERVICES {
         t.extend((s.topics)());
     }

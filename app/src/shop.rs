@@ -18,7 +18,7 @@ use shopflow_http::ApiError;
 use shopflow_order::saga::SagaTimeouts;
 use shopflow_payment::edge::CardVault;
 use shopflow_runtime::dlq::Indexer;
-use shopflow_runtime::{BreakerConfig, Runner, RunnerConfig, Shutdown, ShutdownTrigger};
+use shopflow_runtime::{BreakerConfig, Runner, RunnerConfig, Shutdown, ShutdownTrigger, system};
 use shopflow_service::{Context, Settings};
 use shopflow_store::Db;
 use shopflow_store::outbox::{Relay, RelayConfig};
@@ -173,6 +173,30 @@ impl Shop {
             })
             .await
             .with_context(|| format!("starting the {} service", service.name))?;
+            let names: Vec<String> = started
+                .handlers
+                .iter()
+                .map(|h| shopflow_runtime::Handler::name(h).to_owned())
+                .collect();
+            // Each breaker announces when the consumers that depend on it pause and resume.
+            for b in &started.breakers {
+                let dependents: Vec<String> = started
+                    .handlers
+                    .iter()
+                    .filter(|h| {
+                        shopflow_runtime::Handler::breakers(*h)
+                            .iter()
+                            .any(|d| d.name() == b.name())
+                    })
+                    .map(|h| shopflow_runtime::Handler::name(h).to_owned())
+                    .collect();
+                tasks.push(tokio::spawn(system::watch_breaker(
+                    b.clone(),
+                    dependents,
+                    db.clone(),
+                    shutdown.clone(),
+                )));
+            }
             for handler in started.handlers {
                 let name = shopflow_runtime::Handler::name(&handler);
                 groups.push(name);
@@ -191,6 +215,15 @@ impl Shop {
             hooks.extend(started.metrics);
             vault = vault.or(started.exports.get::<CardVault>().cloned());
             app = app.merge(started.router);
+            let fact = system::ServiceStarted {
+                service: service.name.to_owned(),
+                instance: system::instance(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                consumers: names,
+            };
+            system::publish(&db, system::outgoing(&fact, service.name, service.name)?)
+                .await
+                .with_context(|| format!("announcing that {} started", service.name))?;
             dbs.push((service.name, db));
         }
         groups.push(shopflow_runtime::dlq::GROUP);
@@ -287,7 +320,26 @@ impl Shop {
     }
 
     /// Stops accepting requests, lets consumers and relays finish their round, closes the log.
+    /// Each service announces that it stops (ServiceStopped) before the relays end.
     pub async fn stop(self) -> anyhow::Result<()> {
+        let instance = system::instance();
+        for (name, db) in self.dbs.iter().filter(|(n, _)| *n != OPS) {
+            let fact = system::ServiceStopped {
+                service: (*name).to_owned(),
+                instance: instance.clone(),
+            };
+            if let Err(e) = system::publish(db, system::outgoing(&fact, name, name)?).await {
+                tracing::warn!(service = name, error = %e, "ServiceStopped was not written");
+            }
+        }
+        let end = std::time::Instant::now() + Duration::from_secs(3);
+        for (_, db) in &self.dbs {
+            while std::time::Instant::now() < end
+                && shopflow_store::outbox::backlog(db).await.unwrap_or(0) > 0
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         self.trigger.trigger();
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;

@@ -472,3 +472,101 @@ async fn an_operator_lists_shows_and_cancels_a_stuck_saga() {
     .await;
     shop.stop().await.unwrap();
 }
+
+/// The system's own facts on `system.*` topics: every service's start, the payment consumer's
+/// pause while the gateway's breaker is open and its resumption, an event given up, and every
+/// service's clean stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_events_say_what_the_system_did() {
+    let (shop, c, dir) = start(|cfg| {
+        cfg.breaker = BreakerConfig {
+            failure_threshold: 1,
+            open_for: Duration::from_millis(300),
+            ..BreakerConfig::default()
+        };
+    })
+    .await;
+    shop.log
+        .publish(vec![Message::new(
+            "orders.order-created",
+            "junk",
+            "not an event",
+        )])
+        .await
+        .unwrap();
+    let c2 = c.clone();
+    blocking(move || {
+        c2.put_product("SY1", 500, 10);
+        let user = c2.register("sys@example.com", None);
+        let (s, _) = c2.send("PUT", "/admin/payment-gateway", r#"{"outage": true}"#, &[]);
+        assert_eq!(s, 200);
+        let id = c2.place_ok(&order(&user, "SY1", 1, GOOD_CARD, "DE"));
+        std::thread::sleep(Duration::from_millis(800));
+        let (s, _) = c2.send("PUT", "/admin/payment-gateway", r#"{"outage": false}"#, &[]);
+        assert_eq!(s, 200);
+        assert_eq!(c2.wait_final(&id)["status"], "SHIPPED");
+    })
+    .await;
+    let read = |log: &shopflow_anybus::AnyBus, topic: &'static str| {
+        let log = log.clone();
+        async move {
+            let mut out = Vec::new();
+            for p in 0..4 {
+                let tp = shopflow_bus::TopicPartition::new(topic, p);
+                for r in log.read(&tp, 0, 1000).await.unwrap() {
+                    let v: Value = serde_json::from_slice(&r.value).unwrap();
+                    assert_eq!(v["kind"], "system", "{v}");
+                    out.push(v["data"].clone());
+                }
+            }
+            out
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let started = read(&shop.log, "system.service-started").await;
+        let paused = read(&shop.log, "system.consumer-paused").await;
+        let resumed = read(&shop.log, "system.consumer-resumed").await;
+        let dead = read(&shop.log, "system.event-dead-lettered").await;
+        let mut services: Vec<&str> = started
+            .iter()
+            .filter_map(|d| d["service"].as_str())
+            .collect();
+        services.sort();
+        let done = services
+            == [
+                "inventory",
+                "notification",
+                "order",
+                "payment",
+                "shipping",
+                "users",
+            ]
+            && paused
+                .iter()
+                .any(|d| d["breaker"] == "payment-gateway" && d["consumers"][0] == "payment")
+            && resumed.iter().any(|d| d["breaker"] == "payment-gateway")
+            && dead
+                .iter()
+                .any(|d| d["topic"] == "orders.order-created" && d["eventId"].is_null());
+        if done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "started {services:?}, paused {paused:?}, resumed {resumed:?}, dead-lettered {dead:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shop.stop().await.unwrap();
+    // After the stop, on the log it left: every service said it stopped.
+    let log = shopflow_anybus::AnyBus::open(
+        &shopflow_anybus::BusUrl::Embedded,
+        &dir.path().join("log"),
+        4,
+    )
+    .unwrap();
+    let stopped = read(&log, "system.service-stopped").await;
+    assert_eq!(stopped.len(), 6, "{stopped:?}");
+    log.close().await.unwrap();
+}

@@ -92,6 +92,9 @@ pub struct CircuitBreaker {
     name: String,
     config: BreakerConfig,
     inner: Mutex<Inner>,
+    /// The last state published (an open breaker whose time ran out shows as half-open only
+    /// when a probe is let through).
+    changes: tokio::sync::watch::Sender<BreakerState>,
 }
 
 impl CircuitBreaker {
@@ -100,6 +103,7 @@ impl CircuitBreaker {
             name: name.into(),
             config,
             inner: Mutex::new(Inner::Closed { failures: 0 }),
+            changes: tokio::sync::watch::Sender::new(BreakerState::Closed),
         };
         b.publish(BreakerState::Closed);
         b
@@ -263,7 +267,13 @@ impl CircuitBreaker {
         }
     }
 
+    /// Its state changes as they happen (closed → open → half-open → closed).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<BreakerState> {
+        self.changes.subscribe()
+    }
+
     fn publish(&self, state: BreakerState) {
+        self.changes.send_replace(state);
         metrics::gauge!("shopflow_breaker_state", "breaker" => self.name.clone())
             .set(state.gauge());
         match state {

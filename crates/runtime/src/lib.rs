@@ -5,6 +5,7 @@ pub mod dlq;
 mod handler;
 mod runner;
 pub mod stage;
+pub mod system;
 
 use tokio::sync::watch;
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use shopflow_bus::{Bus, Consumer, Record, TopicPartition};
-use shopflow_envelope::Registry;
+use shopflow_envelope::{Event, Registry};
 use shopflow_store::Db;
 
 use crate::handler::BoxHandler;
@@ -148,6 +148,18 @@ impl<B: Bus> Runner<B> {
     /// Consumes until `shutdown`. Errors of the bus or database are logged and retried.
     pub async fn run(self, shutdown: Shutdown) {
         let name = self.name;
+        // Dead letters are announced on a system topic: it must exist before the first one
+        // (a deployment creates it with its own partitions and replication first; then this is
+        // a no-op).
+        let dead_lettered = crate::system::EventDeadLettered::topic();
+        if let Err(e) = self
+            .bus
+            .create_topic(&dead_lettered, &shopflow_bus::TopicSpec::new(1))
+            .await
+            && !matches!(e, shopflow_bus::Error::PartitionMismatch { .. })
+        {
+            tracing::warn!(consumer = name, topic = dead_lettered, error = %e, "cannot create the system topic");
+        }
         loop {
             if shutdown.is_triggered() {
                 return;

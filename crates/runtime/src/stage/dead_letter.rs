@@ -16,6 +16,7 @@ use super::{Ctx, Failures, Next, Outcome, Stage, StageResult};
 use crate::HandlerError;
 use crate::handler::BoxFuture;
 use crate::headers;
+use crate::system::{self, EventDeadLettered};
 
 /// See the [module](self).
 #[derive(Debug, Default)]
@@ -89,6 +90,23 @@ impl Stage for DeadLetter {
                 failures.last,
             );
             outbox::enqueue(ctx.tx, &[msg]).await?;
+            let env = ctx.envelope.as_ref();
+            let fact = EventDeadLettered {
+                consumer: ctx.consumer.to_owned(),
+                topic: r.topic.to_string(),
+                partition: r.partition,
+                offset: r.offset,
+                event_id: env.map(|e| e.event_id().to_string()),
+                event_type: env.map(|e| e.event_type().to_owned()),
+                aggregate_id: env.map(|e| e.aggregate_id().to_owned()),
+                correlation_id: env.map(|e| e.correlation_id().to_string()),
+                error: reason,
+                attempts: failures.count,
+            };
+            match system::outgoing(&fact, ctx.consumer, ctx.consumer) {
+                Ok(o) => shopflow_store::emit(ctx.tx, vec![o]).await?,
+                Err(e) => tracing::warn!(error = %e, "EventDeadLettered could not be written"),
+            }
             Ok(Outcome::DeadLettered)
         })
     }
@@ -156,9 +174,15 @@ mod tests {
         assert!(matches!(again, Outcome::Duplicate), "{again:?}");
         // No savepoint stage here: the handler's write stays; the dead letter is in the outbox.
         assert_eq!(seen(&b.db).await, vec![3, 3]);
+        // The dead letter, and the system event that announces it.
         let pending = shopflow_store::outbox::pending(&b.db, 10).await.unwrap();
-        assert_eq!(pending.len(), 1);
-        assert_eq!(pending[0].topic, "in.dlq");
+        let topics: Vec<&str> = pending.iter().map(|m| m.topic.as_str()).collect();
+        assert_eq!(topics, vec!["in.dlq", "system.event-dead-lettered"]);
+        let fact: serde_json::Value = serde_json::from_slice(&pending[1].value).unwrap();
+        assert_eq!(fact["kind"], "system");
+        assert_eq!(fact["data"]["consumer"], "probe");
+        assert_eq!(fact["data"]["offset"], 7);
+        assert_eq!(fact["data"]["error"], "bad data");
     }
 
     #[tokio::test]
