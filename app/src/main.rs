@@ -178,6 +178,13 @@ struct RunArgs {
     /// of payment processes, comma-separated, tried in turn.
     #[arg(long, env = "SHOPFLOW_VAULT_URL", value_delimiter = ',')]
     vault_url: Vec<String>,
+    /// How long handled event ids stay in the inboxes, in hours (a redelivery inside it changes
+    /// nothing; keep it at least as long as the bus keeps records).
+    #[arg(long, default_value_t = 168)]
+    inbox_retention_hours: u64,
+    /// Snapshot an order every this many events (0: never).
+    #[arg(long, default_value_t = 50)]
+    snapshot_every: u64,
 }
 
 impl RunArgs {
@@ -219,6 +226,14 @@ impl RunArgs {
             bus: self.bus,
             db: self.db,
             vault_keys,
+            inbox_retention: shopflow_runtime::retention::InboxRetention {
+                window: std::time::Duration::from_secs(self.inbox_retention_hours.max(1) * 3600),
+                ..Default::default()
+            },
+            order_snapshots: match self.snapshot_every {
+                0 => shopflow_eventsourcing::SnapshotPolicy::Never,
+                n => shopflow_eventsourcing::SnapshotPolicy::Every(n),
+            },
             vault_urls: self
                 .vault_url
                 .into_iter()

@@ -14,10 +14,12 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use shopflow_anybus::AnyBus;
 use shopflow_bus::{Bus, TopicSpec};
+use shopflow_eventsourcing::SnapshotPolicy;
 use shopflow_http::ApiError;
 use shopflow_order::saga::SagaTimeouts;
 use shopflow_payment::edge::CardVault;
 use shopflow_runtime::dlq::Indexer;
+use shopflow_runtime::retention::InboxRetention;
 use shopflow_runtime::{BreakerConfig, Runner, RunnerConfig, Shutdown, ShutdownTrigger, system};
 use shopflow_service::{Context, Settings};
 use shopflow_store::Db;
@@ -64,6 +66,10 @@ pub struct ShopConfig {
     /// Where the edge of a process without the payment service tokenises cards: base URLs of
     /// processes that run it.
     pub vault_urls: Vec<String>,
+    /// How long handled event ids stay in the inboxes (keep it at least the bus's retention).
+    pub inbox_retention: InboxRetention,
+    /// How often the order aggregate is snapshotted.
+    pub order_snapshots: SnapshotPolicy,
 }
 
 impl ShopConfig {
@@ -83,6 +89,8 @@ impl ShopConfig {
             services: services::names(),
             vault_keys: None,
             vault_urls: Vec::new(),
+            inbox_retention: InboxRetention::default(),
+            order_snapshots: shopflow_order::DEFAULT_SNAPSHOTS,
         }
     }
 
@@ -90,7 +98,8 @@ impl ShopConfig {
     fn settings(&self) -> Settings {
         let mut s = Settings::new(&self.data_dir, self.saga, self.breaker.clone())
             .with(shopflow_payment::GatewayLatency(self.gateway_latency))
-            .with(self.saga_timeouts.clone());
+            .with(self.saga_timeouts.clone())
+            .with(shopflow_order::OrderSnapshots(self.order_snapshots));
         if let Some(url) = &self.smtp {
             s = s.with(shopflow_notification::SmtpRelay(url.clone()));
         }
@@ -247,6 +256,11 @@ impl Shop {
             .await?;
         dbs.push((OPS, ops_db.clone()));
         for (_, db) in &dbs {
+            tasks.push(tokio::spawn(shopflow_runtime::retention::run(
+                db.clone(),
+                config.inbox_retention,
+                shutdown.clone(),
+            )));
             let relay = Relay::new(db.clone(), log.clone(), RelayConfig::default());
             let s = shutdown.clone();
             tasks.push(tokio::spawn(async move {

@@ -3,6 +3,7 @@
 pub mod breaker;
 pub mod dlq;
 mod handler;
+pub mod retention;
 mod runner;
 pub mod stage;
 pub mod system;

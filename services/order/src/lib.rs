@@ -29,8 +29,13 @@ use view::{ORDER_VIEW, OrderProjection};
 pub const NAME: &str = "order";
 const SOURCE: &str = "order-service";
 
-/// How often the order aggregate is snapshotted (every this many events).
-const SNAPSHOT_EVERY: u64 = 4;
+/// How often an order is snapshotted unless the deployment says otherwise: orders are short, so
+/// only an unusually long one (many late facts, many refused cancellations) gets one.
+pub const DEFAULT_SNAPSHOTS: SnapshotPolicy = SnapshotPolicy::Every(50);
+
+/// The order aggregate's snapshot policy (a typed setting of the deployment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrderSnapshots(pub SnapshotPolicy);
 
 pub const MIGRATIONS: &[Migration] = &[
     Migration::portable(1, "order", include_str!("../migrations/001_order.sql")),
@@ -62,16 +67,17 @@ pub struct Orders {
 
 impl Orders {
     pub async fn open(db: Db) -> shopflow_store::Result<Self> {
+        Self::open_with(db, DEFAULT_SNAPSHOTS).await
+    }
+
+    /// [`Orders::open`] with a snapshot policy of its own.
+    pub async fn open_with(db: Db, snapshots: SnapshotPolicy) -> shopflow_store::Result<Self> {
         // Its own tables, and the order-fulfilment saga's instances (orchestration).
         SERVICE.migrate(&db).await?;
         let registry = Arc::new(registry());
         let store = EventStore::new(db.clone());
         let core = Self {
-            orders: Repository::new(
-                store.clone(),
-                registry.clone(),
-                SnapshotPolicy::Every(SNAPSHOT_EVERY),
-            ),
+            orders: Repository::new(store.clone(), registry.clone(), snapshots),
             projector: Projector::new(store, registry.clone(), OrderProjection, ORDER_VIEW),
             db,
             registry,

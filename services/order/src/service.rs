@@ -41,7 +41,11 @@ fn register(r: &mut Registry) {
 }
 
 async fn start(ctx: Context) -> Result<Started> {
-    let orders = Orders::open(ctx.db.clone()).await?;
+    let snapshots = ctx
+        .settings
+        .get::<crate::OrderSnapshots>()
+        .map_or(crate::DEFAULT_SNAPSHOTS, |s| s.0);
+    let orders = Orders::open_with(ctx.db.clone(), snapshots).await?;
     let timeouts = ctx.settings.get::<SagaTimeouts>().unwrap_or_default();
     let orchestrator = Arc::new(Orchestrator::new(
         fulfilment(&timeouts),
