@@ -122,6 +122,26 @@ enum Command {
     /// Benchmarks anyone can run; results go to docs/BENCHMARKS.md.
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// The JSON Schemas of every event type and version, committed under schemas/.
+    #[command(subcommand)]
+    Schemas(Schemas),
+}
+
+#[derive(Debug, Subcommand)]
+enum Schemas {
+    /// Compare the event types with the committed schemas; exits 1 when an event changed
+    /// incompatibly without a new version and an upcaster, or a schema is not committed.
+    Check {
+        /// The schema catalog (the repository's `schemas/`).
+        #[arg(long, default_value = "schemas")]
+        dir: PathBuf,
+    },
+    /// Write the schemas of new and compatibly changed event types; refuses while the check
+    /// finds an incompatible change.
+    Write {
+        #[arg(long, default_value = "schemas")]
+        dir: PathBuf,
+    },
 }
 
 /// How to run the shop (or one service of it).
@@ -278,6 +298,28 @@ fn run() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Bench(b) => bench::run(b).await,
+            Command::Schemas(Schemas::Check { dir }) => {
+                let report =
+                    shopflow_envelope::catalog::check(&shopflow::services::registry(), &dir);
+                println!("{report}");
+                if !report.passed() {
+                    std::process::exit(1);
+                }
+                Ok(())
+            }
+            Command::Schemas(Schemas::Write { dir }) => {
+                let written =
+                    shopflow_envelope::catalog::write(&shopflow::services::registry(), &dir)?;
+                for path in &written {
+                    println!("wrote {}", path.display());
+                }
+                println!(
+                    "{} schema files written to {}",
+                    written.len(),
+                    dir.display()
+                );
+                Ok(())
+            }
             Command::Verify {
                 data_dir,
                 settled,

@@ -129,6 +129,12 @@ impl Shop {
     pub async fn start(config: ShopConfig) -> anyhow::Result<Shop> {
         // Every file the shop creates (databases, the log, the spool, keys) is its user's alone.
         rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+        // A registry that cannot bring every version of an event to its current one would
+        // dead-letter old events at run time; refuse to start instead, naming the missing steps.
+        let registry = services::registry();
+        registry
+            .validate()
+            .context("the shop's events cannot all be read")?;
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let log =
@@ -157,7 +163,7 @@ impl Shop {
 
         let (trigger, shutdown) = Shutdown::new();
         let settings = Arc::new(config.settings());
-        let registry = Arc::new(services::registry());
+        let registry = Arc::new(registry);
         let mut tasks = Vec::new();
         let mut dbs: Vec<(&'static str, Db)> = Vec::new();
         let mut app = Router::new();

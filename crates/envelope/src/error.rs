@@ -47,6 +47,9 @@ pub enum Error {
         expected: &'static str,
         found: String,
     },
+    /// Some version of a registered type cannot reach the current one: the registry is wrong.
+    #[error("the event registry has broken upcaster chains: {}", missing.join("; "))]
+    BrokenUpcasterChain { missing: Vec<String> },
     /// Serializing a value failed (a map with non-string keys, a failing `Serialize` impl).
     #[error("encoding failed: {reason}")]
     Encode { reason: String },

@@ -1,5 +1,6 @@
 //! What a typed event is: its type name, version, kind and topic.
 
+use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -31,8 +32,9 @@ impl Kind {
 /// A typed event or command.
 ///
 /// `TYPE` is the past-tense name of an event (`OrderCreated`) or the imperative name of a command
-/// (`ProcessPayment`); `VERSION` is the version this Rust type reads and writes.
-pub trait Event: Serialize + DeserializeOwned {
+/// (`ProcessPayment`); `VERSION` is the version this Rust type reads and writes. Its JSON Schema
+/// (derived with `schemars`) is what `schemas/<TYPE>.v<VERSION>.json` records.
+pub trait Event: Serialize + DeserializeOwned + JsonSchema {
     const TYPE: &'static str;
     const VERSION: u32;
     const KIND: Kind;

@@ -1,10 +1,12 @@
 #![doc = include_str!("../README.md")]
 
+pub mod catalog;
 mod codec;
 mod envelope;
 mod error;
 mod event;
 mod registry;
+pub mod schema;
 
 /// Header names of an envelope's record on the bus (the value carries the envelope itself).
 pub mod headers {
@@ -19,3 +21,4 @@ pub use envelope::{CausationId, CorrelationId, Envelope, EventId, Meta};
 pub use error::{Error, Result};
 pub use event::{Event, Kind, dlq_topic, kebab_case};
 pub use registry::{Registry, Upcaster};
+pub use schemars;

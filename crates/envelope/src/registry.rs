@@ -1,6 +1,6 @@
 //! Event types, their current versions, and the upcaster chains that bring old versions up to date.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
@@ -17,6 +17,9 @@ struct Entry {
     kind: Kind,
     /// `upcasters[v - 1]` moves v to v + 1.
     upcasters: Vec<Option<Upcaster>>,
+    /// The JSON Schema of each version a Rust type describes (the current one, and old ones
+    /// kept as legacy types).
+    schemas: BTreeMap<u32, Arc<serde_json::Value>>,
 }
 
 /// The event types a reader knows, with their current versions and upcasters.
@@ -43,22 +46,52 @@ impl Registry {
         Self::default()
     }
 
-    /// Registers `E` at its current version.
+    /// Registers `E` at its current version, with its JSON Schema.
     pub fn register<E: Event>(&mut self) -> &mut Self {
-        self.register_type(E::TYPE, E::VERSION, E::KIND)
+        self.register_type(E::TYPE, E::VERSION, E::KIND);
+        self.schema_version::<E>(E::TYPE, E::VERSION)
     }
 
-    /// Registers an event type by name. Registering again keeps the upcasters already added.
+    /// Records the schema of an older version of a registered type, from a legacy Rust type
+    /// that describes it (such a type is only read by the upcaster, never written).
+    ///
+    /// # Panics
+    /// When the type is not registered or `version` is above its current one.
+    pub fn schema_version<T: schemars::JsonSchema>(
+        &mut self,
+        event_type: &str,
+        version: u32,
+    ) -> &mut Self {
+        let entry = self
+            .types
+            .get_mut(event_type)
+            .unwrap_or_else(|| panic!("schema for unregistered event type {event_type}"));
+        let entry = Arc::make_mut(entry);
+        assert!(
+            version >= 1 && version <= entry.current,
+            "schema of v{version} of {event_type} but current is v{}",
+            entry.current
+        );
+        entry
+            .schemas
+            .insert(version, Arc::new(crate::schema::schema_of::<T>()));
+        self
+    }
+
+    /// Registers an event type by name, without a schema (tests and tools that only route
+    /// bytes). Registering again keeps the upcasters and schemas already added.
     pub fn register_type(&mut self, event_type: &str, current: u32, kind: Kind) -> &mut Self {
-        let upcasters = self
+        let (upcasters, mut schemas) = self
             .types
             .get(event_type)
-            .map(|e| e.upcasters.clone())
+            .map(|e| (e.upcasters.clone(), e.schemas.clone()))
             .unwrap_or_default();
+        schemas.retain(|v, _| *v <= current);
         let mut entry = Entry {
             current,
             kind,
             upcasters,
+            schemas,
         };
         entry
             .upcasters
@@ -106,6 +139,38 @@ impl Registry {
         v
     }
 
+    /// The JSON Schema of a version of a type, when a Rust type describes it.
+    pub fn schema(&self, event_type: &str, version: u32) -> Option<&serde_json::Value> {
+        self.types
+            .get(event_type)
+            .and_then(|e| e.schemas.get(&version))
+            .map(|s| s.as_ref())
+    }
+
+    /// Checks that every version of every type reaches the current one through the upcaster
+    /// chain. A registry that fails this cannot read some of the events it claims to know, so a
+    /// shop refuses to start with it; the error names each missing step.
+    pub fn validate(&self) -> Result<()> {
+        let mut missing = Vec::new();
+        for (name, current, _) in self.types() {
+            let entry = &self.types[&name];
+            for from in 1..current {
+                if !matches!(entry.upcasters.get((from - 1) as usize), Some(Some(_))) {
+                    missing.push(format!(
+                        "{name} is at v{current} but nothing upcasts v{from} to v{} \
+                         (add `registry.upcaster(\"{name}\", {from}, …)`)",
+                        from + 1
+                    ));
+                }
+            }
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::BrokenUpcasterChain { missing })
+        }
+    }
+
     /// Decodes untrusted bytes and brings the event to its current version.
     pub fn decode(&self, bytes: &[u8]) -> Result<Envelope> {
         self.upcast(Envelope::decode(bytes)?)
@@ -151,7 +216,7 @@ mod tests {
     use serde::{Deserialize, Serialize};
 
     /// v3 of a test event: money in minor units, a currency, and a channel added in v3.
-    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    #[derive(Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
     #[serde(rename_all = "camelCase")]
     struct OrderPlaced {
         order_id: String,
@@ -270,6 +335,20 @@ mod tests {
             r.decode(&v1("lots")),
             Err(Error::Upcast { from: 1, .. })
         ));
+    }
+
+    #[test]
+    fn validate_names_every_missing_step() {
+        registry().validate().unwrap();
+        let mut r = Registry::new();
+        r.register::<OrderPlaced>()
+            .upcaster("OrderPlaced", 2, |env| Ok(env.data().clone()));
+        let err = r.validate().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the event registry has broken upcaster chains: OrderPlaced is at v3 but nothing \
+             upcasts v1 to v2 (add `registry.upcaster(\"OrderPlaced\", 1, …)`)"
+        );
     }
 
     #[test]

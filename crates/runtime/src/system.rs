@@ -23,7 +23,7 @@ macro_rules! system_event {
 }
 
 /// A service started in a process.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceStarted {
     pub service: String,
@@ -36,7 +36,7 @@ pub struct ServiceStarted {
 system_event!(ServiceStarted);
 
 /// A service stopped cleanly (a crash says nothing: its absence is the fact).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceStopped {
     pub service: String,
@@ -45,7 +45,7 @@ pub struct ServiceStopped {
 system_event!(ServiceStopped);
 
 /// Consumers stopped taking events because a dependency's circuit breaker opened.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConsumerPaused {
     pub breaker: String,
@@ -55,7 +55,7 @@ pub struct ConsumerPaused {
 system_event!(ConsumerPaused);
 
 /// The breaker closed again: the consumers take events again.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConsumerResumed {
     pub breaker: String,
@@ -65,7 +65,7 @@ pub struct ConsumerResumed {
 system_event!(ConsumerResumed);
 
 /// A consumer gave an event up: it is on `<topic>.dlq` with the reason.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventDeadLettered {
     pub consumer: String,

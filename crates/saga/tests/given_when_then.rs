@@ -15,7 +15,7 @@ use shopflow_store::Db;
 
 macro_rules! message {
     ($name:ident, $kind:expr) => {
-        #[derive(Clone, Debug, Serialize, Deserialize)]
+        #[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
         struct $name {
             id: String,
             #[serde(default, skip_serializing_if = "Option::is_none")]

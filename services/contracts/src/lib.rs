@@ -2,6 +2,7 @@
 
 pub mod audit;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use shopflow_envelope::{Event, Kind, Registry};
 
@@ -19,7 +20,7 @@ macro_rules! event {
 macro_rules! id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
         $(#[$doc])*
-        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
         #[serde(transparent)]
         pub struct $name(String);
 
@@ -61,7 +62,7 @@ id!(/// A shipment.
     ShipmentId, "shp");
 
 /// One line of an order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderLine {
     pub sku: Sku,
@@ -70,7 +71,7 @@ pub struct OrderLine {
 }
 
 /// Where an order goes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Address {
     pub name: String,
@@ -81,7 +82,7 @@ pub struct Address {
     pub country: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserRegistered {
     pub user_id: UserId,
@@ -92,7 +93,7 @@ pub struct UserRegistered {
 }
 event!(UserRegistered, "users", 1);
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProductUpdated {
     pub sku: Sku,
@@ -102,7 +103,7 @@ pub struct ProductUpdated {
 }
 event!(ProductUpdated, "inventory", 1);
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InventoryUpdated {
     pub sku: Sku,
@@ -112,7 +113,7 @@ pub struct InventoryUpdated {
 event!(InventoryUpdated, "inventory", 1);
 
 /// v2: money as minor units + currency (v1 had a float `amount`, as in the seed document).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderCreated {
     pub order_id: OrderId,
@@ -120,15 +121,16 @@ pub struct OrderCreated {
     pub items: Vec<OrderLine>,
     pub total_minor: i64,
     pub currency: String,
-    /// The payment method as the simulated gateway's token (`tok_<card digits>`), the way a real
-    /// provider's test mode hands out tokens; never a raw card number in the log.
+    /// The card as the payment service's vault token (`tok_` and 32 hex digits), taken at the
+    /// edge before any event exists; never a card number in the log.
     pub payment_token: String,
+    /// The card's last four digits, for receipts and support.
     pub card_last4: String,
     pub shipping_address: Address,
 }
 event!(OrderCreated, "orders", 2);
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderCancelled {
     pub order_id: OrderId,
@@ -137,7 +139,7 @@ pub struct OrderCancelled {
 }
 event!(OrderCancelled, "orders", 1);
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentCompleted {
     pub order_id: OrderId,
@@ -150,7 +152,7 @@ pub struct PaymentCompleted {
 }
 event!(PaymentCompleted, "payments", 1);
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentFailed {
     pub order_id: OrderId,
@@ -158,7 +160,7 @@ pub struct PaymentFailed {
 }
 event!(PaymentFailed, "payments", 1);
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentRefunded {
     pub order_id: OrderId,
@@ -169,7 +171,7 @@ pub struct PaymentRefunded {
 }
 event!(PaymentRefunded, "payments", 1);
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StockReserved {
     pub order_id: OrderId,
@@ -178,7 +180,7 @@ pub struct StockReserved {
 }
 event!(StockReserved, "inventory", 1);
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StockReservationFailed {
     pub order_id: OrderId,
@@ -186,7 +188,7 @@ pub struct StockReservationFailed {
 }
 event!(StockReservationFailed, "inventory", 1);
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StockReleased {
     pub order_id: OrderId,
@@ -194,7 +196,7 @@ pub struct StockReleased {
 }
 event!(StockReleased, "inventory", 1);
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderShipped {
     pub order_id: OrderId,
@@ -205,7 +207,7 @@ pub struct OrderShipped {
 }
 event!(OrderShipped, "shipping", 1);
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ShipmentFailed {
     pub order_id: OrderId,
@@ -268,7 +270,7 @@ pub fn command_topic(domain: &str) -> String {
 }
 
 /// Charge an order. Answered by `PaymentCompleted` or `PaymentFailed`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProcessPayment {
     pub order_id: OrderId,
@@ -297,7 +299,7 @@ impl From<OrderCreated> for ProcessPayment {
 
 /// Refund an order's charge (a compensation). Answered by `PaymentRefunded`, or by
 /// `PaymentFailed` when nothing was charged (and then nothing ever will be).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RefundPayment {
     pub order_id: OrderId,
@@ -306,7 +308,7 @@ pub struct RefundPayment {
 command!(RefundPayment, "payments");
 
 /// Reserve an order's stock. Answered by `StockReserved` or `StockReservationFailed`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReserveStock {
     pub order_id: OrderId,
@@ -316,7 +318,7 @@ pub struct ReserveStock {
 command!(ReserveStock, "inventory");
 
 /// Release an order's reservation (a compensation). Always answered by `StockReleased`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReleaseStock {
     pub order_id: OrderId,
@@ -325,7 +327,7 @@ pub struct ReleaseStock {
 command!(ReleaseStock, "inventory");
 
 /// Ship an order. Answered by `OrderShipped` or `ShipmentFailed`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ShipOrder {
     pub order_id: OrderId,
@@ -335,7 +337,7 @@ pub struct ShipOrder {
 command!(ShipOrder, "shipping");
 
 /// Record an order as paid.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ApproveOrder {
     pub order_id: OrderId,
@@ -344,7 +346,7 @@ pub struct ApproveOrder {
 command!(ApproveOrder, "orders");
 
 /// Record that an order's stock is reserved.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfirmReservation {
     pub order_id: OrderId,
@@ -352,7 +354,7 @@ pub struct ConfirmReservation {
 command!(ConfirmReservation, "orders");
 
 /// Record an order as shipped (its final state).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CompleteOrder {
     pub order_id: OrderId,
@@ -363,7 +365,7 @@ pub struct CompleteOrder {
 command!(CompleteOrder, "orders");
 
 /// Cancel an order (its final state), with the reason.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CancelOrder {
     pub order_id: OrderId,
@@ -429,6 +431,79 @@ fn decimal_to_minor(v: &serde_json::Value) -> Result<i64, String> {
         .ok_or_else(|| format!("amount {text} is out of range"))
 }
 
+/// Old versions of events, as Rust types: only the upcasters read them, and their schemas are
+/// what `schemas/<Type>.v<N>.json` records for those versions.
+pub mod legacy {
+    use super::*;
+
+    /// `OrderCreated` v1, as the seed document's services wrote it: the total as a decimal
+    /// `amount` in major units (a JSON number or a string), one currency (EUR) unless it says
+    /// otherwise, lines without unit prices, no card token.
+    #[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
+    #[serde(rename_all = "camelCase")]
+    pub struct OrderCreatedV1 {
+        pub order_id: OrderId,
+        pub customer_id: UserId,
+        #[schemars(with = "DecimalAmount")]
+        pub amount: serde_json::Value,
+        #[serde(default)]
+        pub currency: Option<String>,
+        pub items: Vec<OrderLineV1>,
+        pub shipping_address: Address,
+        #[serde(default)]
+        pub payment_token: Option<String>,
+        #[serde(default)]
+        pub card_last4: Option<String>,
+    }
+
+    /// A line of a v1 order: the price may be missing.
+    #[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
+    #[serde(rename_all = "camelCase")]
+    pub struct OrderLineV1 {
+        pub sku: Sku,
+        pub quantity: u32,
+        #[serde(default)]
+        pub unit_price_minor: Option<i64>,
+    }
+
+    /// A decimal amount in major units: `99.99` or `"99.99"`.
+    #[derive(JsonSchema)]
+    #[serde(untagged)]
+    #[allow(dead_code)]
+    enum DecimalAmount {
+        Number(f64),
+        Text(String),
+    }
+
+    impl OrderCreatedV1 {
+        /// v1 → v2: the amount in minor units without floats, EUR unless said, lines priced at
+        /// the average unit price where v1 had none, `tok_legacy` for the missing token.
+        pub fn into_v2(self) -> Result<OrderCreated, String> {
+            let total = decimal_to_minor(&self.amount)?;
+            let units: i64 = self.items.iter().map(|i| i64::from(i.quantity)).sum();
+            let average = if units > 0 { total / units } else { 0 };
+            Ok(OrderCreated {
+                order_id: self.order_id,
+                customer_id: self.customer_id,
+                items: self
+                    .items
+                    .into_iter()
+                    .map(|i| OrderLine {
+                        sku: i.sku,
+                        quantity: i.quantity,
+                        unit_price_minor: i.unit_price_minor.unwrap_or(average),
+                    })
+                    .collect(),
+                total_minor: total,
+                currency: self.currency.unwrap_or_else(|| "EUR".into()),
+                payment_token: self.payment_token.unwrap_or_else(|| "tok_legacy".into()),
+                card_last4: self.card_last4.unwrap_or_else(|| "0000".into()),
+                shipping_address: self.shipping_address,
+            })
+        }
+    }
+}
+
 /// The registry of every shop event, with the upcasters for older versions.
 pub fn registry() -> Registry {
     let mut r = Registry::new();
@@ -454,37 +529,12 @@ pub fn registry() -> Registry {
         .register::<ConfirmReservation>()
         .register::<CompleteOrder>()
         .register::<CancelOrder>();
-    // OrderCreated v1 → v2: `amount` (major units, float in the seed) → `totalMinor` + `currency`;
-    // v1 knew one currency (EUR) and had no unit prices, so lines get the average price.
-    r.upcaster("OrderCreated", 1, |env| {
-        let d = env.data();
-        let mut out = d.clone();
-        let total = decimal_to_minor(&d["amount"])?;
-        let obj = out
-            .as_object_mut()
-            .ok_or("OrderCreated v1 data is not an object")?;
-        obj.remove("amount");
-        obj.insert("totalMinor".into(), total.into());
-        obj.insert(
-            "currency".into(),
-            d.get("currency").cloned().unwrap_or_else(|| "EUR".into()),
-        );
-        obj.entry("paymentToken")
-            .or_insert_with(|| "tok_legacy".into());
-        obj.entry("cardLast4").or_insert_with(|| "0000".into());
-        if let Some(items) = obj.get_mut("items").and_then(|i| i.as_array_mut()) {
-            let units: i64 = items
-                .iter()
-                .map(|i| i["quantity"].as_i64().unwrap_or(0))
-                .sum();
-            for i in items.iter_mut() {
-                if i.get("unitPriceMinor").is_none() {
-                    i["unitPriceMinor"] = (if units > 0 { total / units } else { 0 }).into();
-                }
-            }
-        }
-        Ok(out)
-    });
+    r.schema_version::<legacy::OrderCreatedV1>("OrderCreated", 1)
+        .upcaster("OrderCreated", 1, |env| {
+            let v1: legacy::OrderCreatedV1 =
+                serde_json::from_value(env.data().clone()).map_err(|e| e.to_string())?;
+            serde_json::to_value(v1.into_v2()?).map_err(|e| e.to_string())
+        });
     r
 }
 

@@ -60,7 +60,7 @@ macro_rules! domain_event {
 }
 
 /// Payment for the order was taken.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderPaid {
     pub order_id: OrderId,
@@ -69,7 +69,7 @@ pub struct OrderPaid {
 domain_event!(OrderPaid);
 
 /// Stock for the order was reserved.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderReserved {
     pub order_id: OrderId,
@@ -77,7 +77,7 @@ pub struct OrderReserved {
 domain_event!(OrderReserved);
 
 /// The order left the warehouse: status SHIPPED.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderCompleted {
     pub order_id: OrderId,
@@ -89,7 +89,7 @@ domain_event!(OrderCompleted);
 
 /// A cancellation came after the order had shipped: recorded as what it is, the order stays
 /// SHIPPED (and nobody is told it was cancelled).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CancellationRefused {
     pub order_id: OrderId,
