@@ -89,10 +89,7 @@ async fn events(
     State(s): State<Arc<Orders>>,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<EventItem>>, ApiError> {
-    let history = s.orders.history(&id).await.map_err(|e| match e {
-        shopflow_eventsourcing::Error::Store(e) => ApiError::from(e),
-        other => ApiError::invalid(other.to_string()),
-    })?;
+    let history = s.history(&id).await?;
     if history.is_empty() {
         return Err(ApiError::not_found("order", &id));
     }

@@ -57,9 +57,18 @@ pub struct OrderView {
     pub currency: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cancel_reason: Option<String>,
+    /// A cancellation that came after the order had shipped (the order stayed SHIPPED).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused_cancellation: Option<String>,
     pub shipping_address: Option<Address>,
+    /// The card's last four digits (the order never sees more of it).
+    pub card_last4: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payment_id: Option<String>,
+    /// Whether its stock was reserved.
+    pub reserved: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shipment_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tracking_number: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -90,8 +99,12 @@ pub(crate) fn view(o: &Order, source: &'static str, projection: Option<Freshness
         total_minor: o.total_minor,
         currency: o.currency.clone(),
         cancel_reason: o.cancel_reason.clone(),
+        refused_cancellation: o.refused_cancellation.clone(),
         shipping_address: o.shipping_address.clone(),
+        card_last4: o.card_last4.clone(),
         payment_id: o.payment_id.as_ref().map(ToString::to_string),
+        reserved: o.reserved,
+        shipment_id: o.shipment_id.as_ref().map(ToString::to_string),
         tracking_number: o.tracking_number.clone(),
         carrier: o.carrier.clone(),
         created_at: o.created_at.clone(),
@@ -129,6 +142,15 @@ impl Orders {
         let until = Until { version, time: at };
         let folded = self.orders.fold(order_id, until).await.map_err(es)?;
         Ok(folded.map(|v| v.state).filter(Order::exists))
+    }
+
+    /// An order's events as stored, oldest first, each decoded (and upcast) through the
+    /// registry: its audit trail. Empty for an order that does not exist.
+    pub async fn history(
+        &self,
+        order_id: &str,
+    ) -> Result<Vec<(shopflow_store::StoredEvent, Envelope)>, ApiError> {
+        self.orders.history(order_id).await.map_err(es)
     }
 
     pub async fn freshness(&self) -> Result<Freshness, ApiError> {
