@@ -170,8 +170,22 @@ impl<M: Mailer> Notifications<M> {
         Ok(())
     }
 
-    /// Sends what the event calls for, or defers it until its recipient is known.
+    /// Sends what the event calls for (or defers it until its recipient is known), then what
+    /// waited for it: a customer reads the welcome before the order's confirmation, and the
+    /// confirmation before its shipment or cancellation.
     async fn notify(&self, tx: &mut Tx, env: &Envelope) -> Result<(), HandlerError> {
+        self.notify_one(tx, env).await?;
+        if env.is::<OrderCreated>() {
+            let e: OrderCreated = env.data_as()?;
+            self.release(tx, &format!("order:{}", e.order_id)).await?;
+        } else if env.is::<UserRegistered>() {
+            let e: UserRegistered = env.data_as()?;
+            self.release(tx, &format!("user:{}", e.user_id)).await?;
+        }
+        Ok(())
+    }
+
+    async fn notify_one(&self, tx: &mut Tx, env: &Envelope) -> Result<(), HandlerError> {
         let (order_id, user_id, subject, body): (Option<String>, String, String, String) =
             if env.is::<OrderCreated>() {
                 let e: OrderCreated = env.data_as()?;
@@ -180,7 +194,6 @@ impl<M: Mailer> Notifications<M> {
                 params![e.order_id.as_str(), e.customer_id.as_str()],
             )
             .await?;
-                self.release(tx, &format!("order:{}", e.order_id)).await?;
                 let lines: Vec<String> = e
                     .items
                     .iter()
@@ -226,6 +239,11 @@ impl<M: Mailer> Notifications<M> {
                 )
             } else if env.is::<OrderCancelled>() {
                 let e: OrderCancelled = env.data_as()?;
+                // Told after the confirmation, never before it (the two come on different
+                // topics, and a declined card is quick).
+                if !Self::arrived(tx, &format!("order:{}", e.order_id)).await? {
+                    return self.defer(tx, env, format!("order:{}", e.order_id)).await;
+                }
                 (
                     Some(e.order_id.to_string()),
                     e.customer_id.to_string(),
@@ -243,7 +261,6 @@ impl<M: Mailer> Notifications<M> {
                 params![e.user_id.as_str(), e.email.as_str(), e.name.as_str(), e.phone.clone()],
             )
             .await?;
-                self.release(tx, &format!("user:{}", e.user_id)).await?;
                 (
                     None,
                     e.user_id.to_string(),
@@ -302,9 +319,14 @@ impl<M: Mailer> Notifications<M> {
                 params![key],
             )
             .await?;
+        let mut waiting = Vec::with_capacity(rows.len());
         for r in rows {
-            let id = r.str(0)?.to_owned();
-            let env = self.registry.decode(r.bytes(1)?)?;
+            waiting.push((r.str(0)?.to_owned(), self.registry.decode(r.bytes(1)?)?));
+        }
+        // Deferred in the same millisecond: a confirmation still goes first (a stable sort
+        // keeps the rest as they were deferred).
+        waiting.sort_by_key(|(_, env)| !env.is::<OrderCreated>());
+        for (id, env) in waiting {
             tx.execute("DELETE FROM deferred WHERE event_id = $1", params![id])
                 .await?;
             Box::pin(self.notify(tx, &env)).await?;

@@ -89,6 +89,8 @@ async fn audit(db: &Db, facts: &mut Facts) -> Result<()> {
     let registry = crate::registry();
     let store = EventStore::new(db.clone());
     let mut orders: std::collections::BTreeMap<String, Order> = Default::default();
+    // Every fact of an order is recorded once: the version each type was first seen at.
+    let mut recorded: std::collections::HashMap<(String, String), u64> = Default::default();
     let mut after = 0u64;
     loop {
         let page = store.read_all(after, 5000).await?;
@@ -106,6 +108,15 @@ async fn audit(db: &Db, facts: &mut Facts) -> Result<()> {
                             e.stream_id,
                             env.sequence(),
                             o.version
+                        ));
+                    }
+                    let fact = (e.stream_id.clone(), env.event_type().to_owned());
+                    if let Some(first) = recorded.insert(fact, env.sequence()) {
+                        facts.violation(format!(
+                            "order {}: {} recorded twice (versions {first} and {})",
+                            e.stream_id,
+                            env.event_type(),
+                            env.sequence()
                         ));
                     }
                     if let Err(err) = fold_envelope(o, &env) {
