@@ -28,9 +28,12 @@ pub(crate) enum Dlq {
     /// one matching the filters.
     Redrive {
         ids: Vec<String>,
-        /// Redrive every open dead letter matching the filters.
+        /// Redrive every open dead letter matching the filters (the oldest `--limit` of them).
         #[arg(long, conflicts_with = "ids")]
         all: bool,
+        /// With --all: at most this many in one go (default 100, at most 1000).
+        #[arg(long, requires = "all")]
+        limit: Option<u32>,
         #[command(flatten)]
         filter: FilterArgs,
         #[command(flatten)]
@@ -87,7 +90,7 @@ pub(crate) fn sagas(cmd: Sagas) -> anyhow::Result<()> {
             if let Some(s) = state {
                 q.push(("state", s));
             }
-            let v = call("GET", &common.target, "/sagas", &q, None)?;
+            let v = common.call("GET", "/sagas", &q, None)?;
             if common.printed_json(&v)? {
                 return Ok(());
             }
@@ -119,7 +122,7 @@ pub(crate) fn sagas(cmd: Sagas) -> anyhow::Result<()> {
             Ok(())
         }
         Sagas::Show { id, common } => {
-            let v = call("GET", &common.target, &format!("/sagas/{id}"), &[], None)?;
+            let v = common.call("GET", &format!("/sagas/{id}"), &[], None)?;
             if common.printed_json(&v)? {
                 return Ok(());
             }
@@ -127,9 +130,8 @@ pub(crate) fn sagas(cmd: Sagas) -> anyhow::Result<()> {
             Ok(())
         }
         Sagas::Cancel { id, reason, common } => {
-            let v = call(
+            let v = common.call(
                 "POST",
-                &common.target,
                 &format!("/sagas/{id}/cancel"),
                 &[],
                 Some(serde_json::json!({ "reason": reason })),
@@ -200,9 +202,27 @@ pub(crate) struct Common {
     /// Print JSON (for scripts) instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
+    /// The admin token (`Authorization: Bearer …`). Default: the one in <data-dir>/admin.token.
+    #[arg(long, env = "SHOPFLOW_ADMIN_TOKEN", hide_env_values = true)]
+    pub(crate) admin_token: Option<String>,
+    /// Where to look for admin.token when no token is given (the shop's data directory).
+    #[arg(long, default_value = "./data")]
+    pub(crate) data_dir: std::path::PathBuf,
 }
 
 impl Common {
+    /// Calls the shop at `--target` with the admin token (when there is one).
+    pub(crate) fn call(
+        &self,
+        method: &str,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let token = shopflow::security::client_token(self.admin_token.as_deref(), &self.data_dir);
+        call(method, &self.target, path, query, body, token.as_deref())
+    }
+
     /// With `--json`, prints `v` as pretty JSON and says so (the caller then prints nothing
     /// else).
     pub(crate) fn printed_json(&self, v: &impl serde::Serialize) -> anyhow::Result<bool> {
@@ -220,8 +240,10 @@ pub(crate) fn call(
     path: &str,
     query: &[(&str, String)],
     body: Option<Value>,
+    admin_token: Option<&str>,
 ) -> anyhow::Result<Value> {
     let url = format!("{}{path}", base.trim_end_matches('/'));
+    let bearer = admin_token.map(|t| format!("Bearer {t}"));
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
@@ -232,14 +254,30 @@ pub(crate) fn call(
             for (k, v) in query {
                 req = req.query(*k, v);
             }
+            if let Some(b) = &bearer {
+                req = req.header("authorization", b);
+            }
             req.call()
         }
-        (_, Some(b)) => agent.post(&url).send_json(b),
-        (_, None) => agent.post(&url).send_empty(),
+        (_, body) => {
+            let mut req = agent.post(&url);
+            if let Some(b) = &bearer {
+                req = req.header("authorization", b);
+            }
+            match body {
+                Some(b) => req.send_json(b),
+                None => req.send_empty(),
+            }
+        }
     }
     .map_err(|e| anyhow::anyhow!("cannot reach the shop at {base}: {e}"))?;
     let status = resp.status();
     let text = resp.body_mut().read_to_string()?;
+    if status == 401 {
+        anyhow::bail!(
+            "{url} needs the admin token: give --admin-token (or SHOPFLOW_ADMIN_TOKEN), or --data-dir of the shop (its admin.token)"
+        );
+    }
     if !status.is_success() {
         let msg = serde_json::from_str::<Value>(&text)
             .ok()
@@ -296,7 +334,7 @@ pub(crate) fn dlq(cmd: Dlq) -> anyhow::Result<()> {
             let mut q = filter_pairs(&filter);
             q.push(("status", status));
             q.push(("limit", limit.to_string()));
-            let v = call("GET", &common.target, "/admin/dlq", &q, None)?;
+            let v = common.call("GET", "/admin/dlq", &q, None)?;
             if common.printed_json(&v)? {
                 return Ok(());
             }
@@ -325,13 +363,7 @@ pub(crate) fn dlq(cmd: Dlq) -> anyhow::Result<()> {
             Ok(())
         }
         Dlq::Show { id, common } => {
-            let v = call(
-                "GET",
-                &common.target,
-                &format!("/admin/dlq/{id}"),
-                &[],
-                None,
-            )?;
+            let v = common.call("GET", &format!("/admin/dlq/{id}"), &[], None)?;
             if common.printed_json(&v)? {
                 return Ok(());
             }
@@ -367,21 +399,22 @@ pub(crate) fn dlq(cmd: Dlq) -> anyhow::Result<()> {
         Dlq::Redrive {
             ids,
             all,
+            limit,
             filter,
             common,
         } => {
+            let mut remaining = None;
             let redriven: Vec<Value> = if all {
                 let mut body = serde_json::Map::new();
                 for (k, v) in filter_pairs(&filter) {
                     body.insert(k.to_owned(), Value::String(v));
                 }
-                let v = call(
-                    "POST",
-                    &common.target,
-                    "/admin/dlq/redrive",
-                    &[],
-                    Some(Value::Object(body)),
-                )?;
+                if let Some(l) = limit {
+                    body.insert("limit".into(), Value::from(l));
+                }
+                let v =
+                    common.call("POST", "/admin/dlq/redrive", &[], Some(Value::Object(body)))?;
+                remaining = v["remaining"].as_i64();
                 v["redriven"].as_array().cloned().unwrap_or_default()
             } else {
                 if ids.is_empty() {
@@ -389,29 +422,36 @@ pub(crate) fn dlq(cmd: Dlq) -> anyhow::Result<()> {
                 }
                 let mut out = Vec::new();
                 for id in &ids {
-                    let v = call(
-                        "POST",
-                        &common.target,
-                        &format!("/admin/dlq/{id}/redrive"),
-                        &[],
-                        None,
-                    )?;
+                    let v = common.call("POST", &format!("/admin/dlq/{id}/redrive"), &[], None)?;
                     out.extend(v["redriven"].as_array().cloned().unwrap_or_default());
                 }
                 out
             };
             if !common.printed_json(&redriven)? {
+                let mut sent = 0;
                 for r in &redriven {
-                    println!("redriven {} → {}", s(&r["id"]), s(&r["topic"]));
+                    if r["alreadyRedriven"].as_bool() == Some(true) {
+                        println!("{} was redriven before: nothing sent", s(&r["id"]));
+                    } else {
+                        sent += 1;
+                        println!(
+                            "redriven {} → {} (for {})",
+                            s(&r["id"]),
+                            s(&r["topic"]),
+                            s(&r["consumer"])
+                        );
+                    }
                 }
-                println!("{} dead letter(s) redriven", redriven.len());
+                println!("{sent} dead letter(s) redriven");
+                if let Some(n) = remaining.filter(|n| *n > 0) {
+                    println!("{n} more match: run it again to redrive the next batch");
+                }
             }
             Ok(())
         }
         Dlq::Discard { id, reason, common } => {
-            let v = call(
+            let v = common.call(
                 "POST",
-                &common.target,
                 &format!("/admin/dlq/{id}/discard"),
                 &[],
                 Some(serde_json::json!({ "reason": reason })),
@@ -426,7 +466,7 @@ pub(crate) fn dlq(cmd: Dlq) -> anyhow::Result<()> {
 
 /// `shopflow lag`: consumer lag per group and partition, and the outbox backlogs.
 pub(crate) fn lag(common: Common, all: bool) -> anyhow::Result<()> {
-    let v = call("GET", &common.target, "/admin/lag", &[], None)?;
+    let v = common.call("GET", "/admin/lag", &[], None)?;
     if common.printed_json(&v)? {
         return Ok(());
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Subcommand;
 use serde_json::Value;
 
-use crate::admin::{Common, call, clip, s};
+use crate::admin::{Common, clip, s};
 
 /// One order's state and history.
 #[derive(Debug, Subcommand)]
@@ -66,7 +66,7 @@ pub(crate) fn orders(cmd: Orders) -> anyhow::Result<()> {
             if let Some(v) = version {
                 q.push(("version", v.to_string()));
             }
-            let o = call("GET", &common.target, &format!("/orders/{id}"), &q, None)?;
+            let o = common.call("GET", &format!("/orders/{id}"), &q, None)?;
             if common.printed_json(&o)? {
                 return Ok(());
             }
@@ -103,13 +103,7 @@ pub(crate) fn orders(cmd: Orders) -> anyhow::Result<()> {
             Ok(())
         }
         Orders::Events { id, common } => {
-            let v = call(
-                "GET",
-                &common.target,
-                &format!("/orders/{id}/events"),
-                &[],
-                None,
-            )?;
+            let v = common.call("GET", &format!("/orders/{id}/events"), &[], None)?;
             if common.printed_json(&v)? {
                 return Ok(());
             }
@@ -173,7 +167,7 @@ pub(crate) fn events(cmd: Events) -> anyhow::Result<()> {
         q.push(("topic", t.clone()));
     }
     loop {
-        let v = call("GET", &common.target, "/admin/events", &q, None)?;
+        let v = common.call("GET", "/admin/events", &q, None)?;
         for e in v["events"].as_array().cloned().unwrap_or_default() {
             print_event(&e, common.json)?;
         }

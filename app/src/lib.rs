@@ -5,6 +5,7 @@ pub mod load;
 pub mod migrate;
 pub mod openapi;
 pub mod ops;
+pub mod security;
 pub mod services;
 pub mod shop;
 pub mod tail;

@@ -31,6 +31,8 @@ pub struct LoadConfig {
     /// crash): orders are retried with the same `Idempotency-Key`, so a retry never places a
     /// second order. Zero fails at the first error.
     pub retry_for: Duration,
+    /// Sent as `Authorization: Bearer …` (creating the catalog needs it).
+    pub admin_token: Option<String>,
 }
 
 impl Default for LoadConfig {
@@ -46,6 +48,7 @@ impl Default for LoadConfig {
             bad_country_every: 0,
             progress: true,
             retry_for: Duration::ZERO,
+            admin_token: None,
         }
     }
 }
@@ -142,9 +145,17 @@ fn call_with(
     url: &str,
     body: Option<&Value>,
     idempotency_key: Option<&str>,
+    admin_token: Option<&str>,
 ) -> anyhow::Result<(u16, Value)> {
+    let bearer = admin_token.map(|t| format!("Bearer {t}"));
     let mut resp = match (method, body) {
-        ("GET", _) => agent.get(url).call(),
+        ("GET", _) => {
+            let mut req = agent.get(url);
+            if let Some(b) = &bearer {
+                req = req.header("authorization", b);
+            }
+            req.call()
+        }
         ("POST", Some(b)) => {
             let mut req = agent.post(url).header("content-type", "application/json");
             if let Some(k) = idempotency_key {
@@ -152,10 +163,13 @@ fn call_with(
             }
             req.send(b.to_string().as_bytes())
         }
-        ("PUT", Some(b)) => agent
-            .put(url)
-            .header("content-type", "application/json")
-            .send(b.to_string().as_bytes()),
+        ("PUT", Some(b)) => {
+            let mut req = agent.put(url).header("content-type", "application/json");
+            if let Some(b) = &bearer {
+                req = req.header("authorization", b);
+            }
+            req.send(b.to_string().as_bytes())
+        }
         _ => bail!("unsupported call {method}"),
     }
     .with_context(|| format!("{method} {url}"))?;
@@ -172,6 +186,8 @@ struct Retrying<'a> {
     agent: &'a ureq::Agent,
     retry_for: Duration,
     retried: &'a AtomicU64,
+    /// Sent with the operator's calls (the catalog, the order list).
+    admin_token: Option<&'a str>,
 }
 
 impl Retrying<'_> {
@@ -185,7 +201,13 @@ impl Retrying<'_> {
         let give_up = Instant::now() + self.retry_for;
         let mut pause = Duration::from_millis(50);
         loop {
-            let r = call_with(self.agent, method, url, body, key);
+            // The operator's calls: the catalog (PUT) and the order list it follows outcomes by.
+            let token = if method == "POST" {
+                None
+            } else {
+                self.admin_token
+            };
+            let r = call_with(self.agent, method, url, body, key, token);
             let retry = match &r {
                 Err(_) => true,
                 Ok((503, _)) => true,
@@ -234,6 +256,7 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
         agent: &agent,
         retry_for: cfg.retry_for,
         retried: &retried,
+        admin_token: cfg.admin_token.as_deref(),
     };
     let base = cfg.target.trim_end_matches('/').to_owned();
     let run_id = uuid::Uuid::now_v7().simple().to_string();
@@ -264,6 +287,11 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
                 ),
                 None,
             )?;
+            if s == 401 {
+                bail!(
+                    "seeding the catalog needs the admin token: --admin-token, SHOPFLOW_ADMIN_TOKEN, or --data-dir of the shop (its admin.token); or --no-seed"
+                );
+            }
             if s != 200 && s != 201 {
                 bail!("seeding LOAD-{k} failed: {s} {b}");
             }
@@ -321,6 +349,7 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
                 agent: &agent,
                 retry_for: cfg.retry_for,
                 retried: &retried,
+                admin_token: None,
             };
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);

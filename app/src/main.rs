@@ -64,6 +64,13 @@ enum Command {
         /// Print the report as one JSON object (no progress bar).
         #[arg(long)]
         json: bool,
+        /// The admin token, for creating the LOAD-* catalog (PUT /products). Default: the one
+        /// in <data-dir>/admin.token.
+        #[arg(long, env = "SHOPFLOW_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// Where to look for admin.token when no token is given.
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
     },
     /// Check the business invariants over every service's data; exits 1 on any violation.
     Verify {
@@ -205,6 +212,11 @@ struct RunArgs {
     /// Snapshot an order every this many events (0: never).
     #[arg(long, default_value_t = 50)]
     snapshot_every: u64,
+    /// The operator's token for the admin routes (`Authorization: Bearer …`; at least 16
+    /// characters). Default: the one in <data-dir>/admin.token, generated and printed on first
+    /// start. Every process of a distributed deployment should get the same one.
+    #[arg(long, env = "SHOPFLOW_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 impl RunArgs {
@@ -259,6 +271,7 @@ impl RunArgs {
                 .into_iter()
                 .filter(|u| !u.trim().is_empty())
                 .collect(),
+            admin_token: self.admin_token,
             ..ShopConfig::new(&self.data_dir, self.listen)
         })
     }
@@ -270,9 +283,8 @@ enum Projections {
     Rebuild {
         /// The projection (`orders`).
         name: String,
-        /// The shop's base URL.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        target: String,
+        #[command(flatten)]
+        common: admin::Common,
     },
 }
 
@@ -372,26 +384,12 @@ fn run() -> anyhow::Result<()> {
             Command::Lag { all, common } => {
                 tokio::task::spawn_blocking(move || admin::lag(common, all)).await?
             }
-            Command::Projections(Projections::Rebuild { name, target }) => {
+            Command::Projections(Projections::Rebuild { name, common }) => {
                 if name != "orders" {
                     anyhow::bail!("unknown projection `{name}` (known: orders)");
                 }
-                let url = format!(
-                    "{}/admin/projections/orders/rebuild",
-                    target.trim_end_matches('/')
-                );
-                let out = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
-                    let agent: ureq::Agent = ureq::Agent::config_builder()
-                        .http_status_as_error(false)
-                        .build()
-                        .into();
-                    let mut resp = agent.post(&url).send_empty()?;
-                    let status = resp.status();
-                    let body = resp.body_mut().read_to_string()?;
-                    if !status.is_success() {
-                        anyhow::bail!("{url} answered {status}: {body}");
-                    }
-                    Ok(body)
+                let out = tokio::task::spawn_blocking(move || {
+                    common.call("POST", "/admin/projections/orders/rebuild", &[], None)
                 })
                 .await??;
                 println!("{out}");
@@ -415,9 +413,15 @@ fn run() -> anyhow::Result<()> {
                 bad_country_every,
                 retry_for_secs,
                 json,
+                admin_token,
+                data_dir,
             } => {
                 let cfg = shopflow::load::LoadConfig {
                     target,
+                    admin_token: shopflow::security::client_token(
+                        admin_token.as_deref(),
+                        &data_dir,
+                    ),
                     orders,
                     rate,
                     concurrency,
@@ -444,12 +448,26 @@ fn run() -> anyhow::Result<()> {
 async fn up(config: ShopConfig) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let style = config.saga;
+    let given_token = config.admin_token.is_some();
     let shop = Shop::start(config).await?;
     println!(
         "shopflow is up: http://{} (OpenAPI at /openapi.json), data in {}, sagas by {style}",
         shop.addr,
         data_dir.display()
     );
+    match &shop.admin_token_created {
+        // Printed this once; afterwards it is only in the file.
+        Some(path) => println!(
+            "admin token (for /admin/*, PUT /products, GET /orders, /sagas; kept in {}): {}",
+            path.display(),
+            shop.admin_token.as_str()
+        ),
+        None if given_token => println!("admin token: as given"),
+        None => println!(
+            "admin token: in {}",
+            data_dir.join(shopflow::security::TOKEN_FILE).display()
+        ),
+    }
     println!("press Ctrl-C to stop");
     wait_for_signal().await;
     println!("stopping…");

@@ -206,7 +206,13 @@ async fn redrive_matching(
     let r = dlq::redrive_matching(&ops.db, &filter)
         .await
         .map_err(dlq_error)?;
-    Ok(Json(serde_json::json!({"redriven": r})))
+    Ok(Json(serde_json::to_value(r).map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            e.to_string(),
+        )
+    })?))
 }
 
 async fn discard(

@@ -16,6 +16,7 @@ use shopflow_anybus::AnyBus;
 use shopflow_bus::{Bus, TopicSpec};
 use shopflow_eventsourcing::SnapshotPolicy;
 use shopflow_http::ApiError;
+use shopflow_http::auth::AdminToken;
 use shopflow_order::saga::SagaTimeouts;
 use shopflow_payment::edge::CardVault;
 use shopflow_runtime::dlq::Indexer;
@@ -70,6 +71,9 @@ pub struct ShopConfig {
     pub inbox_retention: InboxRetention,
     /// How often the order aggregate is snapshotted.
     pub order_snapshots: SnapshotPolicy,
+    /// The operator's token (`--admin-token`); `None`: the one in `<data-dir>/admin.token`,
+    /// generated on first start.
+    pub admin_token: Option<String>,
 }
 
 impl ShopConfig {
@@ -91,6 +95,7 @@ impl ShopConfig {
             vault_urls: Vec::new(),
             inbox_retention: InboxRetention::default(),
             order_snapshots: shopflow_order::DEFAULT_SNAPSHOTS,
+            admin_token: None,
         }
     }
 
@@ -121,6 +126,10 @@ pub struct Shop {
     pub ops: crate::ops::Ops,
     /// Every consumer this process runs: its group and the topics it reads.
     pub consumers: Vec<(&'static str, Vec<String>)>,
+    /// What the admin routes ask for (see [`crate::security`]).
+    pub admin_token: AdminToken,
+    /// Where the token was written, when this start generated it (to be printed once).
+    pub admin_token_created: Option<PathBuf>,
     trigger: ShutdownTrigger,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -137,6 +146,8 @@ impl Shop {
             .context("the shop's events cannot all be read")?;
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let (admin_token, admin_token_created) =
+            crate::security::admin_token(config.admin_token.as_deref(), dir)?;
         let log =
             AnyBus::open(&config.bus, &dir.join("log"), config.partitions).with_context(|| {
                 match &config.bus {
@@ -314,6 +325,13 @@ impl Shop {
             )),
             None => app,
         }
+        .layer(axum::middleware::from_fn_with_state(
+            (
+                admin_token.clone(),
+                crate::security::needs_admin as shopflow_http::auth::Policy,
+            ),
+            shopflow_http::auth::require_admin,
+        ))
         .layer(axum::middleware::from_fn(shopflow_http::correlate));
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -334,6 +352,8 @@ impl Shop {
             dbs,
             ops,
             consumers,
+            admin_token,
+            admin_token_created,
             trigger,
             tasks,
         })

@@ -17,6 +17,7 @@ const CARDS: [&str; 3] = ["4111111111111111", "4000000000000002", "5555555555554
 
 fn up(dir: &Path, port: u16, extra: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_shopflow"))
+        .env("SHOPFLOW_ADMIN_TOKEN", common::TEST_ADMIN_TOKEN)
         .args([
             "up",
             "--data-dir",
@@ -122,7 +123,7 @@ fn embedded(saga: &str) {
     let port = free_port();
     let mut shop = up(dir.path(), port, &["--saga", saga]);
     wait_healthy(port);
-    let c = Client::new(format!("http://127.0.0.1:{port}"));
+    let c = Client::admin(format!("http://127.0.0.1:{port}"));
     let ids = place(&c);
     stop_gracefully(&mut shop);
     let files = search_files(&dir.path().join("data"));
@@ -173,7 +174,7 @@ async fn no_card_number_anywhere_on_kafka_and_postgres() {
     let dir_path = dir.path().to_owned();
     blocking(move || {
         wait_healthy(port);
-        let c = Client::new(format!("http://127.0.0.1:{port}"));
+        let c = Client::admin(format!("http://127.0.0.1:{port}"));
         place(&c);
         stop_gracefully(&mut shop);
         search_files(&dir_path.join("data"));

@@ -14,7 +14,9 @@ use std::time::Duration;
 use common::{free_port, stop_gracefully, wait_healthy};
 
 fn shopflow() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_shopflow"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_shopflow"));
+    c.env("SHOPFLOW_ADMIN_TOKEN", common::TEST_ADMIN_TOKEN);
+    c
 }
 
 /// A tiny deterministic generator for the kill timings (xorshift64).

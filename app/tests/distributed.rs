@@ -111,7 +111,7 @@ async fn the_shop_runs_on_postgresql() {
     })
     .await
     .unwrap();
-    let c = Client::new(format!("http://{}", shop.addr));
+    let c = Client::new(format!("http://{}", shop.addr)).with_token(shop.admin_token.as_str());
     blocking(move || {
         c.put_product("PG-1", 800, 50);
         c.put_product("PG-LOW", 900, 1);
@@ -158,6 +158,7 @@ impl Fleet {
 
     fn spawn_on(&mut self, service: &str, port: u16) -> u16 {
         let child = Command::new(env!("CARGO_BIN_EXE_shopflow"))
+            .env("SHOPFLOW_ADMIN_TOKEN", common::TEST_ADMIN_TOKEN)
             .args([
                 "service",
                 service,
@@ -192,7 +193,7 @@ impl Fleet {
             .spawn()
             .expect("start shopflow service");
         self.procs.push((service.to_owned(), port, child));
-        let c = Client::new(format!("http://127.0.0.1:{port}"));
+        let c = Client::admin(format!("http://127.0.0.1:{port}"));
         let end = Instant::now() + Duration::from_secs(60);
         while Instant::now() < end {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -217,7 +218,7 @@ impl Fleet {
             .iter()
             .find(|(s, _, _)| s == service)
             .unwrap_or_else(|| panic!("no {service} process"));
-        Client::new(format!("http://127.0.0.1:{port}"))
+        Client::admin(format!("http://127.0.0.1:{port}"))
     }
 
     /// Kills the (first) process of `service` with SIGKILL; returns its port.
@@ -319,7 +320,7 @@ async fn every_service_in_its_own_process_on_kafka_and_postgresql() {
             .iter()
             .filter(|(s, _, _)| s == "payment")
             .map(|(_, port, _)| {
-                let c = Client::new(format!("http://127.0.0.1:{port}"));
+                let c = Client::admin(format!("http://127.0.0.1:{port}"));
                 let text = c.get("/metrics").1.as_str().unwrap_or_default().to_owned();
                 text.lines()
                     .find(|l| l.starts_with("shopflow_events_consumed_total{consumer=\"payment\"}"))
@@ -363,7 +364,7 @@ async fn migrate_moves_an_embedded_deployment_and_the_shop_carries_on() {
     let shop = Shop::start(ShopConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap()))
         .await
         .unwrap();
-    let c = Client::new(format!("http://{}", shop.addr));
+    let c = Client::new(format!("http://{}", shop.addr)).with_token(shop.admin_token.as_str());
     let (user, before) = blocking(move || {
         c.put_product("MG-1", 600, 1000);
         c.put_product("MG-LOW", 900, 1);
@@ -410,7 +411,7 @@ async fn migrate_moves_an_embedded_deployment_and_the_shop_carries_on() {
     })
     .await
     .unwrap();
-    let c = Client::new(format!("http://{}", shop.addr));
+    let c = Client::new(format!("http://{}", shop.addr)).with_token(shop.admin_token.as_str());
     blocking(move || {
         for id in &before {
             c.wait_final_within(id, FINAL_WITHIN);
@@ -570,7 +571,7 @@ async fn killing_service_processes_one_at_a_time_loses_nothing() {
                 );
             }
             for (s, port, _) in &fleet.procs {
-                let c = Client::new(format!("http://127.0.0.1:{port}"));
+                let c = Client::admin(format!("http://127.0.0.1:{port}"));
                 let lag = c.get("/admin/lag").1;
                 eprintln!(
                     "{s}: lag {} backlog {}",

@@ -99,7 +99,7 @@ fn stock(c: &Client, sku: &str) -> Value {
 async fn run(style: SagaStyle) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let shop = start(dir.path(), style).await;
-    let c = Client::new(format!("http://{}", shop.addr));
+    let c = Client::new(format!("http://{}", shop.addr)).with_token(shop.admin_token.as_str());
     let (user, labelled, racers) = blocking(move || {
         c.put_product("EQ-A", 1000, 100);
         c.put_product("EQ-B", 250, 10);
@@ -146,7 +146,7 @@ async fn run(style: SagaStyle) -> Value {
     .await;
 
     // A restart in the middle of a flow of orders.
-    let c = Client::new(format!("http://{}", shop.addr));
+    let c = Client::new(format!("http://{}", shop.addr)).with_token(shop.admin_token.as_str());
     let u = user.clone();
     let restarted: Vec<String> = blocking(move || {
         (0..20)
@@ -160,7 +160,7 @@ async fn run(style: SagaStyle) -> Value {
     .await;
     shop.stop().await.unwrap();
     let shop = start(dir.path(), style).await;
-    let c = Client::new(format!("http://{}", shop.addr));
+    let c = Client::new(format!("http://{}", shop.addr)).with_token(shop.admin_token.as_str());
     let c2 = c.clone();
     let ids = restarted.clone();
     blocking(move || {

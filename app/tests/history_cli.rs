@@ -14,6 +14,7 @@ use shopflow::shop::{Shop, ShopConfig};
 
 fn cli(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_shopflow"))
+        .env("SHOPFLOW_ADMIN_TOKEN", common::TEST_ADMIN_TOKEN)
         .args(args)
         .output()
         .unwrap();
@@ -25,11 +26,14 @@ fn cli(args: &[&str]) -> (bool, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_and_events_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
-    let shop = Shop::start(ShopConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap()))
-        .await
-        .unwrap();
+    let shop = Shop::start(ShopConfig {
+        admin_token: Some(common::TEST_ADMIN_TOKEN.into()),
+        ..ShopConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap())
+    })
+    .await
+    .unwrap();
     let base = format!("http://{}", shop.addr);
-    let c = Client::new(base.clone());
+    let c = Client::admin(base.clone());
     blocking(move || {
         c.put_product("CLI", 700, 10);
         let user = c.register("cli@example.com", None);
@@ -115,6 +119,7 @@ async fn orders_and_events_from_the_command_line() {
 
         // --follow prints what is published after it started.
         let mut follower = Command::new(env!("CARGO_BIN_EXE_shopflow"))
+            .env("SHOPFLOW_ADMIN_TOKEN", common::TEST_ADMIN_TOKEN)
             .args([
                 "events",
                 "tail",

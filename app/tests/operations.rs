@@ -16,7 +16,7 @@ async fn start(tune: impl FnOnce(&mut ShopConfig)) -> (Shop, Client, tempfile::T
     let mut config = ShopConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap());
     tune(&mut config);
     let shop = Shop::start(config).await.unwrap();
-    let client = Client::new(format!("http://{}", shop.addr));
+    let client = Client::new(format!("http://{}", shop.addr)).with_token(shop.admin_token.as_str());
     (shop, client, dir)
 }
 
@@ -47,7 +47,7 @@ fn spooled_mails(dir: &std::path::Path) -> usize {
 
 /// Delivery fails (the mail spool is not a directory) with a breaker that never opens: after
 /// two attempts each welcome mail is dead-lettered. Once the spool is fixed, a redrive sends
-/// each exactly once, and a second redrive is refused.
+/// each exactly once, and a second redrive sends nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_retries_are_dead_lettered_and_redriven_once() {
     let (shop, c, dir) = start(|cfg| {
@@ -131,11 +131,12 @@ async fn exhausted_retries_are_dead_lettered_and_redriven_once() {
             2,
             "each redriven mail sent exactly once"
         );
-        assert_eq!(
-            c.send("POST", &format!("/admin/dlq/{id}/redrive"), "", &[])
-                .0,
-            409
-        );
+        // A second redrive of the same dead letter sends nothing.
+        let (s, again) = c.send("POST", &format!("/admin/dlq/{id}/redrive"), "", &[]);
+        assert_eq!(s, 200, "{again}");
+        assert_eq!(again["redriven"][0]["alreadyRedriven"], true, "{again}");
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(spooled_mails(&data), 2, "still each mail once");
         assert_eq!(dead_letters(&c, "status=redriven").len(), 2);
         let open = dead_letters(&c, "");
         assert!(open.is_empty(), "nothing open any more: {open:#?}");
@@ -242,6 +243,42 @@ async fn poison_on_the_bus_is_dead_lettered_while_orders_flow() {
         assert_eq!(
             dead_letters(&c2, "error=malformed&status=discarded")[0]["id"],
             *id
+        );
+
+        // Redriving poison does not multiply it: each record goes back to the one group that
+        // dead-lettered it, which dead-letters it once more — 9 open, round after round.
+        let open = || dead_letters(&c2, &format!("topic={topic}")).len();
+        for round in 1..=4 {
+            let (s, r) = c2.post("/admin/dlq/redrive", &json!({"topic": topic}), &[]);
+            assert_eq!(s, 200, "{r}");
+            assert_eq!(
+                (r["count"].as_u64(), r["remaining"].as_i64()),
+                (Some(9), Some(0)),
+                "{r}"
+            );
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while open() < 9 {
+                assert!(Instant::now() < deadline, "round {round}: {} open", open());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            assert_eq!(open(), 9, "round {round}: no more dead letters than before");
+            assert_eq!(
+                dead_letters(&c2, &format!("topic={topic}&status=redriven")).len(),
+                9 * round
+            );
+        }
+        // A bulk redrive is bounded and says what it left.
+        let (s, r) = c2.post(
+            "/admin/dlq/redrive",
+            &json!({"topic": topic, "limit": 4}),
+            &[],
+        );
+        assert_eq!(s, 200, "{r}");
+        assert_eq!(
+            (r["count"].as_u64(), r["remaining"].as_i64()),
+            (Some(4), Some(5)),
+            "{r}"
         );
     })
     .await;

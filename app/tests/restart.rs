@@ -15,7 +15,7 @@ fn sigkill_mid_batch_then_restart_completes_every_order_once() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut child = common::up_process(dir.path(), port, &[]);
-    let c = Client::new(format!("http://127.0.0.1:{port}"));
+    let c = Client::admin(format!("http://127.0.0.1:{port}"));
     common::wait_healthy(port);
     c.put_product("BOX", 1000, 10_000);
     let user = c.register("kim@example.com", None);

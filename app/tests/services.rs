@@ -101,7 +101,7 @@ async fn a_running_shop_is_what_the_list_says() {
             .collect();
         assert!(topics.is_subset(&created));
 
-        let c = Client::new(format!("http://{}", shop.addr));
+        let c = Client::new(format!("http://{}", shop.addr)).with_token(shop.admin_token.as_str());
         blocking(move || {
             let doc = shopflow::openapi::document();
             for (path, methods) in doc["paths"].as_object().unwrap() {

@@ -15,7 +15,7 @@ async fn start() -> (Shop, Client, tempfile::TempDir) {
     let shop = Shop::start(ShopConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap()))
         .await
         .unwrap();
-    let client = Client::new(format!("http://{}", shop.addr));
+    let client = Client::new(format!("http://{}", shop.addr)).with_token(shop.admin_token.as_str());
     (shop, client, dir)
 }
 

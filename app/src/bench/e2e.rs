@@ -89,6 +89,7 @@ pub(crate) async fn run(a: E2eArgs) -> anyhow::Result<()> {
             rate,
             concurrency: a.concurrency,
             progress: false,
+            admin_token: Some(shop.admin_token.as_str().to_owned()),
             ..LoadConfig::default()
         };
         let r = tokio::task::spawn_blocking(move || run_load(&cfg)).await??;

@@ -10,7 +10,12 @@ use serde_json::{Value, json};
 pub struct Client {
     pub base: String,
     agent: ureq::Agent,
+    /// `Authorization: Bearer …` on every request, when set.
+    bearer: Option<String>,
 }
+
+/// The admin token the tests give the shops they start as processes.
+pub const TEST_ADMIN_TOKEN: &str = "sfa_test_0123456789abcdef0123456789abcdef";
 
 impl Client {
     pub fn new(base: impl Into<String>) -> Self {
@@ -21,6 +26,25 @@ impl Client {
         Self {
             base: base.into(),
             agent: config.into(),
+            bearer: None,
+        }
+    }
+
+    /// The same client, sending the admin token.
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.bearer = Some(format!("Bearer {token}"));
+        self
+    }
+
+    /// A client of a shop started by the tests as a process (with [`TEST_ADMIN_TOKEN`]).
+    pub fn admin(base: impl Into<String>) -> Self {
+        Self::new(base).with_token(TEST_ADMIN_TOKEN)
+    }
+
+    fn auth<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.bearer {
+            Some(b) => req.header("authorization", b),
+            None => req,
         }
     }
 
@@ -33,8 +57,7 @@ impl Client {
 
     pub fn get(&self, path: &str) -> (u16, Value) {
         Self::finish(
-            self.agent
-                .get(format!("{}{path}", self.base))
+            self.auth(self.agent.get(format!("{}{path}", self.base)))
                 .call()
                 .expect("GET"),
         )
@@ -53,7 +76,7 @@ impl Client {
             "PUT" => self.agent.put(url),
             other => panic!("method {other}"),
         };
-        req = req.header("content-type", "application/json");
+        req = self.auth(req).header("content-type", "application/json");
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -63,8 +86,7 @@ impl Client {
     /// Like `post`, but a connection failure (the server is down) is `None` instead of a panic.
     pub fn try_post(&self, path: &str, body: &Value) -> Option<(u16, Value)> {
         let resp = self
-            .agent
-            .post(format!("{}{path}", self.base))
+            .auth(self.agent.post(format!("{}{path}", self.base)))
             .header("content-type", "application/json")
             .send(body.to_string().as_bytes())
             .ok()?;
@@ -79,8 +101,7 @@ impl Client {
         headers: &[(&str, &str)],
     ) -> Option<(u16, Value)> {
         let mut req = self
-            .agent
-            .post(format!("{}{path}", self.base))
+            .auth(self.agent.post(format!("{}{path}", self.base)))
             .header("content-type", "application/json");
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -249,6 +270,7 @@ pub fn verify_settled(dir: &std::path::Path) -> std::process::Output {
 /// Starts `shopflow up` on `dir` and `port` as a child process (output discarded).
 pub fn up_process(dir: &std::path::Path, port: u16, extra: &[&str]) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_shopflow"))
+        .env("SHOPFLOW_ADMIN_TOKEN", TEST_ADMIN_TOKEN)
         .args([
             "up",
             "--data-dir",

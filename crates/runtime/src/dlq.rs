@@ -404,17 +404,31 @@ pub async fn show(db: &Db, id: &str) -> Result<DeadLetterDetail, Error> {
 pub struct Redriven {
     pub id: String,
     pub topic: String,
+    /// The one consumer group it goes back to (the one that dead-lettered it).
+    pub consumer: String,
+    /// It had been redriven before: nothing was sent this time.
+    pub already_redriven: bool,
 }
 
 async fn redrive_in(tx: &mut Tx, id: &str) -> Result<Redriven, Error> {
     let rows = tx
         .query(
-            "SELECT status, original_topic, record_key, record_value, headers FROM dead_letters WHERE id = $1",
+            "SELECT status, original_topic, record_key, record_value, headers, consumer FROM dead_letters WHERE id = $1",
             params![id],
         )
         .await?;
     let r = rows.first().ok_or_else(|| Error::NotFound(id.to_owned()))?;
     let status = r.str(0)?;
+    let consumer = r.str(5)?.to_owned();
+    if status == "redriven" {
+        // Once is enough: a second redrive (a retried call, two operators) sends nothing.
+        return Ok(Redriven {
+            id: id.to_owned(),
+            topic: r.str(1)?.to_owned(),
+            consumer,
+            already_redriven: true,
+        });
+    }
     if status != "open" {
         return Err(Error::NotOpen {
             id: id.to_owned(),
@@ -425,13 +439,23 @@ async fn redrive_in(tx: &mut Tx, id: &str) -> Result<Redriven, Error> {
     let stored: BTreeMap<String, String> = serde_json::from_str(r.str(4)?).unwrap_or_default();
     let mut hdrs: Vec<(String, Bytes)> = stored
         .into_iter()
-        .filter(|(k, _)| !k.starts_with("dlq-") && k != headers::REDRIVEN_FROM)
+        .filter(|(k, _)| {
+            !k.starts_with("dlq-") && k != headers::REDRIVEN_FROM && k != headers::REDRIVEN_FOR
+        })
         .map(|(k, v)| (k, Bytes::from(v.into_bytes())))
         .collect();
     hdrs.push((
         headers::REDRIVEN_FROM.to_owned(),
         Bytes::copy_from_slice(id.as_bytes()),
     ));
+    // Only the group that dead-lettered it handles it again (see `stage::redrive`); a dead
+    // letter of unknown origin goes to every group, as it came.
+    if consumer != "unknown" {
+        hdrs.push((
+            headers::REDRIVEN_FOR.to_owned(),
+            Bytes::copy_from_slice(consumer.as_bytes()),
+        ));
+    }
     let msg = Message {
         topic: topic.clone(),
         key: r.opt_bytes(2)?.map(Bytes::copy_from_slice),
@@ -445,10 +469,12 @@ async fn redrive_in(tx: &mut Tx, id: &str) -> Result<Redriven, Error> {
         params![id, chrono::Utc::now().timestamp_millis()],
     )
     .await?;
-    tracing::info!(id, topic, "dead letter redriven");
+    tracing::info!(id, topic, consumer, "dead letter redriven");
     Ok(Redriven {
         id: id.to_owned(),
         topic,
+        consumer,
+        already_redriven: false,
     })
 }
 
@@ -460,15 +486,37 @@ pub async fn redrive(db: &Db, id: &str) -> Result<Redriven, Error> {
     Ok(out)
 }
 
-/// Sends every open dead letter matching `filter` back to its topic, in one transaction.
-pub async fn redrive_matching(db: &Db, filter: &Filter) -> Result<Vec<Redriven>, Error> {
+/// The most dead letters one bulk redrive sends (and the default when no `limit` is given
+/// is [`DEFAULT_BULK_REDRIVE`]): a redrive is a deliberate act, in bounded steps.
+pub const MAX_BULK_REDRIVE: u32 = 1000;
+pub const DEFAULT_BULK_REDRIVE: u32 = 100;
+
+/// What a bulk redrive did.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BulkRedrive {
+    pub redriven: Vec<Redriven>,
+    /// How many were sent back now.
+    pub count: usize,
+    /// Open dead letters matching the filter that this call left (past its limit).
+    pub remaining: i64,
+    pub limit: u32,
+}
+
+/// Sends the oldest open dead letters matching `filter` back, each to the one group it failed
+/// in, in one transaction: at most `limit` (default [`DEFAULT_BULK_REDRIVE`], at most
+/// [`MAX_BULK_REDRIVE`]); says how many matching ones remain.
+pub async fn redrive_matching(db: &Db, filter: &Filter) -> Result<BulkRedrive, Error> {
     let (clause, params) = where_clause(filter, Some("open"))?;
     if filter.status.as_deref().is_some_and(|s| s != "open") {
         return Err(Error::Invalid(
             "only open dead letters can be redriven".into(),
         ));
     }
-    let limit = filter.limit.unwrap_or(1000).clamp(1, 10_000);
+    let limit = filter
+        .limit
+        .unwrap_or(DEFAULT_BULK_REDRIVE)
+        .clamp(1, MAX_BULK_REDRIVE);
     let mut tx = db.begin().await?;
     let ids: Vec<String> = tx
         .query(
@@ -479,12 +527,27 @@ pub async fn redrive_matching(db: &Db, filter: &Filter) -> Result<Vec<Redriven>,
         .iter()
         .map(|r| r.str(0).map(str::to_owned))
         .collect::<Result<_, _>>()?;
-    let mut out = Vec::with_capacity(ids.len());
+    let mut redriven = Vec::with_capacity(ids.len());
     for id in &ids {
-        out.push(redrive_in(&mut tx, id).await?);
+        redriven.push(redrive_in(&mut tx, id).await?);
     }
+    let remaining = tx
+        .query(
+            &format!("SELECT COUNT(*) FROM dead_letters{clause}"),
+            &params,
+        )
+        .await?
+        .first()
+        .map(|r| r.i64(0))
+        .transpose()?
+        .unwrap_or(0);
     tx.commit().await?;
-    Ok(out)
+    Ok(BulkRedrive {
+        count: redriven.len(),
+        redriven,
+        remaining,
+        limit,
+    })
 }
 
 /// Closes an open dead letter without redriving it; the reason is kept.

@@ -31,6 +31,9 @@ pub mod headers {
     pub const DLQ_ATTEMPTS: &str = "dlq-attempts";
     /// Set on a record that an operator redrove from a dead-letter queue: the dead letter's id.
     pub const REDRIVEN_FROM: &str = "redriven-from";
+    /// Set on a redriven record: the one consumer group it is for (the one that dead-lettered
+    /// it); the other groups of the topic pass it by.
+    pub const REDRIVEN_FOR: &str = "redriven-for";
 }
 
 /// A signal that tells long-running tasks to stop.

@@ -218,8 +218,9 @@ async fn dead_letters_are_listed_discarded_and_redriven_once() {
     let redriven = dlq::redrive_matching(&ops, &Filter::default())
         .await
         .unwrap();
-    assert_eq!(redriven.len(), 1);
-    assert_eq!(redriven[0].id, letter.id);
+    assert_eq!((redriven.count, redriven.remaining), (1, 0));
+    assert_eq!(redriven.redriven[0].id, letter.id);
+    assert_eq!(redriven.redriven[0].consumer, "fragile");
     wait_for("fragile handles the redriven event", || async {
         seen(&svc, "fragile").await == vec![1, 2, 3, 4, 5]
     })
@@ -227,10 +228,14 @@ async fn dead_letters_are_listed_discarded_and_redriven_once() {
     // `sturdy` had handled it: its inbox skips the redriven copy.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(seen(&svc, "sturdy").await, vec![1, 2, 3, 4, 5]);
-    assert!(matches!(
-        dlq::redrive(&ops, &letter.id).await,
-        Err(dlq::Error::NotOpen { .. })
-    ));
+    // A second redrive of the same dead letter sends nothing.
+    let again = dlq::redrive(&ops, &letter.id).await.unwrap();
+    assert!(again.already_redriven);
+    assert_eq!(
+        shopflow_store::outbox::backlog(&ops).await.unwrap(),
+        0,
+        "nothing was enqueued"
+    );
     let counts = dlq::counts(&ops).await.unwrap();
     assert_eq!(counts.get("redriven"), Some(&1));
     assert_eq!(counts.get("discarded"), Some(&2));

@@ -2,10 +2,12 @@
 //! rest of the stack (tower's middleware, watermill's handler middleware):
 //!
 //! ```text
-//!  dead_letter ─ decode ─ retry ─ savepoint ─ inbox ─ sequence ─ breaker ─ catch ─ [timeout]
-//!  (outermost)                                                       ─ handler (innermost)
+//!  redrive ─ dead_letter ─ decode ─ retry ─ savepoint ─ inbox ─ sequence ─ breaker ─ catch
+//!  (outermost)                                              ─ [timeout] ─ handler (innermost)
 //! ```
 //!
+//! - [`redrive`]: a record redriven from a dead-letter queue goes to the one group it names;
+//!   the other groups of its topic pass it by.
 //! - [`dead_letter`]: turns a given-up record into a dead letter on `<topic>.dlq` (once).
 //! - [`decode`]: decodes the envelope through the registry (upcasting); a record that is not a
 //!   valid, known event is given up at once.
@@ -31,6 +33,7 @@ pub mod catch;
 pub mod dead_letter;
 pub mod decode;
 pub mod inbox;
+pub mod redrive;
 pub mod retry;
 pub mod savepoint;
 pub mod sequence;
@@ -196,7 +199,7 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// The runtime's stack for `handler`: dead-letter, decode, retry (by `retry`), savepoint,
+    /// The runtime's stack for `handler`: redrive, dead-letter, decode, retry (by `retry`), savepoint,
     /// inbox, the handler's breakers (when it declares any), panic catching, and a timeout when
     /// `timeout` sets one.
     pub fn for_handler(
@@ -206,6 +209,7 @@ impl Stack {
         timeout: Option<Duration>,
     ) -> Self {
         let mut stages: Vec<Arc<dyn Stage>> = vec![
+            Arc::new(redrive::Redrive),
             Arc::new(dead_letter::DeadLetter),
             Arc::new(decode::Decode::new(registry)),
             Arc::new(retry::Retry::new(retry)),
