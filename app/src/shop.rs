@@ -36,6 +36,9 @@ pub use shopflow_service::SagaStyle;
 /// Which databases: `sqlite` or `postgres://…` (the store's [`shopflow_store::DbUrl`]).
 pub use shopflow_store::DbUrl as DbConfig;
 
+/// How long start-up waits for a Kafka broker to answer before it gives up.
+const BUS_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// How to run the shop.
 #[derive(Clone, Debug)]
 pub struct ShopConfig {
@@ -157,6 +160,10 @@ impl Shop {
                     BusConfig::Kafka(k) => format!("connecting to Kafka at {}", k.brokers),
                 }
             })?;
+        // A broker that is not there fails the start (librdkafka alone would retry forever).
+        if let AnyBus::Kafka(k) = &log {
+            k.ping(BUS_CONNECT_TIMEOUT).await?;
+        }
         let spec = TopicSpec {
             replication_factor: config.bus.replication_factor(),
             ..TopicSpec::new(config.partitions)

@@ -64,6 +64,28 @@ impl KafkaBus {
         &self.inner.config
     }
 
+    /// Asks the cluster for its metadata: an error within `within`, naming the brokers, when
+    /// none answers (librdkafka itself would retry forever, logging AllBrokersDown).
+    pub async fn ping(&self, within: std::time::Duration) -> Result<()> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            this.inner
+                .producer
+                .client()
+                .fetch_metadata(None, within)
+                .map(|_| ())
+                .map_err(|e| Error::Unavailable {
+                    reason: format!(
+                        "no Kafka broker answered at {} within {} s: {e}",
+                        this.inner.config.brokers,
+                        within.as_secs()
+                    ),
+                })
+        })
+        .await
+        .map_err(join_err)?
+    }
+
     /// The cluster's name of a topic or group.
     pub(crate) fn ns(&self, name: &str) -> String {
         self.inner.ns(name)

@@ -46,9 +46,22 @@ impl PgDb {
                     what: "PostgreSQL URL",
                     reason: e.to_string(),
                 })?;
+        // A server that does not answer is an error within seconds, naming where it was looked
+        // for — not a start-up that hangs.
+        let mut base = base;
+        if base.get_connect_timeout().is_none() {
+            base.connect_timeout(CONNECT_TIMEOUT);
+        }
         // Create the schema with a plain connection first.
         {
-            let (client, conn) = base.connect(NoTls).await?;
+            let (client, conn) = base.connect(NoTls).await.map_err(|e| Error::Unavailable {
+                reason: format!(
+                    "cannot connect to PostgreSQL at {} within {} s: {}",
+                    where_(&base),
+                    CONNECT_TIMEOUT.as_secs(),
+                    postgres_reason(&e)
+                ),
+            })?;
             let task = tokio::spawn(conn);
             client
                 .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
@@ -347,4 +360,34 @@ impl Drop for PgTx {
             }
         }
     }
+}
+
+/// How long a connection attempt may take before start-up gives up on the server.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `host:port/dbname` of a configuration, for messages (never the password).
+fn where_(c: &tokio_postgres::Config) -> String {
+    let hosts: Vec<String> = c
+        .get_hosts()
+        .iter()
+        .zip(c.get_ports().iter().chain(std::iter::repeat(&5432)))
+        .map(|(h, p)| match h {
+            tokio_postgres::config::Host::Tcp(h) => format!("{h}:{p}"),
+            tokio_postgres::config::Host::Unix(path) => format!("{}:{p}", path.display()),
+        })
+        .collect();
+    format!("{}/{}", hosts.join(","), c.get_dbname().unwrap_or(""))
+}
+
+/// The error with its cause (tokio-postgres says "error connecting to server" and keeps the
+/// why in its source).
+fn postgres_reason(e: &tokio_postgres::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
 }
