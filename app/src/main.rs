@@ -217,6 +217,19 @@ struct RunArgs {
     /// start. Every process of a distributed deployment should get the same one.
     #[arg(long, env = "SHOPFLOW_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Seconds a client may take to send a request's head; also how long an idle keep-alive
+    /// connection is kept.
+    #[arg(long, default_value_t = 10)]
+    header_timeout_secs: u64,
+    /// Seconds a request may take before it is answered 503.
+    #[arg(long, default_value_t = 30)]
+    request_timeout_secs: u64,
+    /// Open HTTP connections at most (also bounded by the open-file limit); beyond: 503.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// HTTP requests handled at once at most; beyond: 503 with Retry-After.
+    #[arg(long, default_value_t = 1024)]
+    max_in_flight: usize,
 }
 
 impl RunArgs {
@@ -272,6 +285,14 @@ impl RunArgs {
                 .filter(|u| !u.trim().is_empty())
                 .collect(),
             admin_token: self.admin_token,
+            http_limits: shopflow_http::serve::Limits {
+                header_read_timeout: std::time::Duration::from_secs(
+                    self.header_timeout_secs.max(1),
+                ),
+                request_timeout: std::time::Duration::from_secs(self.request_timeout_secs.max(1)),
+                max_connections: self.max_connections.max(1),
+                max_in_flight: self.max_in_flight.max(1),
+            },
             ..ShopConfig::new(&self.data_dir, self.listen)
         })
     }

@@ -77,6 +77,8 @@ pub struct ShopConfig {
     /// The operator's token (`--admin-token`); `None`: the one in `<data-dir>/admin.token`,
     /// generated on first start.
     pub admin_token: Option<String>,
+    /// Timeouts and caps of the HTTP API's connections and requests.
+    pub http_limits: shopflow_http::serve::Limits,
 }
 
 impl ShopConfig {
@@ -99,6 +101,7 @@ impl ShopConfig {
             inbox_retention: InboxRetention::default(),
             order_snapshots: shopflow_order::DEFAULT_SNAPSHOTS,
             admin_token: None,
+            http_limits: shopflow_http::serve::Limits::default(),
         }
     }
 
@@ -141,6 +144,8 @@ impl Shop {
     pub async fn start(config: ShopConfig) -> anyhow::Result<Shop> {
         // Every file the shop creates (databases, the log, the spool, keys) is its user's alone.
         rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+        // A server's share of file handles: every connection costs one.
+        shopflow_http::serve::raise_open_file_limit();
         // A registry that cannot bring every version of an event to its current one would
         // dead-letter old events at run time; refuse to start instead, naming the missing steps.
         let registry = services::registry();
@@ -345,13 +350,9 @@ impl Shop {
             .with_context(|| format!("listening on {}", config.listen))?;
         let addr = listener.local_addr()?;
         let s = shutdown.clone();
+        let limits = config.http_limits.clone();
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(s.wait())
-                .await
-            {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
+            shopflow_http::serve::serve(listener, app, limits, s.wait()).await;
         }));
         Ok(Shop {
             addr,

@@ -1,0 +1,194 @@
+//! Serving a router with limits on every connection: how long a client may take to send its
+//! request head (which also bounds how long an idle keep-alive connection is kept), how long a
+//! request may run, how many connections are open and how many requests are in flight at once —
+//! with `503` + `Retry-After` beyond the caps, never a silent stall.
+//!
+//! Built from hyper's HTTP/1 connection builder (its header-read timer) and tower's layers
+//! (`GlobalConcurrencyLimit`, `LoadShed`, `Timeout`), not by hand.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::http::StatusCode;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::ServiceBuilder;
+
+use crate::ApiError;
+
+/// What one process accepts.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// From the moment a connection waits for a request until its head is read: a client that
+    /// sends nothing (or trickles its headers) is cut off, and an idle keep-alive connection is
+    /// closed after this long.
+    pub header_read_timeout: Duration,
+    /// A request that takes longer is answered 503.
+    pub request_timeout: Duration,
+    /// Open connections at most; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// Requests being handled at once at most; one more is answered 503 at once.
+    pub max_in_flight: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 4096,
+            max_in_flight: 1024,
+        }
+    }
+}
+
+impl Limits {
+    /// The connection cap this process can keep: at most `max_connections`, and at most the
+    /// open-file limit less a reserve for the process's own files (databases, log segments).
+    pub fn effective_max_connections(&self) -> usize {
+        let files = open_file_limit().unwrap_or(1024);
+        self.max_connections.min(files.saturating_sub(256).max(64))
+    }
+}
+
+/// Raises the soft open-file limit to the hard one (what a server is allowed), and returns it.
+pub fn raise_open_file_limit() -> Option<usize> {
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if let (Some(cur), Some(max)) = (lim.current, lim.maximum)
+        && cur < max
+    {
+        let raised = rustix::process::Rlimit {
+            current: Some(max),
+            maximum: Some(max),
+        };
+        if let Err(e) = rustix::process::setrlimit(rustix::process::Resource::Nofile, raised) {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
+        }
+    }
+    open_file_limit()
+}
+
+fn open_file_limit() -> Option<usize> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+/// `router` with the request-level limits: a global cap on requests in flight (shed with 503
+/// beyond it) and a time limit per request (503).
+pub fn limit_requests(router: Router, limits: &Limits) -> Router {
+    let in_flight = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
+    router.layer(
+        ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(|e: tower::BoxError| async move {
+                if e.is::<tower::load_shed::error::Overloaded>() {
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "overloaded",
+                        "too many requests in flight; try again shortly",
+                    )
+                } else if e.is::<tower::timeout::error::Elapsed>() {
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "timeout",
+                        "the request took too long; try again shortly",
+                    )
+                } else {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                }
+            }))
+            .layer(tower::load_shed::LoadShedLayer::new())
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(
+                in_flight,
+            ))
+            .layer(tower::timeout::TimeoutLayer::new(limits.request_timeout)),
+    )
+}
+
+/// The answer to a connection past the cap: written, then the connection is closed.
+fn refusal() -> Vec<u8> {
+    let body = serde_json::json!({
+        "code": "overloaded",
+        "message": "too many connections; try again shortly",
+    })
+    .to_string();
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Serves `router` on `listener` with `limits` until `shutdown` completes; then stops accepting
+/// and gives open requests up to 10 s to finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let max = limits.effective_max_connections();
+    let connections = Arc::new(Semaphore::new(max));
+    // Refusing costs a socket for a moment too: a few at a time, the rest are closed at once.
+    let refusing = Arc::new(Semaphore::new(64));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    let router = limit_requests(router, &limits);
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = &mut shutdown => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file handles (or a connection reset before accept): back off a moment
+                // rather than spin; the connections we hold time out and free handles.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            metrics::counter!("shopflow_http_connections_refused_total").increment(1);
+            if let Ok(r) = refusing.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    let mut stream = stream;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                        let _ = stream.write_all(&refusal()).await;
+                        let _ = stream.shutdown().await;
+                    })
+                    .await;
+                    drop(r);
+                });
+            }
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still open 10 s after shutdown: closing them");
+    }
+}
