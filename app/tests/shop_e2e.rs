@@ -377,6 +377,33 @@ async fn bad_input_gets_4xx_never_5xx() {
                 422,
             ),
             (
+                "NUL in the address",
+                {
+                    let mut b = good.clone();
+                    b["shippingAddress"]["name"] = json!("Ada\u{0}Lovelace");
+                    b.to_string()
+                },
+                422,
+            ),
+            (
+                "a right-to-left override in the address",
+                {
+                    let mut b = good.clone();
+                    b["shippingAddress"]["line1"] = json!("1 Main St\u{202E}gpj.exe");
+                    b.to_string()
+                },
+                422,
+            ),
+            (
+                "a city of zero-width spaces",
+                {
+                    let mut b = good.clone();
+                    b["shippingAddress"]["city"] = json!("\u{200B}\u{200B}");
+                    b.to_string()
+                },
+                422,
+            ),
+            (
                 "negative quantity",
                 order(&user, "OK", -3, GOOD_CARD, "DE").to_string(),
                 422,
@@ -491,6 +518,21 @@ async fn bad_input_gets_4xx_never_5xx() {
             .0,
             409
         );
+        for name in ["\u{202E}nimda", "Gil\0", "\u{200B}", "a\nb"] {
+            let (s, b) = c.post(
+                "/users",
+                &json!({"email": "gil2@example.com", "name": name}),
+                &[],
+            );
+            assert_eq!(s, 422, "name {name:?}: {b}");
+            let (s, b) = c.send(
+                "PUT",
+                "/products/NAMED",
+                &json!({"name": name, "priceMinor": 1, "currency": "EUR", "stock": 1}).to_string(),
+                &[],
+            );
+            assert_eq!(s, 422, "product name {name:?}: {b}");
+        }
         assert_eq!(c.get("/orders/ord_doesnotexist").0, 404);
         assert_eq!(c.get("/orders/x?version=abc").0, 400);
         assert_eq!(c.get("/orders?status=LOST").0, 422);

@@ -93,10 +93,7 @@ impl Inventory {
         correlation: CorrelationId,
     ) -> Result<(bool, ProductView), ApiError> {
         let sku = Sku::parse(sku).map_err(ApiError::invalid)?;
-        let name = req.name.trim().to_owned();
-        if name.is_empty() || name.len() > 200 {
-            return Err(ApiError::invalid("name must be 1 to 200 characters"));
-        }
+        let name = shopflow_http::text("name", &req.name, 200)?;
         // A price of 0 would make every order of it fail at the payment gateway.
         if !(1..=1_000_000_000_000).contains(&req.price_minor) {
             return Err(ApiError::invalid(

@@ -60,12 +60,7 @@ pub(crate) struct PlaceJob {
 }
 
 fn check_text(field: &str, v: &str) -> Result<(), ApiError> {
-    if v.trim().is_empty() || v.len() > 200 {
-        return Err(ApiError::invalid(format!(
-            "{field} must be 1 to 200 characters"
-        )));
-    }
-    Ok(())
+    shopflow_http::text(field, v, 200).map(drop)
 }
 
 fn unavailable() -> ApiError {

@@ -101,10 +101,7 @@ impl Users {
     ) -> Result<UserView, ApiError> {
         let email = req.email.trim().to_ascii_lowercase();
         validate_email(&email)?;
-        let name = req.name.trim().to_owned();
-        if name.is_empty() || name.len() > 200 {
-            return Err(ApiError::invalid("name must be 1 to 200 characters"));
-        }
+        let name = shopflow_http::text("name", &req.name, 200)?;
         if let Some(p) = &req.phone {
             validate_phone(p)?;
         }
