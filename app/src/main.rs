@@ -132,6 +132,8 @@ enum Command {
     /// The JSON Schemas of every event type and version, committed under schemas/.
     #[command(subcommand)]
     Schemas(Schemas),
+    /// Print the HTTP API's OpenAPI document (the one `GET /openapi.json` serves).
+    Openapi,
 }
 
 #[derive(Debug, Subcommand)]
@@ -331,6 +333,13 @@ fn run() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Bench(b) => bench::run(b).await,
+            Command::Openapi => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&shopflow::openapi::document())?
+                );
+                Ok(())
+            }
             Command::Schemas(Schemas::Check { dir }) => {
                 let report =
                     shopflow_envelope::catalog::check(&shopflow::services::registry(), &dir);

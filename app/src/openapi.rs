@@ -41,13 +41,19 @@ fn operations() -> Value {
 /// Every endpoint of the shop.
 pub fn document() -> Value {
     let mut doc = json!({
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": "shopflow", "version": env!("CARGO_PKG_VERSION"),
                  "description": "Event-driven shop. Money is integer minor units. Errors are {code, message}."},
         "paths": {},
         "components": {
             "responses": {"Error": {"description": "An error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
-            "schemas": {}
+            "schemas": {},
+            "securitySchemes": {
+                shopflow_service::openapi::ADMIN_SECURITY: {
+                    "type": "http", "scheme": "bearer",
+                    "description": "The operator's admin token (docs/SECURITY.md): --admin-token, SHOPFLOW_ADMIN_TOKEN, or <data-dir>/admin.token"
+                }
+            }
         }
     });
     merge(&mut doc, &operations());

@@ -49,6 +49,15 @@ impl ApiError {
     }
 }
 
+/// The body of every error answer, as the OpenAPI document describes it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// A stable code: `invalid_request`, `not_found`, `conflict`, `unauthorized`, `overloaded`, …
+    pub code: String,
+    /// What went wrong, for a person.
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"code": self.code, "message": self.message});
@@ -245,10 +254,80 @@ fn is_invisible(c: char) -> bool {
         )
 }
 
-/// A line of human text from a request (a name, an address line): trimmed, 1 to `max`
-/// characters, not only invisible characters, and no control characters (NUL, newlines, C1) or
+/// The characters Rust's `char::is_whitespace` (and so `str::trim`) takes for white space, as a
+/// regex class body. Written out: `\s` means other things in other regex dialects (ECMA-262
+/// adds U+FEFF and leaves out U+0085; Python adds U+001C–U+001F).
+#[macro_export]
+macro_rules! ws_class {
+    () => {
+        "\\t-\\r \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+    };
+}
+
+/// Control characters (`char::is_control`: C0, DEL, C1) and bidi controls, as a class body.
+macro_rules! forbidden_class {
+    () => {
+        "\\x00-\\x1f\\x7f-\\x9f\\u061c\\u200e\\u200f\\u202a-\\u202e\\u2066-\\u2069"
+    };
+}
+
+/// The JSON Schema `pattern` that says what [`text`] accepts: no control character or bidi
+/// control anywhere, and at least one character that is neither white space nor invisible.
+pub const TEXT_PATTERN: &str = concat!(
+    "^[^",
+    forbidden_class!(),
+    "]*[^",
+    ws_class!(),
+    forbidden_class!(),
+    "\\u00ad\\u200b-\\u200d\\u2060\\ufeff",
+    "][^",
+    forbidden_class!(),
+    "]*$"
+);
+
+/// A string schema with a pattern and length limits (for `#[schema(schema_with)]` helpers:
+/// utoipa takes only literal patterns in its attributes).
+pub fn pattern_schema(
+    pattern: &str,
+    min: Option<usize>,
+    max: Option<usize>,
+    description: &str,
+) -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .min_length(min)
+        .max_length(max)
+        .pattern(Some(pattern))
+        .description(Some(description))
+        .build()
+}
+
+/// The schema of a [`text`] field of at most `max` characters (for `#[schema(schema_with)]`).
+pub fn text_schema(max: usize) -> utoipa::openapi::Object {
+    pattern_schema(
+        TEXT_PATTERN,
+        Some(1),
+        Some(max),
+        "Visible text: no control or bidi-control characters",
+    )
+}
+
+/// [`text_schema`] of 200 characters: names, address lines.
+pub fn text200() -> utoipa::openapi::Object {
+    text_schema(200)
+}
+
+/// A line of human text from a request (a name, an address line): at most `max` characters as
+/// sent, kept trimmed, not only invisible characters, and no control characters (NUL, newlines, C1) or
 /// bidi overrides. 422 naming the field otherwise.
 pub fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
+    // The length is of the text as sent (what the schema's maxLength says), the text kept is
+    // trimmed.
+    if value.chars().count() > max {
+        return Err(ApiError::invalid(format!(
+            "{field} must be at most {max} characters"
+        )));
+    }
     let v = value.trim();
     if v.chars().all(is_invisible) {
         return Err(ApiError::invalid(format!("{field} must not be empty")));
@@ -306,5 +385,48 @@ mod text_tests {
             "characters, not bytes"
         );
         assert!(text("name", &"é".repeat(201), 200).is_err());
+        assert!(
+            text("name", &format!(" {}", "a".repeat(200)), 200).is_err(),
+            "the length is of the text as sent"
+        );
+    }
+
+    /// The schema's pattern accepts exactly what `text` accepts (within the length limit).
+    #[test]
+    fn the_pattern_is_the_rule() {
+        let re = regex::Regex::new(super::TEXT_PATTERN).unwrap();
+        let cases = [
+            "Ada",
+            " Ada ",
+            "Zoë 👩\u{200D}💻",
+            "محمد",
+            "a\u{200B}b",
+            "",
+            " ",
+            "\u{200B}",
+            "\u{FEFF}\u{00AD}",
+            "Ada\0",
+            "a\tb",
+            "a\nb",
+            "a\u{7F}",
+            "a\u{85}b",
+            "a\u{9F}",
+            "x\u{202E}y",
+            "\u{2066}",
+            "a\u{2069}",
+            "\u{200E}a",
+            "a\u{061C}",
+            "\u{3000}",
+            "\u{3000}x",
+            "\u{2060}",
+            "a\u{2060}b",
+        ];
+        for c in cases {
+            assert_eq!(
+                re.is_match(c),
+                text("f", c, 200).is_ok(),
+                "{c:?}: pattern and rule disagree"
+            );
+        }
     }
 }

@@ -65,6 +65,22 @@ pub fn merge(doc: &mut Value, part: &Value) {
     }
 }
 
+/// The security scheme of the operator's routes (`Authorization: Bearer <admin token>`), as
+/// operations name it in `security(("adminToken" = []))`.
+pub const ADMIN_SECURITY: &str = "adminToken";
+
+/// A service's part from a document generated with utoipa (`#[derive(OpenApi)]`): its paths and
+/// component schemas, in the shape [`merge`] takes.
+pub fn generated(doc: utoipa::openapi::OpenApi) -> Value {
+    let v = serde_json::to_value(doc).unwrap_or_default();
+    part(
+        v.get("paths").cloned().unwrap_or_else(|| json!({})),
+        v.pointer("/components/schemas")
+            .cloned()
+            .unwrap_or_else(|| json!({})),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

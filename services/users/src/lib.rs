@@ -30,18 +30,65 @@ pub struct Users {
     db: Db,
 }
 
-#[derive(Debug, Deserialize)]
+/// What `validate_email` accepts, as a JSON Schema pattern (surrounding white space is trimmed,
+/// upper case is folded).
+pub const EMAIL_PATTERN: &str = concat!(
+    "^[",
+    shopflow_http::ws_class!(),
+    "]*[^@",
+    shopflow_http::ws_class!(),
+    "]+@[^@.",
+    shopflow_http::ws_class!(),
+    "][^@",
+    shopflow_http::ws_class!(),
+    "]*\\.[^@",
+    shopflow_http::ws_class!(),
+    "]*[^@.",
+    shopflow_http::ws_class!(),
+    "][",
+    shopflow_http::ws_class!(),
+    "]*$"
+);
+
+fn email_schema() -> utoipa::openapi::Object {
+    shopflow_http::pattern_schema(
+        EMAIL_PATTERN,
+        None,
+        Some(254),
+        "One `@`, a dot in the domain, no white space inside; kept lower-case",
+    )
+}
+
+fn phone_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{SchemaType, Type};
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .pattern(Some(PHONE_PATTERN))
+        .description(Some(
+            "E.164: `+` and 7 to 15 digits (text messages go here), or none",
+        ))
+        .build()
+}
+
+/// What `validate_phone` accepts.
+pub const PHONE_PATTERN: &str = r"^\+[0-9]{7,15}$";
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegisterUser {
+    #[schema(schema_with = email_schema)]
     pub email: String,
+    #[schema(schema_with = shopflow_http::text200)]
     pub name: String,
     #[serde(default)]
+    #[schema(schema_with = phone_schema, required = false)]
     pub phone: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserView {
+    #[schema(example = "usr_0192d5e0a1b27c3d8e4f5a6b7c8d9e0f")]
     pub user_id: String,
     pub email: String,
     pub name: String,
@@ -51,7 +98,7 @@ pub struct UserView {
 
 /// Checks an e-mail address the way a sign-up form should: one `@`, a dot in the domain, no spaces.
 pub fn validate_email(email: &str) -> Result<(), ApiError> {
-    let ok = email.len() <= 254
+    let ok = email.chars().count() <= 254
         && !email.chars().any(char::is_whitespace)
         && email.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty()
@@ -99,6 +146,10 @@ impl Users {
         req: RegisterUser,
         correlation: CorrelationId,
     ) -> Result<UserView, ApiError> {
+        // As sent, like the schema's maxLength.
+        if req.email.chars().count() > 254 {
+            return Err(ApiError::invalid("email must be at most 254 characters"));
+        }
         let email = req.email.trim().to_ascii_lowercase();
         validate_email(&email)?;
         let name = shopflow_http::text("name", &req.name, 200)?;
@@ -156,6 +207,18 @@ impl Users {
     }
 }
 
+/// Register a customer: publishes `UserRegistered` (and a welcome message goes out).
+#[utoipa::path(post, path = "/users", tag = "users", operation_id = "registerUser",
+    request_body = RegisterUser,
+    responses(
+        (status = 201, description = "Registered", body = UserView),
+        (status = 400, description = "Not JSON", body = shopflow_http::ErrorBody),
+        (status = 409, description = "A user with this e-mail exists", body = shopflow_http::ErrorBody),
+        (status = 413, description = "Body too large", body = shopflow_http::ErrorBody),
+        (status = 415, description = "Not application/json", body = shopflow_http::ErrorBody),
+        (status = 422, description = "Invalid field", body = shopflow_http::ErrorBody),
+        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
+    ))]
 async fn register(
     State(s): State<Arc<Users>>,
     headers: axum::http::HeaderMap,
@@ -167,6 +230,14 @@ async fn register(
     Ok(reply(StatusCode::CREATED, user))
 }
 
+/// A customer, by id (the id is the capability).
+#[utoipa::path(get, path = "/users/{id}", tag = "users", operation_id = "getUser",
+    params(("id" = String, Path, description = "The user id (`usr_…`)")),
+    responses(
+        (status = 200, description = "The user", body = UserView),
+        (status = 404, description = "No such user", body = shopflow_http::ErrorBody),
+        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
+    ))]
 async fn get_user(
     State(s): State<Arc<Users>>,
     Path(id): Path<String>,
@@ -188,5 +259,63 @@ mod tests {
         for bad in ["", "12345678", "+12", "+49 151", "+1234567890123456"] {
             assert!(validate_phone(bad).is_err(), "{bad}");
         }
+    }
+}
+
+/// The users service's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(register, get_user),
+    components(schemas(RegisterUser, UserView, shopflow_http::ErrorBody))
+)]
+pub(crate) struct Api;
+
+#[cfg(test)]
+mod schema_tests {
+    use super::*;
+
+    /// The schema's patterns say what the validators accept.
+    #[test]
+    fn the_patterns_are_the_rules() {
+        let email = regex::Regex::new(EMAIL_PATTERN).unwrap();
+        for c in [
+            "ada@example.com",
+            " Ada@Example.COM ",
+            "a@b.c",
+            "a@b..c",
+            "a@.b",
+            "a@b.",
+            "a@b",
+            "@b.c",
+            "a b@c.d",
+            "a@b@c.d",
+            "a@b.c d",
+            "a\u{85}b@c.d",
+            "\u{85}a@b.c",
+            "a\u{1C}@b.c",
+            "a\u{FEFF}@b.c",
+            "\u{3000}a@b.c\u{A0}",
+        ] {
+            let rule = validate_email(&c.trim().to_ascii_lowercase()).is_ok();
+            assert_eq!(email.is_match(c), rule, "{c:?}");
+        }
+        let phone = regex::Regex::new(PHONE_PATTERN).unwrap();
+        for c in [
+            "+4915112345678",
+            "+1234567",
+            "+123456",
+            "+1234567890123456",
+            "4915112345678",
+            "+49 151",
+            "+１２３４５６７",
+        ] {
+            assert_eq!(phone.is_match(c), validate_phone(c).is_ok(), "{c:?}");
+        }
+        // The attributes carry the same patterns as the constants.
+        let doc = serde_json::to_value(<Api as utoipa::OpenApi>::openapi()).unwrap();
+        let props = &doc["components"]["schemas"]["RegisterUser"]["properties"];
+        assert_eq!(props["email"]["pattern"], EMAIL_PATTERN);
+        assert_eq!(props["phone"]["pattern"], PHONE_PATTERN);
+        assert_eq!(props["name"]["pattern"], shopflow_http::TEXT_PATTERN);
     }
 }

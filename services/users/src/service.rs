@@ -1,8 +1,6 @@
 //! The users service as the deployment knows it.
 
-use serde_json::json;
 use shopflow_contracts::audit::Facts;
-use shopflow_service::openapi::{op, part, with_body, with_params};
 use shopflow_service::{Context, Result, Service, Started};
 use shopflow_store::Db;
 
@@ -32,14 +30,5 @@ async fn audit(db: &Db, facts: &mut Facts) -> Result<()> {
 }
 
 fn openapi() -> serde_json::Value {
-    part(
-        json!({
-            "/users": {"post": with_body(op("Register a user (publishes UserRegistered)", "201", "User"), "RegisterUser")},
-            "/users/{id}": {"get": with_params(op("A user", "200", "User"), &[("id", "path", true)])}
-        }),
-        json!({
-            "RegisterUser": {"type": "object", "required": ["email", "name"], "properties": {"email": {"type": "string"}, "name": {"type": "string"}, "phone": {"type": "string", "description": "E.164"}}},
-            "User": {"type": "object", "properties": {"userId": {"type": "string"}, "email": {"type": "string"}, "name": {"type": "string"}, "phone": {"type": "string"}}}
-        }),
-    )
+    shopflow_service::openapi::generated(<crate::Api as utoipa::OpenApi>::openapi())
 }
