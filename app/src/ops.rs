@@ -79,7 +79,7 @@ impl std::fmt::Debug for Ops {
 }
 
 /// Lag of one consumer group on one partition.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LagRow {
     pub group: String,
@@ -91,7 +91,7 @@ pub struct LagRow {
 }
 
 /// Consumer lag of the whole shop.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LagReport {
     /// Total lag per group.
@@ -101,19 +101,50 @@ pub struct LagReport {
     pub partitions: Vec<LagRow>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// A circuit breaker and its state.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct BreakerView {
+pub(crate) struct BreakerView {
     name: String,
     state: shopflow_runtime::BreakerState,
     failure_threshold: u32,
-    open_for_ms: u128,
+    open_for_ms: u64,
 }
 
-#[derive(Debug, Deserialize)]
+/// Why a dead letter is closed without a redrive.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct DiscardBody {
+pub(crate) struct DiscardBody {
+    #[schema(schema_with = shopflow_http::text200)]
     reason: String,
+}
+
+/// Dead letters and the counts by status.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DeadLetters {
+    dead_letters: Vec<dlq::DeadLetter>,
+    counts: BTreeMap<String, i64>,
+}
+
+/// What a redrive of one dead letter did.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct RedrivenOne {
+    redriven: Vec<dlq::Redriven>,
+}
+
+/// The service's liveness.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Health {
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+/// Liveness: answers while the process serves.
+#[utoipa::path(get, path = "/health", tag = "operations", operation_id = "health",
+    responses((status = 200, description = "Alive", body = Health)))]
+pub(crate) async fn health() -> axum::Json<Health> {
+    axum::Json(Health { status: "ok" })
 }
 
 fn dlq_error(e: dlq::Error) -> ApiError {
@@ -173,49 +204,100 @@ impl Ops {
     }
 }
 
-async fn list_dlq(
+/// Dead letters (open ones unless `status` says otherwise), oldest first, and counts by status.
+#[utoipa::path(get, path = "/admin/dlq", tag = "operations", operation_id = "listDeadLetters",
+    params(Filter), security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "Dead letters", body = DeadLetters),
+        (status = 400, description = "A malformed filter", body = shopflow_http::ErrorBody),
+        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
+        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
+    ))]
+pub(crate) async fn list_dlq(
     State(ops): State<Arc<Ops>>,
     Query(filter): Query<Filter>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let letters = dlq::list(&ops.db, &filter).await.map_err(dlq_error)?;
+) -> Result<Json<DeadLetters>, ApiError> {
+    let dead_letters = dlq::list(&ops.db, &filter).await.map_err(dlq_error)?;
     let counts = dlq::counts(&ops.db).await.map_err(dlq_error)?;
-    Ok(Json(
-        serde_json::json!({"deadLetters": letters, "counts": counts}),
-    ))
+    Ok(Json(DeadLetters {
+        dead_letters,
+        counts,
+    }))
 }
 
-async fn show_dlq(
+/// One dead letter with its record, headers and payload.
+#[utoipa::path(get, path = "/admin/dlq/{id}", tag = "operations", operation_id = "getDeadLetter",
+    params(("id" = String, Path, description = "The dead letter (`<dlq topic>:<partition>:<offset>`)")), security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "The dead letter", body = dlq::DeadLetterDetail),
+        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
+        (status = 404, description = "No such dead letter", body = shopflow_http::ErrorBody),
+        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
+    ))]
+pub(crate) async fn show_dlq(
     State(ops): State<Arc<Ops>>,
     Path(id): Path<String>,
 ) -> Result<Json<dlq::DeadLetterDetail>, ApiError> {
     Ok(Json(dlq::show(&ops.db, &id).await.map_err(dlq_error)?))
 }
 
-async fn redrive_one(
+/// Send an open dead letter back, to the one consumer group it failed in; a second redrive
+/// sends nothing (`alreadyRedriven`).
+#[utoipa::path(post, path = "/admin/dlq/{id}/redrive", tag = "operations", operation_id = "redriveDeadLetter",
+    params(("id" = String, Path, description = "The dead letter (`<dlq topic>:<partition>:<offset>`)")), security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "Redriven (or it had been)", body = RedrivenOne),
+        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
+        (status = 404, description = "No such dead letter", body = shopflow_http::ErrorBody),
+        (status = 409, description = "It was discarded", body = shopflow_http::ErrorBody),
+        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
+    ))]
+pub(crate) async fn redrive_one(
     State(ops): State<Arc<Ops>>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<RedrivenOne>, ApiError> {
     let r = dlq::redrive(&ops.db, &id).await.map_err(dlq_error)?;
-    Ok(Json(serde_json::json!({"redriven": [r]})))
+    Ok(Json(RedrivenOne { redriven: vec![r] }))
 }
 
-async fn redrive_matching(
+/// Send the oldest open dead letters matching the filter back (at most `limit`, default 100,
+/// at most 1000), each to the one group it failed in; says how many remain.
+#[utoipa::path(post, path = "/admin/dlq/redrive", tag = "operations", operation_id = "redriveDeadLetters",
+    request_body = Filter, security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "What was sent back", body = dlq::BulkRedrive),
+        (status = 400, description = "Not JSON, or a bad filter", body = shopflow_http::ErrorBody),
+        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
+        (status = 413, description = "Body too large", body = shopflow_http::ErrorBody),
+        (status = 415, description = "Not application/json", body = shopflow_http::ErrorBody),
+        (status = 422, description = "Invalid field", body = shopflow_http::ErrorBody),
+        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
+    ))]
+pub(crate) async fn redrive_matching(
     State(ops): State<Arc<Ops>>,
     Json(filter): Json<Filter>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let r = dlq::redrive_matching(&ops.db, &filter)
+) -> Result<Json<dlq::BulkRedrive>, ApiError> {
+    dlq::redrive_matching(&ops.db, &filter)
         .await
-        .map_err(dlq_error)?;
-    Ok(Json(serde_json::to_value(r).map_err(|e| {
-        ApiError::new(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            e.to_string(),
-        )
-    })?))
+        .map(Json)
+        .map_err(dlq_error)
 }
 
-async fn discard(
+/// Close an open dead letter without redriving it; the reason is kept.
+#[utoipa::path(post, path = "/admin/dlq/{id}/discard", tag = "operations", operation_id = "discardDeadLetter",
+    params(("id" = String, Path, description = "The dead letter (`<dlq topic>:<partition>:<offset>`)")), request_body = DiscardBody, security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "Discarded", body = dlq::DeadLetter),
+        (status = 400, description = "Not JSON, or no reason", body = shopflow_http::ErrorBody),
+        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
+        (status = 404, description = "No such dead letter", body = shopflow_http::ErrorBody),
+        (status = 409, description = "Not open", body = shopflow_http::ErrorBody),
+        (status = 413, description = "Body too large", body = shopflow_http::ErrorBody),
+        (status = 415, description = "Not application/json", body = shopflow_http::ErrorBody),
+        (status = 422, description = "Invalid field", body = shopflow_http::ErrorBody),
+        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
+    ))]
+pub(crate) async fn discard(
     State(ops): State<Arc<Ops>>,
     Path(id): Path<String>,
     Json(body): Json<DiscardBody>,
@@ -227,11 +309,24 @@ async fn discard(
     ))
 }
 
-async fn lag(State(ops): State<Arc<Ops>>) -> Result<Json<LagReport>, ApiError> {
+/// Consumer lag per group and partition, and the outbox backlogs.
+#[utoipa::path(get, path = "/admin/lag", tag = "operations", operation_id = "getLag", security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "Lag", body = LagReport),
+        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
+        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
+    ))]
+pub(crate) async fn lag(State(ops): State<Arc<Ops>>) -> Result<Json<LagReport>, ApiError> {
     Ok(Json(ops.lag().await?))
 }
 
-async fn breakers(State(ops): State<Arc<Ops>>) -> Json<Vec<BreakerView>> {
+/// The circuit breakers of this process and their states.
+#[utoipa::path(get, path = "/admin/breakers", tag = "operations", operation_id = "listBreakers", security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "Breakers", body = Vec<BreakerView>),
+        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
+    ))]
+pub(crate) async fn breakers(State(ops): State<Arc<Ops>>) -> Json<Vec<BreakerView>> {
     Json(
         ops.breakers
             .iter()
@@ -239,13 +334,19 @@ async fn breakers(State(ops): State<Arc<Ops>>) -> Json<Vec<BreakerView>> {
                 name: b.name().to_owned(),
                 state: b.state(),
                 failure_threshold: b.config().failure_threshold,
-                open_for_ms: b.config().open_for.as_millis(),
+                open_for_ms: u64::try_from(b.config().open_for.as_millis()).unwrap_or(u64::MAX),
             })
             .collect(),
     )
 }
 
-async fn metrics(State(ops): State<Arc<Ops>>) -> Result<Response, ApiError> {
+/// Prometheus metrics (text format 0.0.4).
+#[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics",
+    responses(
+        (status = 200, description = "Metrics", body = String, content_type = "text/plain"),
+        (status = 503, description = "No metrics recorder, or the bus cannot answer", body = shopflow_http::ErrorBody),
+    ))]
+pub(crate) async fn metrics(State(ops): State<Arc<Ops>>) -> Result<Response, ApiError> {
     let Some(handle) = metrics_handle() else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -285,3 +386,39 @@ async fn metrics(State(ops): State<Arc<Ops>>) -> Result<Response, ApiError> {
     )
         .into_response())
 }
+
+/// The operations side's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(
+        health,
+        list_dlq,
+        show_dlq,
+        redrive_one,
+        redrive_matching,
+        discard,
+        lag,
+        breakers,
+        metrics,
+        crate::tail::handler
+    ),
+    components(schemas(
+        DeadLetters,
+        dlq::DeadLetter,
+        dlq::DeadLetterDetail,
+        dlq::Filter,
+        dlq::Redriven,
+        dlq::BulkRedrive,
+        RedrivenOne,
+        DiscardBody,
+        LagReport,
+        LagRow,
+        BreakerView,
+        shopflow_runtime::BreakerState,
+        Health,
+        crate::tail::Tail,
+        crate::tail::TailedEvent,
+        shopflow_http::ErrorBody
+    ))
+)]
+pub(crate) struct Api;

@@ -314,10 +314,7 @@ impl Shop {
 
         let app = app
             .merge(ops.clone().router())
-            .route(
-                "/health",
-                get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-            )
+            .route("/health", get(crate::ops::health))
             .route(
                 "/openapi.json",
                 get(|| async { axum::Json(crate::openapi::document()) }),

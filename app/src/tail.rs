@@ -16,19 +16,21 @@ use crate::ops::{Ops, unavailable};
 /// Most records one call returns.
 pub const MAX_LIMIT: u32 = 1000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct TailQuery {
     /// One topic (default: every topic of the shop, dead-letter topics included).
     topic: Option<String>,
     /// At most this many records (default 50, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// Where the previous call ended: only newer records come back.
     cursor: Option<String>,
 }
 
 /// One record, with its envelope decoded when it is one.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TailedEvent {
     pub topic: String,
@@ -41,16 +43,19 @@ pub struct TailedEvent {
     pub aggregate_id: Option<String>,
     pub sequence: Option<u64>,
     pub source: Option<String>,
+    #[schema(value_type = Option<String>)]
     pub kind: Option<&'static str>,
     pub correlation_id: Option<String>,
     /// The envelope's data, or the raw value as text when it is not an envelope.
+    #[schema(value_type = Object)]
     pub data: serde_json::Value,
     /// Why the value is not a valid envelope.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// The latest records, and where they end.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct Tail {
     events: Vec<TailedEvent>,
     /// Pass it back to get only what came after.
@@ -170,6 +175,18 @@ pub async fn tail(
     Ok((records.into_iter().map(decoded).collect(), cursor_of(&next)))
 }
 
+/// The latest records of the shop's topics (or of one), decoded, newest last; pass the cursor
+/// back for what came after.
+#[utoipa::path(get, path = "/admin/events", tag = "operations", operation_id = "tailEvents",
+    params(TailQuery),
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "Records", body = Tail),
+        (status = 400, description = "A malformed parameter", body = shopflow_http::ErrorBody),
+        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
+        (status = 404, description = "No such topic", body = shopflow_http::ErrorBody),
+        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
+    ))]
 pub(crate) async fn handler(
     State(ops): State<std::sync::Arc<Ops>>,
     Query(q): Query<TailQuery>,

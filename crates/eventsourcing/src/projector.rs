@@ -102,7 +102,7 @@ impl ViewTable {
 }
 
 /// How far a read model is behind the event store.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Freshness {
     pub projected_position: u64,

@@ -36,7 +36,7 @@ impl Default for BreakerConfig {
 }
 
 /// The state a breaker is in, as reported to metrics and operators.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum BreakerState {
     Closed,

@@ -84,7 +84,7 @@ pub enum Error {
 }
 
 /// One dead letter, as listed.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeadLetter {
     pub id: String,
@@ -101,18 +101,20 @@ pub struct DeadLetter {
     pub first_failed_at: String,
     pub last_failed_at: String,
     /// `open`, `redriven` or `discarded`.
+    #[schema(pattern = "^(open|redriven|discarded)$")]
     pub status: String,
     pub status_reason: Option<String>,
 }
 
 /// One dead letter with its record.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeadLetterDetail {
     #[serde(flatten)]
     pub letter: DeadLetter,
     pub key: Option<String>,
     /// The record's value: as JSON when it is JSON, else as (lossy) text.
+    #[schema(value_type = Object)]
     pub payload: serde_json::Value,
     /// Whether the value was valid UTF-8 JSON (else `payload` is a lossy rendering).
     pub payload_is_json: bool,
@@ -120,8 +122,9 @@ pub struct DeadLetterDetail {
 }
 
 /// Which dead letters to list or redrive.
-#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[derive(Clone, Debug, Default, serde::Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct Filter {
     /// The original topic.
     pub topic: Option<String>,
@@ -130,7 +133,12 @@ pub struct Filter {
     /// A substring of the error.
     pub error: Option<String>,
     /// `open` (the default for redrive), `redriven`, `discarded` or `all`.
+    #[schema(pattern = "^(open|redriven|discarded|all)$")]
+    #[param(pattern = "^(open|redriven|discarded|all)$")]
     pub status: Option<String>,
+    /// Listing: 1 to 1000 (default 100). Redriving: 1 to 1000 (default 100).
+    #[schema(minimum = 1, maximum = 1000)]
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -399,7 +407,7 @@ pub async fn show(db: &Db, id: &str) -> Result<DeadLetterDetail, Error> {
 }
 
 /// What happened to one dead letter of a redrive.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Redriven {
     pub id: String,
@@ -492,7 +500,7 @@ pub const MAX_BULK_REDRIVE: u32 = 1000;
 pub const DEFAULT_BULK_REDRIVE: u32 = 100;
 
 /// What a bulk redrive did.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BulkRedrive {
     pub redriven: Vec<Redriven>,

@@ -46,7 +46,7 @@ impl Clock for ManualClock {
 }
 
 /// Where a saga instance is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum SagaState {
     /// Working through its steps.
@@ -97,7 +97,7 @@ impl SagaState {
 }
 
 /// Why a saga gave up on its steps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum FailureKind {
     /// A step's failure reply.
@@ -109,7 +109,7 @@ pub enum FailureKind {
 }
 
 /// The failure that made a saga compensate.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Failure {
     pub step: String,
@@ -139,7 +139,7 @@ impl From<HandlerError> for SagaError {
 }
 
 /// One step of an instance, as recorded.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StepView {
     pub seq: i64,
@@ -159,7 +159,7 @@ pub struct StepView {
 }
 
 /// A saga instance.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SagaView {
     pub saga_type: String,

@@ -36,16 +36,25 @@ pub struct Inventory {
     db: Db,
 }
 
-#[derive(Debug, Deserialize)]
+/// A product's name, price and stock, as the operator sets them.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PutProduct {
+    #[schema(schema_with = shopflow_http::text200)]
     pub name: String,
+    /// Integer minor units (cents): 1 to 10^12.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64, example = 1299)]
     pub price_minor: i64,
+    /// ISO 4217: three capital letters.
+    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     pub currency: String,
+    /// The quantity available from now on: 0 to 10^9.
+    #[schema(minimum = 0, maximum = 1_000_000_000, example = 25)]
     pub stock: i64,
 }
 
-#[derive(Debug, Serialize)]
+/// A product and its stock.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProductView {
     pub sku: String,
@@ -210,12 +219,27 @@ fn product_view(r: &shopflow_store::Row) -> Result<ProductView, ApiError> {
     })
 }
 
+/// Every product and its stock.
+#[utoipa::path(get, path = "/products", tag = "inventory", operation_id = "listProducts",
+    responses(
+        (status = 200, description = "The catalog", body = Vec<ProductView>),
+        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
+    ))]
 async fn list_products(
     State(s): State<Arc<Inventory>>,
 ) -> Result<Json<Vec<ProductView>>, ApiError> {
     s.list().await.map(Json)
 }
 
+/// A product and its stock.
+#[utoipa::path(get, path = "/products/{sku}", tag = "inventory", operation_id = "getProduct",
+    params(("sku" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The stock-keeping unit")),
+    responses(
+        (status = 200, description = "The product", body = ProductView),
+        (status = 404, description = "No such product", body = shopflow_http::ErrorBody),
+        (status = 422, description = "Not a sku", body = shopflow_http::ErrorBody),
+        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
+    ))]
 async fn get_product(
     State(s): State<Arc<Inventory>>,
     Path(sku): Path<String>,
@@ -223,6 +247,23 @@ async fn get_product(
     s.get(&sku).await.map(Json)
 }
 
+/// Create (201) or update (200) a product and set its stock: publishes `ProductUpdated` and
+/// `InventoryUpdated`.
+#[utoipa::path(put, path = "/products/{sku}", tag = "inventory", operation_id = "putProduct",
+    params(("sku" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The stock-keeping unit")),
+    request_body = PutProduct,
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "Updated", body = ProductView),
+        (status = 201, description = "Created", body = ProductView),
+        (status = 400, description = "Not JSON", body = shopflow_http::ErrorBody),
+        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
+        (status = 409, description = "Created twice at once: try again", body = shopflow_http::ErrorBody),
+        (status = 413, description = "Body too large", body = shopflow_http::ErrorBody),
+        (status = 415, description = "Not application/json", body = shopflow_http::ErrorBody),
+        (status = 422, description = "Invalid field", body = shopflow_http::ErrorBody),
+        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
+    ))]
 async fn put_product(
     State(s): State<Arc<Inventory>>,
     Path(sku): Path<String>,
@@ -466,3 +507,11 @@ impl Handler for StockCommands {
         }
     }
 }
+
+/// The inventory service's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(list_products, get_product, put_product),
+    components(schemas(PutProduct, ProductView, shopflow_http::ErrorBody))
+)]
+pub(crate) struct Api;

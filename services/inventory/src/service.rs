@@ -2,11 +2,9 @@
 
 use std::collections::HashMap;
 
-use serde_json::json;
 use shopflow_contracts::OrderLine;
 use shopflow_contracts::audit::Facts;
 use shopflow_runtime::BoxHandler;
-use shopflow_service::openapi::{op, part, with_body, with_params};
 use shopflow_service::{Context, Error, Result, SagaStyle, Service, Started};
 use shopflow_store::Db;
 
@@ -96,19 +94,5 @@ async fn audit(db: &Db, facts: &mut Facts) -> Result<()> {
 }
 
 fn openapi() -> serde_json::Value {
-    let sku = [("sku", "path", true)];
-    part(
-        json!({
-            "/products": {"get": op("All products", "200", "Products")},
-            "/products/{sku}": {
-                "get": with_params(op("A product and its stock", "200", "Product"), &sku),
-                "put": with_params(with_body(op("Create (201) or update (200) a product and set its stock", "200", "Product"), "PutProduct"), &sku)
-            }
-        }),
-        json!({
-            "PutProduct": {"type": "object", "required": ["name", "priceMinor", "currency", "stock"], "properties": {"name": {"type": "string"}, "priceMinor": {"type": "integer"}, "currency": {"type": "string", "example": "EUR"}, "stock": {"type": "integer"}}},
-            "Product": {"type": "object", "properties": {"sku": {"type": "string"}, "name": {"type": "string"}, "priceMinor": {"type": "integer"}, "currency": {"type": "string"}, "available": {"type": "integer"}, "reserved": {"type": "integer"}, "shipped": {"type": "integer"}}},
-            "Products": {"type": "array", "items": {"$ref": "#/components/schemas/Product"}}
-        }),
-    )
+    shopflow_service::openapi::generated(<crate::Api as utoipa::OpenApi>::openapi())
 }

@@ -41,7 +41,8 @@ impl<M: Mailer> Clone for Notifications<M> {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// A message sent (or being sent) for an event.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NotificationView {
     pub id: String,
@@ -335,6 +336,13 @@ impl<M: Mailer> Notifications<M> {
     }
 }
 
+/// The messages sent for an order, oldest first.
+#[utoipa::path(get, path = "/orders/{id}/notifications", tag = "notification", operation_id = "listNotifications",
+    params(("id" = String, Path, description = "The order id (`ord_…`)")),
+    responses(
+        (status = 200, description = "The messages (none yet: an empty list)", body = Vec<NotificationView>),
+        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
+    ))]
 async fn list<M: Mailer>(
     State(s): State<Arc<Notifications<M>>>,
     Path(id): Path<String>,
@@ -371,3 +379,11 @@ impl<M: Mailer> Handler for Notifications<M> {
         Ok(vec![])
     }
 }
+
+/// The notification service's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(list),
+    components(schemas(NotificationView, shopflow_http::ErrorBody))
+)]
+pub(crate) struct Api;

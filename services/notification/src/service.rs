@@ -2,10 +2,8 @@
 
 use std::sync::Arc;
 
-use serde_json::json;
 use shopflow_contracts::audit::Facts;
 use shopflow_runtime::BoxHandler;
-use shopflow_service::openapi::{op, part, with_params};
 use shopflow_service::{Context, Error, Result, Service, Started};
 use shopflow_store::Db;
 
@@ -73,8 +71,5 @@ async fn audit(db: &Db, facts: &mut Facts) -> Result<()> {
 }
 
 fn openapi() -> serde_json::Value {
-    part(
-        json!({"/orders/{id}/notifications": {"get": with_params(op("Notifications sent for the order", "200", "Notifications"), &[("id", "path", true)])}}),
-        json!({"Notifications": {"type": "array", "items": {"type": "object"}}}),
-    )
+    shopflow_service::openapi::generated(<crate::notify::Api as utoipa::OpenApi>::openapi())
 }

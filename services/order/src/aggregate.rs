@@ -8,7 +8,7 @@ use shopflow_envelope::{Envelope, Event, Kind, Meta};
 use shopflow_eventsourcing::{Aggregate, Applied, DomainEvent};
 
 /// Where an order is. `Shipped` and `Cancelled` are final.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Status {
     #[default]

@@ -24,7 +24,24 @@ pub(crate) fn router(orders: Orders) -> Router {
         .with_state(Arc::new(orders))
 }
 
-async fn place(
+/// Place an order: 202 at once, and its saga runs (payment → stock → shipping). The same
+/// `Idempotency-Key` gives the same order.
+#[utoipa::path(post, path = "/orders", tag = "orders", operation_id = "placeOrder",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 200 characters: a retry with the same key is the same order"),
+        ("X-Correlation-Id" = Option<String>, Header, description = "Carried through every event of the order"),
+    ),
+    request_body = PlaceOrder,
+    responses(
+        (status = 202, description = "Accepted", body = Placed),
+        (status = 400, description = "Not JSON", body = shopflow_http::ErrorBody),
+        (status = 409, description = "The Idempotency-Key was used for another order, or two requests raced: try again", body = shopflow_http::ErrorBody),
+        (status = 413, description = "Body too large", body = shopflow_http::ErrorBody),
+        (status = 415, description = "Not application/json", body = shopflow_http::ErrorBody),
+        (status = 422, description = "Invalid: unknown customer or sku, a card that is not one, mixed currencies, …", body = shopflow_http::ErrorBody),
+        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
+    ))]
+pub(crate) async fn place(
     State(s): State<Arc<Orders>>,
     headers: HeaderMap,
     Json(req): Json<PlaceOrder>,
@@ -46,14 +63,30 @@ async fn place(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+/// Time travel: the order as it was at a moment or after a version.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct GetParams {
+#[into_params(parameter_in = Query)]
+pub(crate) struct GetParams {
+    /// RFC 3339 (UTC or with an offset).
+    #[param(format = DateTime)]
     at: Option<String>,
+    /// After its n-th event (1 = as created).
+    #[param(minimum = 0)]
     version: Option<u64>,
 }
 
-async fn get_order(
+/// An order: from the read model (`source: read-model`, with how far it is behind), or, with
+/// `at` or `version`, folded from its events as it was then.
+#[utoipa::path(get, path = "/orders/{id}", tag = "orders", operation_id = "getOrder",
+    params(("id" = String, Path, description = "The order id (`ord_…`)"), GetParams),
+    responses(
+        (status = 200, description = "The order", body = OrderView),
+        (status = 400, description = "`at` is not RFC 3339, or `version` not a number", body = shopflow_http::ErrorBody),
+        (status = 404, description = "No such order (at that point)", body = shopflow_http::ErrorBody),
+        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
+    ))]
+pub(crate) async fn get_order(
     State(s): State<Arc<Orders>>,
     Path(id): Path<String>,
     Query(p): Query<GetParams>,
@@ -72,9 +105,10 @@ async fn get_order(
     }
 }
 
-#[derive(Debug, Serialize)]
+/// One event of an order's history.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct EventItem {
+pub(crate) struct EventItem {
     position: u64,
     version: u64,
     event_id: String,
@@ -82,10 +116,20 @@ struct EventItem {
     event_version: u32,
     timestamp: String,
     correlation_id: String,
+    /// The event's data (its shape: the event's JSON Schema under `schemas/`).
+    #[schema(value_type = Object)]
     data: serde_json::Value,
 }
 
-async fn events(
+/// The order's events, oldest first: its audit trail.
+#[utoipa::path(get, path = "/orders/{id}/events", tag = "orders", operation_id = "listOrderEvents",
+    params(("id" = String, Path, description = "The order id (`ord_…`)")),
+    responses(
+        (status = 200, description = "The events", body = Vec<EventItem>),
+        (status = 404, description = "No such order", body = shopflow_http::ErrorBody),
+        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
+    ))]
+pub(crate) async fn events(
     State(s): State<Arc<Orders>>,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<EventItem>>, ApiError> {
@@ -112,16 +156,33 @@ async fn events(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+/// Which orders, and where the page starts.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct ListParams {
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListParams {
+    #[param(value_type = Option<crate::aggregate::Status>)]
     status: Option<String>,
     customer_id: Option<String>,
+    /// 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
+    /// `nextCursor` of the page before.
     cursor: Option<String>,
 }
 
-async fn list(
+/// Every customer's orders, newest first, from the read model (the operator's).
+#[utoipa::path(get, path = "/orders", tag = "orders", operation_id = "listOrders",
+    params(ListParams),
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "A page", body = Page),
+        (status = 400, description = "A malformed parameter", body = shopflow_http::ErrorBody),
+        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
+        (status = 422, description = "An unknown status or a bad cursor", body = shopflow_http::ErrorBody),
+        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
+    ))]
+pub(crate) async fn list(
     State(s): State<Arc<Orders>>,
     Query(p): Query<ListParams>,
 ) -> Result<Json<Page>, ApiError> {
@@ -130,10 +191,29 @@ async fn list(
         .map(Json)
 }
 
-async fn rebuild(State(s): State<Arc<Orders>>) -> Result<Response, ApiError> {
+/// What a rebuild did.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Rebuilt {
+    projection: &'static str,
+    replayed_events: u64,
+}
+
+/// Rebuild the order read model from the event store while the live one keeps serving.
+#[utoipa::path(post, path = "/admin/projections/orders/rebuild", tag = "orders", operation_id = "rebuildOrderProjection",
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "Rebuilt and swapped in", body = Rebuilt),
+        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
+        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
+    ))]
+pub(crate) async fn rebuild(State(s): State<Arc<Orders>>) -> Result<Response, ApiError> {
     let replayed = s.rebuild_projection().await?;
     Ok(reply(
         StatusCode::OK,
-        serde_json::json!({"projection": "orders", "replayedEvents": replayed}),
+        Rebuilt {
+            projection: "orders",
+            replayed_events: replayed,
+        },
     ))
 }

@@ -20,7 +20,7 @@ use shopflow_store::{Db, EventStore, Migration};
 
 use aggregate::Order;
 pub use handlers::{OrderCommands, OutcomeHandler};
-pub use place::{PaymentMethod, PlaceLine, PlaceOrder, Placed};
+pub use place::{PaymentMethod, PlaceLine, PlaceOrder, Placed, ShippingAddress};
 pub use service::SERVICE;
 pub use shopflow_eventsourcing::{Freshness, PROJECTOR_LOCK_CLASS};
 pub use view::OrderView;
@@ -126,3 +126,44 @@ impl Orders {
         OrderCommands(self.clone())
     }
 }
+
+/// The order service's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(
+        http::place,
+        http::list,
+        http::get_order,
+        http::events,
+        http::rebuild,
+        saga_api::list,
+        saga_api::show,
+        saga_api::cancel
+    ),
+    components(schemas(
+        PlaceOrder,
+        PlaceLine,
+        place::OrderPayment,
+        place::CardPayment,
+        place::TokenPayment,
+        ShippingAddress,
+        Placed,
+        OrderView,
+        view::Page,
+        http::EventItem,
+        http::Rebuilt,
+        aggregate::Status,
+        shopflow_contracts::OrderLine,
+        shopflow_contracts::Address,
+        shopflow_eventsourcing::Freshness,
+        saga_api::CancelBody,
+        saga_api::SagaList,
+        shopflow_saga::SagaView,
+        shopflow_saga::SagaState,
+        shopflow_saga::StepView,
+        shopflow_saga::Failure,
+        shopflow_saga::FailureKind,
+        shopflow_http::ErrorBody
+    ))
+)]
+pub(crate) struct Api;

@@ -17,20 +17,98 @@ use crate::{Orders, SOURCE};
 /// Most placements committed in one transaction.
 pub(crate) const MAX_PLACE_BATCH: usize = 256;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// An order as a client places it. The customer must be registered and every sku in the
+/// catalog, in one currency (else 422).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PlaceOrder {
+    #[schema(
+        pattern = "^[A-Za-z0-9_-]{1,64}$",
+        example = "usr_0192d5e0a1b27c3d8e4f5a6b7c8d9e0f"
+    )]
     pub customer_id: String,
+    #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<PlaceLine>,
+    #[schema(value_type = OrderPayment)]
     pub payment: PaymentMethod,
-    pub shipping_address: Address,
+    pub shipping_address: ShippingAddress,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One line of an order.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PlaceLine {
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$", example = "MUG-01")]
     pub sku: String,
+    #[schema(minimum = 1, maximum = 1000, example = 2)]
     pub quantity: i64,
+}
+
+/// How a client pays: a card number (the edge swaps it for the vault's token before the order
+/// service sees it) or a token from `POST /payments/tokens`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+// Describes the request as the client sends it, for the OpenAPI document: the edge (the
+// payment service's tokenisation) turns it into `PaymentMethod` before the order service reads it.
+#[allow(dead_code)]
+pub(crate) enum OrderPayment {
+    Card(CardPayment),
+    Token(TokenPayment),
+}
+
+/// A card number: 12 to 19 digits (spaces and dashes between them ignored), Luhn-valid.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+// Describes the request as the client sends it, for the OpenAPI document: the edge (the
+// payment service's tokenisation) turns it into `PaymentMethod` before the order service reads it.
+#[allow(dead_code)]
+pub(crate) struct CardPayment {
+    #[schema(pattern = "^[ -]*([0-9][ -]*){12,19}$", example = "4242424242424242")]
+    pub card_number: String,
+}
+
+/// A token of the card vault.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+// Describes the request as the client sends it, for the OpenAPI document: the edge (the
+// payment service's tokenisation) turns it into `PaymentMethod` before the order service reads it.
+#[allow(dead_code)]
+pub(crate) struct TokenPayment {
+    #[schema(
+        pattern = "^tok_[0-9a-f]{32}$",
+        example = "tok_0123456789abcdef0123456789abcdef"
+    )]
+    pub token: String,
+}
+
+/// Where an order goes, as a client gives it (unknown fields refused; the event's `Address`
+/// tolerates additions, the request does not).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ShippingAddress {
+    #[schema(schema_with = shopflow_http::text200)]
+    pub name: String,
+    #[schema(schema_with = shopflow_http::text200)]
+    pub line1: String,
+    #[schema(schema_with = shopflow_http::text200)]
+    pub city: String,
+    #[schema(schema_with = shopflow_http::text200)]
+    pub postal_code: String,
+    /// ISO 3166-1 alpha-2.
+    #[schema(pattern = "^[A-Z]{2}$", example = "DE")]
+    pub country: String,
+}
+
+impl From<&ShippingAddress> for Address {
+    fn from(a: &ShippingAddress) -> Self {
+        Address {
+            name: a.name.trim().to_owned(),
+            line1: a.line1.trim().to_owned(),
+            city: a.city.trim().to_owned(),
+            postal_code: a.postal_code.trim().to_owned(),
+            country: a.country.clone(),
+        }
+    }
 }
 
 /// How the order is paid: the card vault's token and the card's last four digits. The card
@@ -43,10 +121,13 @@ pub struct PaymentMethod {
     pub last4: String,
 }
 
-#[derive(Debug, Serialize)]
+/// Accepted: the order exists and its saga runs.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Placed {
+    #[schema(example = "ord_0192d5e0a1b27c3d8e4f5a6b7c8d9e0f")]
     pub order_id: String,
+    #[schema(value_type = String, example = "PENDING")]
     pub status: &'static str,
 }
 
@@ -281,7 +362,7 @@ impl Orders {
             currency: currency.unwrap_or_default(),
             card_last4: req.payment.last4.clone(),
             payment_token: req.payment.token.clone(),
-            shipping_address: req.shipping_address.clone(),
+            shipping_address: Address::from(&req.shipping_address),
         };
         let new = Versioned::<Order>::default();
         let events = new

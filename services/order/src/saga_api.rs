@@ -44,17 +44,33 @@ impl Sagas {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// Which sagas.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct SagaQuery {
+#[into_params(parameter_in = Query)]
+pub(crate) struct SagaQuery {
+    #[param(value_type = Option<SagaState>)]
     state: Option<String>,
+    /// 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Why an operator gives up on a saga.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CancelBody {
+pub(crate) struct CancelBody {
+    #[schema(schema_with = shopflow_http::text200)]
     reason: String,
+}
+
+/// The sagas, with counts by state.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct SagaList {
+    /// `choreography` (no sagas: the list is empty) or `orchestration`.
+    style: String,
+    sagas: Vec<SagaView>,
+    counts: std::collections::BTreeMap<String, i64>,
 }
 
 fn saga_error(e: SagaError) -> ApiError {
@@ -66,10 +82,20 @@ fn saga_error(e: SagaError) -> ApiError {
     }
 }
 
-async fn list(
+/// Order-fulfilment sagas (orchestration), most recently changed first, with counts by state.
+#[utoipa::path(get, path = "/sagas", tag = "sagas", operation_id = "listSagas",
+    params(SagaQuery),
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "The sagas", body = SagaList),
+        (status = 400, description = "An unknown state", body = shopflow_http::ErrorBody),
+        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
+        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
+    ))]
+pub(crate) async fn list(
     State(s): State<Arc<Sagas>>,
     Query(q): Query<SagaQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<SagaList>, ApiError> {
     let state = q
         .state
         .as_deref()
@@ -82,14 +108,24 @@ async fn list(
         .await
         .map_err(saga_error)?;
     let counts = s.orchestrator.counts(&s.db).await.map_err(saga_error)?;
-    Ok(Json(serde_json::json!({
-        "style": s.style.to_string(),
-        "sagas": list,
-        "counts": counts,
-    })))
+    Ok(Json(SagaList {
+        style: s.style.to_string(),
+        sagas: list,
+        counts: counts.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+    }))
 }
 
-async fn show(
+/// One saga with its steps: command, start, end, outcome.
+#[utoipa::path(get, path = "/sagas/{id}", tag = "sagas", operation_id = "getSaga",
+    params(("id" = String, Path, description = "The order id (`ord_…`)")),
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "The saga", body = SagaView),
+        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
+        (status = 404, description = "No such saga", body = shopflow_http::ErrorBody),
+        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
+    ))]
+pub(crate) async fn show(
     State(s): State<Arc<Sagas>>,
     Path(id): Path<String>,
 ) -> Result<Json<SagaView>, ApiError> {
@@ -101,7 +137,23 @@ async fn show(
         .ok_or_else(|| ApiError::not_found("saga", &id))
 }
 
-async fn cancel(
+/// Give up on a running saga: its current and completed steps are compensated.
+#[utoipa::path(post, path = "/sagas/{id}/cancel", tag = "sagas", operation_id = "cancelSaga",
+    params(("id" = String, Path, description = "The order id (`ord_…`)")),
+    request_body = CancelBody,
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "Compensating", body = SagaView),
+        (status = 400, description = "Not JSON, or no reason", body = shopflow_http::ErrorBody),
+        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
+        (status = 404, description = "No such saga", body = shopflow_http::ErrorBody),
+        (status = 409, description = "The saga is not running", body = shopflow_http::ErrorBody),
+        (status = 413, description = "Body too large", body = shopflow_http::ErrorBody),
+        (status = 415, description = "Not application/json", body = shopflow_http::ErrorBody),
+        (status = 422, description = "Invalid field", body = shopflow_http::ErrorBody),
+        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
+    ))]
+pub(crate) async fn cancel(
     State(s): State<Arc<Sagas>>,
     Path(id): Path<String>,
     Json(body): Json<CancelBody>,

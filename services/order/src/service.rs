@@ -3,13 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
 use shopflow_contracts::audit::{Facts, OrderFact, ViewFact};
 use shopflow_envelope::Registry;
 use shopflow_eventsourcing::fold_envelope;
 use shopflow_runtime::BoxHandler;
 use shopflow_saga::{Orchestrator, SagaHandler, SystemClock};
-use shopflow_service::openapi::{op, part, with_body, with_params};
 use shopflow_service::{Context, MetricsHook, Result, SagaStyle, Service, Started};
 use shopflow_store::{Db, EventStore, params};
 
@@ -211,35 +209,5 @@ async fn audit(db: &Db, facts: &mut Facts) -> Result<()> {
 }
 
 fn openapi() -> serde_json::Value {
-    let id = [("id", "path", true)];
-    part(
-        json!({
-            "/orders": {
-                "post": with_params(with_body(op("Place an order (202); same Idempotency-Key, same order", "202", "Placed"), "PlaceOrder"), &[("Idempotency-Key", "header", false), ("X-Correlation-Id", "header", false)]),
-                "get": with_params(op("Orders from the read model, newest first", "200", "OrderPage"), &[("status", "query", false), ("customerId", "query", false), ("limit", "query", false), ("cursor", "query", false)])
-            },
-            "/orders/{id}": {"get": with_params(op("An order; with at= (RFC 3339) or version= it is folded from its events as it was then", "200", "Order"), &[("id", "path", true), ("at", "query", false), ("version", "query", false)])},
-            "/orders/{id}/events": {"get": with_params(op("The order's events: its audit trail", "200", "Events"), &id)},
-            "/admin/projections/orders/rebuild": {"post": op("Rebuild the order read model from the event store while serving", "200", "Rebuilt")},
-            "/sagas": {"get": with_params(op("Order-fulfilment sagas (orchestration), most recently changed first, with counts by state", "200", "Sagas"), &[("state", "query", false), ("limit", "query", false)])},
-            "/sagas/{id}": {"get": with_params(op("One saga with its steps: command, start, end, outcome", "200", "Saga"), &id)},
-            "/sagas/{id}/cancel": {"post": with_body(with_params(op("Give up on a running saga: its current and completed steps are compensated", "200", "Saga"), &id), "Discard")}
-        }),
-        json!({
-            "Address": {"type": "object", "required": ["name", "line1", "city", "postalCode", "country"], "properties": {"name": {"type": "string"}, "line1": {"type": "string"}, "city": {"type": "string"}, "postalCode": {"type": "string"}, "country": {"type": "string", "example": "DE"}}},
-            "PlaceOrder": {"type": "object", "required": ["customerId", "items", "payment", "shippingAddress"], "properties": {
-                "customerId": {"type": "string"},
-                "items": {"type": "array", "items": {"type": "object", "required": ["sku", "quantity"], "properties": {"sku": {"type": "string"}, "quantity": {"type": "integer", "minimum": 1}}}},
-                "payment": {"type": "object", "description": "the card number (swapped for the card vault's token at the edge: it never reaches the order service), or a token from POST /payments/tokens", "properties": {"cardNumber": {"type": "string", "example": "4242424242424242"}, "token": {"type": "string", "example": "tok_0123456789abcdef0123456789abcdef"}}},
-                "shippingAddress": {"$ref": "#/components/schemas/Address"}}},
-            "Placed": {"type": "object", "properties": {"orderId": {"type": "string"}, "status": {"type": "string"}}},
-            "Order": {"type": "object", "properties": {"orderId": {"type": "string"}, "status": {"type": "string", "enum": ["PENDING", "PAID", "RESERVED", "SHIPPED", "CANCELLED"]}, "customerId": {"type": "string"}, "items": {"type": "array", "items": {"type": "object"}}, "totalMinor": {"type": "integer"}, "currency": {"type": "string"}, "cancelReason": {"type": "string"}, "refusedCancellation": {"type": "string", "description": "a cancellation that came after the order shipped"}, "cardLast4": {"type": "string"}, "paymentId": {"type": "string"}, "reserved": {"type": "boolean"}, "shipmentId": {"type": "string"}, "trackingNumber": {"type": "string"}, "carrier": {"type": "string"}, "createdAt": {"type": "string"}, "updatedAt": {"type": "string"}, "version": {"type": "integer"}, "source": {"type": "string"}, "projection": {"type": "object"}}},
-            "OrderPage": {"type": "object", "properties": {"orders": {"type": "array", "items": {"$ref": "#/components/schemas/Order"}}, "nextCursor": {"type": "string"}, "projection": {"type": "object"}}},
-            "Events": {"type": "array", "items": {"type": "object"}},
-            "Rebuilt": {"type": "object", "properties": {"projection": {"type": "string"}, "replayedEvents": {"type": "integer"}}},
-            "Discard": {"type": "object", "required": ["reason"], "properties": {"reason": {"type": "string"}}},
-            "Saga": {"type": "object", "properties": {"sagaType": {"type": "string"}, "sagaId": {"type": "string"}, "state": {"type": "string", "enum": ["running", "compensating", "completed", "compensated"]}, "currentStep": {"type": "string", "nullable": true}, "correlationId": {"type": "string"}, "failure": {"type": "object", "nullable": true, "properties": {"step": {"type": "string"}, "kind": {"type": "string", "enum": ["reply", "timeout", "cancelled"]}, "eventType": {"type": "string"}, "reason": {"type": "string"}}}, "deadline": {"type": "string", "nullable": true}, "createdAt": {"type": "string"}, "updatedAt": {"type": "string"}, "steps": {"type": "array", "items": {"type": "object", "properties": {"seq": {"type": "integer"}, "step": {"type": "string"}, "kind": {"type": "string", "enum": ["action", "compensation", "notify"]}, "command": {"type": "string"}, "startedAt": {"type": "string"}, "endedAt": {"type": "string", "nullable": true}, "durationMs": {"type": "integer", "nullable": true}, "outcome": {"type": "string", "nullable": true}, "detail": {"type": "string", "nullable": true}, "sends": {"type": "integer"}}}}}},
-            "Sagas": {"type": "object", "properties": {"style": {"type": "string", "enum": ["choreography", "orchestration"]}, "sagas": {"type": "array", "items": {"$ref": "#/components/schemas/Saga"}}, "counts": {"type": "object", "additionalProperties": {"type": "integer"}}}}
-        }),
-    )
+    shopflow_service::openapi::generated(<crate::Api as utoipa::OpenApi>::openapi())
 }

@@ -46,10 +46,12 @@ impl View for OrderProjection {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// An order: from the read model, or folded from its events (time travel).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderView {
     pub order_id: String,
+    #[schema(value_type = crate::aggregate::Status)]
     pub status: &'static str,
     pub customer_id: String,
     pub items: Vec<OrderLine>,
@@ -77,6 +79,7 @@ pub struct OrderView {
     pub updated_at: Option<String>,
     pub version: u64,
     /// `read-model` (the projection) or `event-store` (a fold: time travel, or not projected yet).
+    #[schema(value_type = String, pattern = "^(read-model|event-store)$")]
     pub source: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub projection: Option<Freshness>,
@@ -116,7 +119,7 @@ pub(crate) fn view(o: &Order, source: &'static str, projection: Option<Freshness
 }
 
 /// A page of `GET /orders`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Page {
     pub(crate) orders: Vec<OrderView>,

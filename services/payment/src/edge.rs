@@ -264,13 +264,34 @@ pub async fn tokenize_cards(State(vault): State<CardVault>, req: Request, next: 
     next.run(Request::from_parts(parts, Body::from(body))).await
 }
 
-#[derive(Debug, serde::Deserialize)]
+/// A card number to tokenise.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct TokenizeBody {
+pub(crate) struct TokenizeBody {
+    /// 12 to 19 digits (spaces and dashes between them are ignored) passing the Luhn check.
+    #[schema(pattern = "^[ -]*([0-9][ -]*){12,19}$", example = "4242424242424242")]
     card_number: String,
 }
 
-async fn tokenize(
+/// What a rekey did.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Rekeyed {
+    /// Cards re-encrypted under the current key.
+    rekeyed: u64,
+}
+
+/// Tokenise a card: its vault token and last four digits (the same card, the same token).
+#[utoipa::path(post, path = "/payments/tokens", tag = "payment", operation_id = "tokenizeCard",
+    request_body = TokenizeBody,
+    responses(
+        (status = 201, description = "The token", body = Tokenized),
+        (status = 400, description = "Not JSON", body = shopflow_http::ErrorBody),
+        (status = 413, description = "Body too large", body = shopflow_http::ErrorBody),
+        (status = 415, description = "Not application/json", body = shopflow_http::ErrorBody),
+        (status = 422, description = "Not a card number (the Luhn check fails)", body = shopflow_http::ErrorBody),
+        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
+    ))]
+pub(crate) async fn tokenize(
     State(v): State<Arc<(Vault, Db)>>,
     Json(b): Json<TokenizeBody>,
 ) -> Result<Response, ApiError> {
@@ -281,7 +302,15 @@ async fn tokenize(
     Ok(reply(StatusCode::CREATED, t))
 }
 
-async fn token(
+/// A token of the card vault, with its card's last four digits.
+#[utoipa::path(get, path = "/payments/tokens/{token}", tag = "payment", operation_id = "getCardToken",
+    params(("token" = String, Path, description = "A vault token (`tok_` + 32 hex digits)")),
+    responses(
+        (status = 200, description = "The token", body = Tokenized),
+        (status = 404, description = "Not a token of this vault", body = shopflow_http::ErrorBody),
+        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
+    ))]
+pub(crate) async fn token(
     State(v): State<Arc<(Vault, Db)>>,
     Path(token): Path<String>,
 ) -> Result<Json<Tokenized>, ApiError> {
@@ -295,9 +324,17 @@ async fn token(
     .ok_or_else(|| ApiError::not_found("token", &token))
 }
 
-async fn rekey(State(v): State<Arc<(Vault, Db)>>) -> Result<Json<Value>, ApiError> {
+/// Re-encrypt every card held under an older vault key with the current one.
+#[utoipa::path(post, path = "/admin/vault/rekey", tag = "payment", operation_id = "rekeyVault",
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "Done", body = Rekeyed),
+        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
+        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
+    ))]
+pub(crate) async fn rekey(State(v): State<Arc<(Vault, Db)>>) -> Result<Json<Rekeyed>, ApiError> {
     let n = v.0.rekey(&v.1).await.map_err(vault_error)?;
-    Ok(Json(json!({ "rekeyed": n })))
+    Ok(Json(Rekeyed { rekeyed: n as u64 }))
 }
 
 /// The vault's routes.

@@ -190,7 +190,8 @@ impl<G: PaymentGateway> Clone for Payments<G> {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// An order's payment.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentView {
     pub order_id: String,
@@ -410,6 +411,14 @@ impl<G: PaymentGateway> Payments<G> {
     }
 }
 
+/// The order's payment: status, amount, the card's last four digits.
+#[utoipa::path(get, path = "/orders/{id}/payment", tag = "payment", operation_id = "getPayment",
+    params(("id" = String, Path, description = "The order id (`ord_…`)")),
+    responses(
+        (status = 200, description = "The payment", body = PaymentView),
+        (status = 404, description = "No payment for this order (yet)", body = shopflow_http::ErrorBody),
+        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
+    ))]
 async fn get_payment<G: PaymentGateway>(
     State(s): State<Arc<Payments<G>>>,
     Path(id): Path<String>,
@@ -549,3 +558,24 @@ mod tests {
         assert!(g.charge(&c("o3", "4242424242424242")).await.is_err());
     }
 }
+
+/// The payment service's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(
+        get_payment,
+        edge::tokenize,
+        edge::token,
+        edge::rekey,
+        service::set_gateway
+    ),
+    components(schemas(
+        PaymentView,
+        edge::TokenizeBody,
+        vault::Tokenized,
+        edge::Rekeyed,
+        service::GatewayMode,
+        shopflow_http::ErrorBody
+    ))
+)]
+pub(crate) struct Api;

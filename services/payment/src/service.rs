@@ -8,7 +8,6 @@ use axum::extract::State;
 use serde_json::json;
 use shopflow_contracts::audit::{Facts, PaymentFact};
 use shopflow_runtime::BoxHandler;
-use shopflow_service::openapi::{op, part, with_body, with_params};
 use shopflow_service::{Context, Error, Result, SagaStyle, Service, Started};
 use shopflow_store::Db;
 
@@ -69,14 +68,27 @@ async fn start(ctx: Context) -> Result<Started> {
     Ok(s)
 }
 
-#[derive(Debug, serde::Deserialize)]
+/// Whether the simulated payment gateway is down.
+#[derive(Debug, serde::Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct GatewayMode {
+pub(crate) struct GatewayMode {
     outage: bool,
 }
 
-/// Takes the simulated payment gateway down or brings it back (for reliability drills).
-async fn set_gateway(
+/// Take the simulated payment gateway down (`{"outage": true}`) or bring it back, for
+/// reliability drills.
+#[utoipa::path(put, path = "/admin/payment-gateway", tag = "payment", operation_id = "setPaymentGateway",
+    request_body = GatewayMode,
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "Switched", body = GatewayMode),
+        (status = 400, description = "Not JSON", body = shopflow_http::ErrorBody),
+        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
+        (status = 413, description = "Body too large", body = shopflow_http::ErrorBody),
+        (status = 415, description = "Not application/json", body = shopflow_http::ErrorBody),
+        (status = 422, description = "Invalid field", body = shopflow_http::ErrorBody),
+    ))]
+pub(crate) async fn set_gateway(
     State(g): State<Arc<Simulator>>,
     shopflow_http::Json(mode): shopflow_http::Json<GatewayMode>,
 ) -> axum::Json<serde_json::Value> {
@@ -120,20 +132,5 @@ async fn audit(db: &Db, facts: &mut Facts) -> Result<()> {
 }
 
 fn openapi() -> serde_json::Value {
-    part(
-        json!({
-            "/orders/{id}/payment": {"get": with_params(op("The order's payment", "200", "Payment"), &[("id", "path", true)])},
-            "/payments/tokens": {"post": with_body(op("Tokenise a card: its vault token and last four digits (the same card, the same token)", "201", "CardToken"), "Card")},
-            "/payments/tokens/{token}": {"get": with_params(op("A token of the card vault, with its card's last four digits", "200", "CardToken"), &[("token", "path", true)])},
-            "/admin/vault/rekey": {"post": op("Re-encrypt every card held under an older vault key with the current one", "200", "Rekeyed")},
-            "/admin/payment-gateway": {"put": with_body(op("Take the simulated payment gateway down ({\"outage\": true}) or bring it back", "200", "GatewayMode"), "GatewayMode")}
-        }),
-        json!({
-            "Payment": {"type": "object"},
-            "Card": {"type": "object", "required": ["cardNumber"], "properties": {"cardNumber": {"type": "string"}}},
-            "CardToken": {"type": "object", "properties": {"token": {"type": "string"}, "last4": {"type": "string"}}},
-            "Rekeyed": {"type": "object", "properties": {"rekeyed": {"type": "integer"}}},
-            "GatewayMode": {"type": "object", "required": ["outage"], "properties": {"outage": {"type": "boolean"}}}
-        }),
-    )
+    shopflow_service::openapi::generated(<crate::Api as utoipa::OpenApi>::openapi())
 }

@@ -154,10 +154,15 @@ pub fn card_digits(card: &str) -> Option<String> {
 }
 
 /// What a client gets for a card: the token and the last four digits.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Tokenized {
+    #[schema(
+        pattern = "^tok_[0-9a-f]{32}$",
+        example = "tok_0123456789abcdef0123456789abcdef"
+    )]
     pub token: String,
+    #[schema(pattern = "^[0-9]{4}$", example = "4242")]
     pub last4: String,
 }
 

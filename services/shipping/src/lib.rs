@@ -62,7 +62,8 @@ pub struct Shipping {
     db: Db,
 }
 
-#[derive(Debug, Serialize)]
+/// An order's shipment, or why it failed.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ShipmentView {
     pub order_id: String,
@@ -109,6 +110,14 @@ impl Shipping {
     }
 }
 
+/// The order's shipment: carrier and tracking number, or the reason it failed.
+#[utoipa::path(get, path = "/orders/{id}/shipment", tag = "shipping", operation_id = "getShipment",
+    params(("id" = String, Path, description = "The order id (`ord_…`)")),
+    responses(
+        (status = 200, description = "The shipment", body = ShipmentView),
+        (status = 404, description = "No shipment for this order (yet)", body = shopflow_http::ErrorBody),
+        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
+    ))]
 async fn get_shipment(
     State(s): State<Arc<Shipping>>,
     Path(id): Path<String>,
@@ -230,3 +239,11 @@ impl Shipping {
         }
     }
 }
+
+/// The shipping service's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(get_shipment),
+    components(schemas(ShipmentView, shopflow_http::ErrorBody))
+)]
+pub(crate) struct Api;

@@ -1,9 +1,7 @@
 //! The shipping service as the deployment knows it.
 
-use serde_json::json;
 use shopflow_contracts::audit::{Facts, ShipmentFact};
 use shopflow_runtime::BoxHandler;
-use shopflow_service::openapi::{op, part, with_params};
 use shopflow_service::{Context, Result, SagaStyle, Service, Started};
 use shopflow_store::Db;
 
@@ -52,8 +50,5 @@ async fn audit(db: &Db, facts: &mut Facts) -> Result<()> {
 }
 
 fn openapi() -> serde_json::Value {
-    part(
-        json!({"/orders/{id}/shipment": {"get": with_params(op("The order's shipment", "200", "Shipment"), &[("id", "path", true)])}}),
-        json!({"Shipment": {"type": "object"}}),
-    )
+    shopflow_service::openapi::generated(<crate::Api as utoipa::OpenApi>::openapi())
 }
