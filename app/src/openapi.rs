@@ -32,5 +32,132 @@ pub fn document() -> Value {
     for s in SERVICES {
         merge(&mut doc, &(s.openapi)());
     }
+    add_links(&mut doc);
     doc
+}
+
+/// What a client can do next with what an operation answered (OpenAPI links: they let clients,
+/// and schemathesis's stateful runs, follow an order from its placement to its payment).
+/// `(path, method, status, link name, target operationId, [(parameter, runtime expression)])`.
+type LinkRow = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
+const LINKS: &[LinkRow] = &[
+    (
+        "/orders",
+        "post",
+        "202",
+        "order",
+        "getOrder",
+        &[("id", "$response.body#/orderId")],
+    ),
+    (
+        "/orders",
+        "post",
+        "202",
+        "events",
+        "listOrderEvents",
+        &[("id", "$response.body#/orderId")],
+    ),
+    (
+        "/orders",
+        "post",
+        "202",
+        "payment",
+        "getPayment",
+        &[("id", "$response.body#/orderId")],
+    ),
+    (
+        "/orders",
+        "post",
+        "202",
+        "shipment",
+        "getShipment",
+        &[("id", "$response.body#/orderId")],
+    ),
+    (
+        "/orders",
+        "post",
+        "202",
+        "notifications",
+        "listNotifications",
+        &[("id", "$response.body#/orderId")],
+    ),
+    (
+        "/orders",
+        "post",
+        "202",
+        "saga",
+        "getSaga",
+        &[("id", "$response.body#/orderId")],
+    ),
+    (
+        "/users",
+        "post",
+        "201",
+        "user",
+        "getUser",
+        &[("id", "$response.body#/userId")],
+    ),
+    (
+        "/products/{sku}",
+        "put",
+        "200",
+        "product",
+        "getProduct",
+        &[("sku", "$response.body#/sku")],
+    ),
+    (
+        "/products/{sku}",
+        "put",
+        "201",
+        "product",
+        "getProduct",
+        &[("sku", "$response.body#/sku")],
+    ),
+    (
+        "/payments/tokens",
+        "post",
+        "201",
+        "token",
+        "getCardToken",
+        &[("token", "$response.body#/token")],
+    ),
+    (
+        "/admin/dlq",
+        "get",
+        "200",
+        "deadLetter",
+        "getDeadLetter",
+        &[("id", "$response.body#/deadLetters/0/id")],
+    ),
+];
+
+/// Adds [`LINKS`] whose both ends are in `doc` (a process serves only its own services).
+fn add_links(doc: &mut Value) {
+    let operation_ids: std::collections::BTreeSet<String> = doc["paths"]
+        .as_object()
+        .into_iter()
+        .flat_map(|paths| paths.values())
+        .filter_map(|methods| methods.as_object())
+        .flat_map(|m| m.values())
+        .filter_map(|op| op["operationId"].as_str().map(str::to_owned))
+        .collect();
+    for (path, method, status, name, target, params) in LINKS {
+        let response = &mut doc["paths"][*path][*method]["responses"][*status];
+        if response.is_null() || !operation_ids.contains(*target) {
+            continue;
+        }
+        let parameters: serde_json::Map<String, Value> = params
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), json!(v)))
+            .collect();
+        response["links"][*name] = json!({"operationId": target, "parameters": parameters});
+    }
 }

@@ -101,6 +101,35 @@ pub struct LagReport {
     pub partitions: Vec<LagRow>,
 }
 
+/// Which open dead letters to redrive (a bulk redrive takes open ones only).
+#[derive(Clone, Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct RedriveFilter {
+    /// The original topic.
+    pub topic: Option<String>,
+    pub event_type: Option<String>,
+    pub consumer: Option<String>,
+    /// A substring of the error.
+    pub error: Option<String>,
+    /// 1 to 1000 (default 100).
+    #[schema(minimum = 1, maximum = 1000)]
+    #[serde(default, deserialize_with = "shopflow_http::int::opt_u32")]
+    pub limit: Option<u32>,
+}
+
+impl From<RedriveFilter> for dlq::Filter {
+    fn from(f: RedriveFilter) -> Self {
+        dlq::Filter {
+            topic: f.topic,
+            event_type: f.event_type,
+            consumer: f.consumer,
+            error: f.error,
+            status: None,
+            limit: f.limit,
+        }
+    }
+}
+
 /// A circuit breaker and its state.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -263,7 +292,7 @@ pub(crate) async fn redrive_one(
 /// Send the oldest open dead letters matching the filter back (at most `limit`, default 100,
 /// at most 1000), each to the one group it failed in; says how many remain.
 #[utoipa::path(post, path = "/admin/dlq/redrive", tag = "operations", operation_id = "redriveDeadLetters",
-    request_body = Filter, security(("adminToken" = [])),
+    request_body = RedriveFilter, security(("adminToken" = [])),
     responses(
         (status = 200, description = "What was sent back", body = dlq::BulkRedrive),
         (status = 400, description = "Not JSON, or a bad filter", body = shopflow_http::ErrorBody),
@@ -275,9 +304,9 @@ pub(crate) async fn redrive_one(
     ))]
 pub(crate) async fn redrive_matching(
     State(ops): State<Arc<Ops>>,
-    Json(filter): Json<Filter>,
+    Json(filter): Json<RedriveFilter>,
 ) -> Result<Json<dlq::BulkRedrive>, ApiError> {
-    dlq::redrive_matching(&ops.db, &filter)
+    dlq::redrive_matching(&ops.db, &filter.into())
         .await
         .map(Json)
         .map_err(dlq_error)

@@ -26,6 +26,7 @@ pub(crate) struct TailQuery {
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// Where the previous call ended: only newer records come back.
+    #[param(pattern = "^(,*[^,]*@[0-9]{1,9}=[0-9]{1,19})*,*$")]
     cursor: Option<String>,
 }
 
@@ -101,6 +102,11 @@ fn decoded(r: Record) -> TailedEvent {
     e
 }
 
+/// What [`parse_cursor`] takes, as the OpenAPI document's pattern (written out in
+/// `TailQuery`'s attribute, which takes only a literal; the test checks the two agree).
+#[cfg(test)]
+pub(crate) const CURSOR_PATTERN: &str = "^(,*[^,]*@[0-9]{1,9}=[0-9]{1,19})*,*$";
+
 /// `topic@partition=next offset`, comma-separated.
 fn parse_cursor(c: &str) -> Result<BTreeMap<TopicPartition, u64>, ApiError> {
     let bad = || ApiError::bad_request("cursor is not one this endpoint returned");
@@ -108,6 +114,13 @@ fn parse_cursor(c: &str) -> Result<BTreeMap<TopicPartition, u64>, ApiError> {
     for part in c.split(',').filter(|p| !p.is_empty()) {
         let (tp, offset) = part.rsplit_once('=').ok_or_else(bad)?;
         let (topic, partition) = tp.rsplit_once('@').ok_or_else(bad)?;
+        // Digits only, and few enough that they always fit (what CURSOR_PATTERN says).
+        let digits = |s: &str, max: usize| {
+            !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_digit())
+        };
+        if !digits(partition, 9) || !digits(offset, 19) {
+            return Err(bad());
+        }
         out.insert(
             TopicPartition::new(topic, partition.parse().map_err(|_| bad())?),
             offset.parse().map_err(|_| bad())?,
@@ -130,7 +143,12 @@ pub async fn tail(
     limit: u32,
     cursor: Option<&str>,
 ) -> Result<(Vec<TailedEvent>, String), ApiError> {
-    let limit = limit.clamp(1, MAX_LIMIT) as usize;
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_LIMIT}"
+        )));
+    }
+    let limit = limit as usize;
     let after = cursor.map(parse_cursor).transpose()?;
     let topics = bus.topics().await.map_err(unavailable)?;
     let mut next = BTreeMap::new();
@@ -214,5 +232,30 @@ mod tests {
         assert!(parse_cursor("x").is_err());
         assert!(parse_cursor("t@p=1").is_err());
         assert!(parse_cursor("").unwrap().is_empty());
+        // The pattern in the document is the rule.
+        let doc = serde_json::to_value(<crate::ops::Api as utoipa::OpenApi>::openapi()).unwrap();
+        let params = doc["paths"]["/admin/events"]["get"]["parameters"]
+            .as_array()
+            .unwrap();
+        let cursor = params.iter().find(|p| p["name"] == "cursor").unwrap();
+        assert_eq!(cursor["schema"]["pattern"], CURSOR_PATTERN);
+        let re = regex::Regex::new(CURSOR_PATTERN).unwrap();
+        for c in [
+            "",
+            "a@0=1",
+            "a.b@1=2,c@0=0",
+            ",,a@0=1,",
+            "a@b@0=1",
+            "a@+1=2",
+            "a@1=+2",
+            "a@0=12345678901234567890",
+            "a@1234567890=1",
+            "x",
+            "a@0=",
+            "@0=1",
+            "a@0=1,b",
+        ] {
+            assert_eq!(re.is_match(c), parse_cursor(c).is_ok(), "{c:?}");
+        }
     }
 }

@@ -430,3 +430,102 @@ mod text_tests {
         }
     }
 }
+
+/// Integers in JSON bodies the way JSON Schema counts them: `2`, and also `2.0` (a number with
+/// no fraction is an integer there, and clients such as JavaScript's may send it so). For
+/// `#[serde(deserialize_with = "shopflow_http::int::…")]`.
+pub mod int {
+    use serde::de::{self, Deserializer, Visitor};
+
+    struct Integral;
+
+    impl Visitor<'_> for Integral {
+        type Value = i128;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an integer")
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<i128, E> {
+            Ok(i128::from(v))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<i128, E> {
+            Ok(i128::from(v))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<i128, E> {
+            // Beyond ±2^63 a float has no exact integer of ours anyway.
+            if v.fract() == 0.0 && v.abs() < 9.2e18 {
+                Ok(v as i128)
+            } else {
+                Err(E::invalid_value(de::Unexpected::Float(v), &self))
+            }
+        }
+    }
+
+    fn integral<'de, D: Deserializer<'de>, T: TryFrom<i128>>(d: D) -> Result<T, D::Error> {
+        let v = d.deserialize_any(Integral)?;
+        T::try_from(v).map_err(|_| {
+            de::Error::invalid_value(
+                de::Unexpected::Other("an integer out of range"),
+                &"an integer in range",
+            )
+        })
+    }
+
+    pub fn i64<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        integral(d)
+    }
+
+    pub fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        integral(d)
+    }
+
+    /// An optional one (`null` or absent is `None`; use with `#[serde(default)]`).
+    pub fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        struct Opt;
+        impl<'de> Visitor<'de> for Opt {
+            type Value = Option<u32>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an integer or null")
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                super::int::u32(d).map(Some)
+            }
+        }
+        d.deserialize_option(Opt)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[derive(serde::Deserialize, Debug)]
+        struct T {
+            #[serde(deserialize_with = "super::i64")]
+            n: i64,
+            #[serde(default, deserialize_with = "super::opt_u32")]
+            m: Option<u32>,
+        }
+
+        #[test]
+        fn integral_floats_are_integers() {
+            let t: T = serde_json::from_str(r#"{"n": 2735017.0, "m": 3.0}"#).unwrap();
+            assert_eq!((t.n, t.m), (2735017, Some(3)));
+            let t: T = serde_json::from_str(r#"{"n": -5, "m": null}"#).unwrap();
+            assert_eq!((t.n, t.m), (-5, None));
+            let t: T = serde_json::from_str(r#"{"n": 1}"#).unwrap();
+            assert_eq!(t.m, None);
+            for bad in [
+                r#"{"n": 1.5}"#,
+                r#"{"n": "1"}"#,
+                r#"{"n": 1e30}"#,
+                r#"{"n": 1, "m": -1}"#,
+                r#"{"n": 1, "m": 4294967296}"#,
+            ] {
+                assert!(serde_json::from_str::<T>(bad).is_err(), "{bad}");
+            }
+        }
+    }
+}

@@ -349,7 +349,10 @@ fn where_clause(f: &Filter, default_status: Option<&str>) -> Result<(String, Vec
 /// `limit`, default 100, max 1000).
 pub async fn list(db: &Db, filter: &Filter) -> Result<Vec<DeadLetter>, Error> {
     let (clause, params) = where_clause(filter, Some("open"))?;
-    let limit = filter.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = filter.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(Error::Invalid("limit must be between 1 and 1000".into()));
+    }
     let rows = db
         .query(
             &format!(
@@ -521,10 +524,12 @@ pub async fn redrive_matching(db: &Db, filter: &Filter) -> Result<BulkRedrive, E
             "only open dead letters can be redriven".into(),
         ));
     }
-    let limit = filter
-        .limit
-        .unwrap_or(DEFAULT_BULK_REDRIVE)
-        .clamp(1, MAX_BULK_REDRIVE);
+    let limit = filter.limit.unwrap_or(DEFAULT_BULK_REDRIVE);
+    if !(1..=MAX_BULK_REDRIVE).contains(&limit) {
+        return Err(Error::Invalid(format!(
+            "limit must be between 1 and {MAX_BULK_REDRIVE}"
+        )));
+    }
     let mut tx = db.begin().await?;
     let ids: Vec<String> = tx
         .query(

@@ -44,12 +44,14 @@ pub struct PutProduct {
     pub name: String,
     /// Integer minor units (cents): 1 to 10^12.
     #[schema(minimum = 1, maximum = 1_000_000_000_000_i64, example = 1299)]
+    #[serde(deserialize_with = "shopflow_http::int::i64")]
     pub price_minor: i64,
     /// ISO 4217: three capital letters.
     #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     pub currency: String,
     /// The quantity available from now on: 0 to 10^9.
     #[schema(minimum = 0, maximum = 1_000_000_000, example = 25)]
+    #[serde(deserialize_with = "shopflow_http::int::i64")]
     pub stock: i64,
 }
 

@@ -41,6 +41,7 @@ pub struct PlaceLine {
     #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$", example = "MUG-01")]
     pub sku: String,
     #[schema(minimum = 1, maximum = 1000, example = 2)]
+    #[serde(deserialize_with = "shopflow_http::int::i64")]
     pub quantity: i64,
 }
 

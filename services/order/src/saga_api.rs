@@ -102,9 +102,13 @@ pub(crate) async fn list(
         .map(SagaState::parse)
         .transpose()
         .map_err(ApiError::bad_request)?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
+    }
     let list = s
         .orchestrator
-        .list(&s.db, state, q.limit.unwrap_or(100))
+        .list(&s.db, state, limit)
         .await
         .map_err(saga_error)?;
     let counts = s.orchestrator.counts(&s.db).await.map_err(saga_error)?;
