@@ -7,17 +7,17 @@
 //! (`GlobalConcurrencyLimit`, `LoadShed`, `Timeout`), not by hand.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::http::StatusCode;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tower::ServiceBuilder;
 
 use crate::ApiError;
@@ -125,8 +125,38 @@ fn refusal() -> Vec<u8> {
     .into_bytes()
 }
 
+/// The open connections: whether each is handling a request, and how to close it.
+#[derive(Default)]
+struct Open {
+    next: u64,
+    /// By age (ids increase): in flight count, and the signal that closes it.
+    conns: std::collections::BTreeMap<u64, (Arc<AtomicUsize>, Arc<Notify>)>,
+}
+
+impl Open {
+    /// Closes the oldest connection that handles no request (an idle keep-alive one, or one
+    /// still sending its head): at the cap, a new client is served rather than an idle one kept.
+    fn evict_idle(&self) -> bool {
+        match self
+            .conns
+            .values()
+            .find(|(busy, _)| busy.load(Ordering::SeqCst) == 0)
+        {
+            Some((_, close)) => {
+                close.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// Serves `router` on `listener` with `limits` until `shutdown` completes; then stops accepting
 /// and gives open requests up to 10 s to finish.
+///
+/// At the connection cap, the oldest connection that is not handling a request is closed to make
+/// room (as a web server reuses idle keep-alive connections); only when every connection is busy
+/// is the new one answered 503 + `Retry-After`.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -137,7 +167,9 @@ pub async fn serve(
     let connections = Arc::new(Semaphore::new(max));
     // Refusing costs a socket for a moment too: a few at a time, the rest are closed at once.
     let refusing = Arc::new(Semaphore::new(64));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let open = Arc::new(Mutex::new(Open::default()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -159,7 +191,26 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
+        while tasks.try_join_next().is_some() {}
+        let permit = match connections.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                let evicted = open.lock().map(|o| o.evict_idle()).unwrap_or(false);
+                if evicted {
+                    metrics::counter!("shopflow_http_idle_connections_evicted_total").increment(1);
+                    tokio::time::timeout(
+                        Duration::from_millis(100),
+                        connections.clone().acquire_owned(),
+                    )
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                } else {
+                    None
+                }
+            }
+        };
+        let Some(permit) = permit else {
             metrics::counter!("shopflow_http_connections_refused_total").increment(1);
             if let Ok(r) = refusing.clone().try_acquire_owned() {
                 tokio::spawn(async move {
@@ -175,20 +226,64 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+        let busy = Arc::new(AtomicUsize::new(0));
+        let close = Arc::new(Notify::new());
+        let id = match open.lock() {
+            Ok(mut o) => {
+                o.next += 1;
+                let id = o.next;
+                o.conns.insert(id, (busy.clone(), close.clone()));
+                id
+            }
+            Err(_) => continue,
+        };
+        let service = {
+            let (router, busy) = (router.clone(), busy.clone());
+            hyper::service::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
+                let (router, busy) = (router.clone(), busy.clone());
+                async move {
+                    busy.fetch_add(1, Ordering::SeqCst);
+                    let resp = tower::ServiceExt::oneshot(router, req).await;
+                    busy.fetch_sub(1, Ordering::SeqCst);
+                    resp
+                }
+            })
+        };
+        let conn = http.serve_connection(TokioIo::new(stream), service);
+        let (open, mut stop_rx) = (open.clone(), stop_rx.clone());
+        tasks.spawn(async move {
+            tokio::pin!(conn);
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    // Evicted: only while it handles nothing (it may have started meanwhile).
+                    () = close.notified() => {
+                        if busy.load(Ordering::SeqCst) == 0 {
+                            break;
+                        }
+                    }
+                    _ = stop_rx.changed() => conn.as_mut().graceful_shutdown(),
+                }
+            }
+            if let Ok(mut o) = open.lock() {
+                o.conns.remove(&id);
             }
             drop(permit);
         });
     }
     drop(listener);
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
         tracing::warn!("requests still open 10 s after shutdown: closing them");
+        tasks.abort_all();
     }
 }
