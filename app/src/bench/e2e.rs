@@ -92,7 +92,11 @@ pub(crate) async fn run(a: E2eArgs) -> anyhow::Result<()> {
             admin_token: Some(shop.admin_token.as_str().to_owned()),
             ..LoadConfig::default()
         };
+        let cpu_before = process_cpu();
         let r = tokio::task::spawn_blocking(move || run_load(&cfg)).await??;
+        let cpu = process_cpu()
+            .zip(cpu_before)
+            .map(|(a, b)| (a.0 - b.0, a.1 - b.1));
         let case = match rate {
             Some(r) => format!("{case}_{r:.0}"),
             None => case.to_owned(),
@@ -128,6 +132,16 @@ pub(crate) async fn run(a: E2eArgs) -> anyhow::Result<()> {
             *r.outcomes.get("SHIPPED").unwrap_or(&0) as f64,
             "orders",
         );
+        // The whole process (the shop and the load clients in it), user and kernel.
+        if let Some((user, system)) = cpu {
+            let per = |secs: f64| secs * 1000.0 / r.placed.max(1) as f64;
+            report.row(&case, "cpu_per_order", per(user + system), "ms");
+            report.row(&case, "cpu_user_per_order", per(user), "ms");
+            report.row(&case, "cpu_system_per_order", per(system), "ms");
+        }
+        if let Some(kib) = peak_rss_kib() {
+            report.row(&case, "peak_rss", kib as f64 / 1024.0, "MiB");
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     shop.stop().await?;
@@ -153,4 +167,30 @@ async fn drop_schemas(url: &str, prefix: &str) -> anyhow::Result<()> {
             .await?;
     }
     Ok(())
+}
+
+/// This process's user and system CPU time so far, in seconds (`/proc/self/stat`).
+fn process_cpu() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    let user: f64 = fields.get(11)?.parse().ok()?;
+    let system: f64 = fields.get(12)?.parse().ok()?;
+    Some((user / ticks, system / ticks))
+}
+
+/// The peak resident set of this process so far (`VmHWM`), in KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
