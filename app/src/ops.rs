@@ -170,8 +170,13 @@ pub(crate) struct Health {
 }
 
 /// Liveness: answers while the process serves.
-#[utoipa::path(get, path = "/health", tag = "operations", operation_id = "health",
-    responses((status = 200, description = "Alive", body = Health)))]
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    operation_id = "health",
+    responses((status = 200, description = "Alive", body = Health))
+)]
 pub(crate) async fn health() -> axum::Json<Health> {
     axum::Json(Health { status: "ok" })
 }
@@ -237,10 +242,10 @@ impl Ops {
 #[utoipa::path(get, path = "/admin/dlq", tag = "operations", operation_id = "listDeadLetters",
     params(Filter), security(("adminToken" = [])),
     responses(
+        shopflow_http::responses::NeedsAdmin,
+        shopflow_http::responses::Unavailable,
         (status = 200, description = "Dead letters", body = DeadLetters),
         (status = 400, description = "A malformed filter", body = shopflow_http::ErrorBody),
-        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
-        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
     ))]
 pub(crate) async fn list_dlq(
     State(ops): State<Arc<Ops>>,
@@ -258,10 +263,10 @@ pub(crate) async fn list_dlq(
 #[utoipa::path(get, path = "/admin/dlq/{id}", tag = "operations", operation_id = "getDeadLetter",
     params(("id" = String, Path, description = "The dead letter (`<dlq topic>:<partition>:<offset>`)")), security(("adminToken" = [])),
     responses(
+        shopflow_http::responses::NeedsAdmin,
+        shopflow_http::responses::Unavailable,
         (status = 200, description = "The dead letter", body = dlq::DeadLetterDetail),
-        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
         (status = 404, description = "No such dead letter", body = shopflow_http::ErrorBody),
-        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
     ))]
 pub(crate) async fn show_dlq(
     State(ops): State<Arc<Ops>>,
@@ -275,11 +280,11 @@ pub(crate) async fn show_dlq(
 #[utoipa::path(post, path = "/admin/dlq/{id}/redrive", tag = "operations", operation_id = "redriveDeadLetter",
     params(("id" = String, Path, description = "The dead letter (`<dlq topic>:<partition>:<offset>`)")), security(("adminToken" = [])),
     responses(
+        shopflow_http::responses::NeedsAdmin,
+        shopflow_http::responses::Unavailable,
         (status = 200, description = "Redriven (or it had been)", body = RedrivenOne),
-        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
         (status = 404, description = "No such dead letter", body = shopflow_http::ErrorBody),
         (status = 409, description = "It was discarded", body = shopflow_http::ErrorBody),
-        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
     ))]
 pub(crate) async fn redrive_one(
     State(ops): State<Arc<Ops>>,
@@ -294,13 +299,11 @@ pub(crate) async fn redrive_one(
 #[utoipa::path(post, path = "/admin/dlq/redrive", tag = "operations", operation_id = "redriveDeadLetters",
     request_body = RedriveFilter, security(("adminToken" = [])),
     responses(
+        shopflow_http::responses::JsonBody,
+        shopflow_http::responses::NeedsAdmin,
+        shopflow_http::responses::Unavailable,
         (status = 200, description = "What was sent back", body = dlq::BulkRedrive),
         (status = 400, description = "Not JSON, or a bad filter", body = shopflow_http::ErrorBody),
-        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
-        (status = 413, description = "Body too large", body = shopflow_http::ErrorBody),
-        (status = 415, description = "Not application/json", body = shopflow_http::ErrorBody),
-        (status = 422, description = "Invalid field", body = shopflow_http::ErrorBody),
-        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
     ))]
 pub(crate) async fn redrive_matching(
     State(ops): State<Arc<Ops>>,
@@ -316,15 +319,13 @@ pub(crate) async fn redrive_matching(
 #[utoipa::path(post, path = "/admin/dlq/{id}/discard", tag = "operations", operation_id = "discardDeadLetter",
     params(("id" = String, Path, description = "The dead letter (`<dlq topic>:<partition>:<offset>`)")), request_body = DiscardBody, security(("adminToken" = [])),
     responses(
+        shopflow_http::responses::JsonBody,
+        shopflow_http::responses::NeedsAdmin,
+        shopflow_http::responses::Unavailable,
         (status = 200, description = "Discarded", body = dlq::DeadLetter),
         (status = 400, description = "Not JSON, or no reason", body = shopflow_http::ErrorBody),
-        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
         (status = 404, description = "No such dead letter", body = shopflow_http::ErrorBody),
         (status = 409, description = "Not open", body = shopflow_http::ErrorBody),
-        (status = 413, description = "Body too large", body = shopflow_http::ErrorBody),
-        (status = 415, description = "Not application/json", body = shopflow_http::ErrorBody),
-        (status = 422, description = "Invalid field", body = shopflow_http::ErrorBody),
-        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
     ))]
 pub(crate) async fn discard(
     State(ops): State<Arc<Ops>>,
@@ -341,9 +342,9 @@ pub(crate) async fn discard(
 /// Consumer lag per group and partition, and the outbox backlogs.
 #[utoipa::path(get, path = "/admin/lag", tag = "operations", operation_id = "getLag", security(("adminToken" = [])),
     responses(
+        shopflow_http::responses::NeedsAdmin,
+        shopflow_http::responses::Unavailable,
         (status = 200, description = "Lag", body = LagReport),
-        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
-        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
     ))]
 pub(crate) async fn lag(State(ops): State<Arc<Ops>>) -> Result<Json<LagReport>, ApiError> {
     Ok(Json(ops.lag().await?))
@@ -352,8 +353,8 @@ pub(crate) async fn lag(State(ops): State<Arc<Ops>>) -> Result<Json<LagReport>, 
 /// The circuit breakers of this process and their states.
 #[utoipa::path(get, path = "/admin/breakers", tag = "operations", operation_id = "listBreakers", security(("adminToken" = [])),
     responses(
+        shopflow_http::responses::NeedsAdmin,
         (status = 200, description = "Breakers", body = Vec<BreakerView>),
-        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
     ))]
 pub(crate) async fn breakers(State(ops): State<Arc<Ops>>) -> Json<Vec<BreakerView>> {
     Json(

@@ -199,11 +199,11 @@ pub async fn tail(
     params(TailQuery),
     security(("adminToken" = [])),
     responses(
+        shopflow_http::responses::NeedsAdmin,
+        shopflow_http::responses::Unavailable,
         (status = 200, description = "Records", body = Tail),
         (status = 400, description = "A malformed parameter", body = shopflow_http::ErrorBody),
-        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
         (status = 404, description = "No such topic", body = shopflow_http::ErrorBody),
-        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
     ))]
 pub(crate) async fn handler(
     State(ops): State<std::sync::Arc<Ops>>,

@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub mod auth;
+pub mod responses;
 pub mod serve;
 
 /// The largest request body accepted, in bytes.

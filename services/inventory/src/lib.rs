@@ -224,8 +224,8 @@ fn product_view(r: &shopflow_store::Row) -> Result<ProductView, ApiError> {
 /// Every product and its stock.
 #[utoipa::path(get, path = "/products", tag = "inventory", operation_id = "listProducts",
     responses(
+        shopflow_http::responses::Unavailable,
         (status = 200, description = "The catalog", body = Vec<ProductView>),
-        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
     ))]
 async fn list_products(
     State(s): State<Arc<Inventory>>,
@@ -237,10 +237,10 @@ async fn list_products(
 #[utoipa::path(get, path = "/products/{sku}", tag = "inventory", operation_id = "getProduct",
     params(("sku" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The stock-keeping unit")),
     responses(
+        shopflow_http::responses::Unavailable,
         (status = 200, description = "The product", body = ProductView),
         (status = 404, description = "No such product", body = shopflow_http::ErrorBody),
         (status = 422, description = "Not a sku", body = shopflow_http::ErrorBody),
-        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
     ))]
 async fn get_product(
     State(s): State<Arc<Inventory>>,
@@ -256,15 +256,12 @@ async fn get_product(
     request_body = PutProduct,
     security(("adminToken" = [])),
     responses(
+        shopflow_http::responses::JsonBody,
+        shopflow_http::responses::NeedsAdmin,
+        shopflow_http::responses::Unavailable,
         (status = 200, description = "Updated", body = ProductView),
         (status = 201, description = "Created", body = ProductView),
-        (status = 400, description = "Not JSON", body = shopflow_http::ErrorBody),
-        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
         (status = 409, description = "Created twice at once: try again", body = shopflow_http::ErrorBody),
-        (status = 413, description = "Body too large", body = shopflow_http::ErrorBody),
-        (status = 415, description = "Not application/json", body = shopflow_http::ErrorBody),
-        (status = 422, description = "Invalid field", body = shopflow_http::ErrorBody),
-        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
     ))]
 async fn put_product(
     State(s): State<Arc<Inventory>>,

@@ -340,8 +340,8 @@ impl<M: Mailer> Notifications<M> {
 #[utoipa::path(get, path = "/orders/{id}/notifications", tag = "notification", operation_id = "listNotifications",
     params(("id" = String, Path, description = "The order id (`ord_…`)")),
     responses(
+        shopflow_http::responses::Unavailable,
         (status = 200, description = "The messages (none yet: an empty list)", body = Vec<NotificationView>),
-        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
     ))]
 async fn list<M: Mailer>(
     State(s): State<Arc<Notifications<M>>>,

@@ -33,13 +33,11 @@ pub(crate) fn router(orders: Orders) -> Router {
     ),
     request_body = PlaceOrder,
     responses(
+        shopflow_http::responses::JsonBody,
+        shopflow_http::responses::Unavailable,
         (status = 202, description = "Accepted", body = Placed),
-        (status = 400, description = "Not JSON", body = shopflow_http::ErrorBody),
         (status = 409, description = "The Idempotency-Key was used for another order, or two requests raced: try again", body = shopflow_http::ErrorBody),
-        (status = 413, description = "Body too large", body = shopflow_http::ErrorBody),
-        (status = 415, description = "Not application/json", body = shopflow_http::ErrorBody),
         (status = 422, description = "Invalid: unknown customer or sku, a card that is not one, mixed currencies, …", body = shopflow_http::ErrorBody),
-        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
     ))]
 pub(crate) async fn place(
     State(s): State<Arc<Orders>>,
@@ -81,10 +79,10 @@ pub(crate) struct GetParams {
 #[utoipa::path(get, path = "/orders/{id}", tag = "orders", operation_id = "getOrder",
     params(("id" = String, Path, description = "The order id (`ord_…`)"), GetParams),
     responses(
+        shopflow_http::responses::Unavailable,
         (status = 200, description = "The order", body = OrderView),
         (status = 400, description = "`at` is not RFC 3339, or `version` not a number", body = shopflow_http::ErrorBody),
         (status = 404, description = "No such order (at that point)", body = shopflow_http::ErrorBody),
-        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
     ))]
 pub(crate) async fn get_order(
     State(s): State<Arc<Orders>>,
@@ -125,9 +123,9 @@ pub(crate) struct EventItem {
 #[utoipa::path(get, path = "/orders/{id}/events", tag = "orders", operation_id = "listOrderEvents",
     params(("id" = String, Path, description = "The order id (`ord_…`)")),
     responses(
+        shopflow_http::responses::Unavailable,
         (status = 200, description = "The events", body = Vec<EventItem>),
         (status = 404, description = "No such order", body = shopflow_http::ErrorBody),
-        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
     ))]
 pub(crate) async fn events(
     State(s): State<Arc<Orders>>,
@@ -176,11 +174,11 @@ pub(crate) struct ListParams {
     params(ListParams),
     security(("adminToken" = [])),
     responses(
+        shopflow_http::responses::NeedsAdmin,
+        shopflow_http::responses::Unavailable,
         (status = 200, description = "A page", body = Page),
         (status = 400, description = "A malformed parameter", body = shopflow_http::ErrorBody),
-        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
         (status = 422, description = "An unknown status or a bad cursor", body = shopflow_http::ErrorBody),
-        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
     ))]
 pub(crate) async fn list(
     State(s): State<Arc<Orders>>,
@@ -203,9 +201,9 @@ pub(crate) struct Rebuilt {
 #[utoipa::path(post, path = "/admin/projections/orders/rebuild", tag = "orders", operation_id = "rebuildOrderProjection",
     security(("adminToken" = [])),
     responses(
+        shopflow_http::responses::NeedsAdmin,
+        shopflow_http::responses::Unavailable,
         (status = 200, description = "Rebuilt and swapped in", body = Rebuilt),
-        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
-        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
     ))]
 pub(crate) async fn rebuild(State(s): State<Arc<Orders>>) -> Result<Response, ApiError> {
     let replayed = s.rebuild_projection().await?;

@@ -87,10 +87,10 @@ fn saga_error(e: SagaError) -> ApiError {
     params(SagaQuery),
     security(("adminToken" = [])),
     responses(
+        shopflow_http::responses::NeedsAdmin,
+        shopflow_http::responses::Unavailable,
         (status = 200, description = "The sagas", body = SagaList),
         (status = 400, description = "An unknown state", body = shopflow_http::ErrorBody),
-        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
-        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
     ))]
 pub(crate) async fn list(
     State(s): State<Arc<Sagas>>,
@@ -124,10 +124,10 @@ pub(crate) async fn list(
     params(("id" = String, Path, description = "The order id (`ord_…`)")),
     security(("adminToken" = [])),
     responses(
+        shopflow_http::responses::NeedsAdmin,
+        shopflow_http::responses::Unavailable,
         (status = 200, description = "The saga", body = SagaView),
-        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
         (status = 404, description = "No such saga", body = shopflow_http::ErrorBody),
-        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
     ))]
 pub(crate) async fn show(
     State(s): State<Arc<Sagas>>,
@@ -147,15 +147,13 @@ pub(crate) async fn show(
     request_body = CancelBody,
     security(("adminToken" = [])),
     responses(
+        shopflow_http::responses::JsonBody,
+        shopflow_http::responses::NeedsAdmin,
+        shopflow_http::responses::Unavailable,
         (status = 200, description = "Compensating", body = SagaView),
         (status = 400, description = "Not JSON, or no reason", body = shopflow_http::ErrorBody),
-        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
         (status = 404, description = "No such saga", body = shopflow_http::ErrorBody),
         (status = 409, description = "The saga is not running", body = shopflow_http::ErrorBody),
-        (status = 413, description = "Body too large", body = shopflow_http::ErrorBody),
-        (status = 415, description = "Not application/json", body = shopflow_http::ErrorBody),
-        (status = 422, description = "Invalid field", body = shopflow_http::ErrorBody),
-        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
     ))]
 pub(crate) async fn cancel(
     State(s): State<Arc<Sagas>>,

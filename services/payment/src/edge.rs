@@ -284,12 +284,10 @@ pub(crate) struct Rekeyed {
 #[utoipa::path(post, path = "/payments/tokens", tag = "payment", operation_id = "tokenizeCard",
     request_body = TokenizeBody,
     responses(
+        shopflow_http::responses::JsonBody,
+        shopflow_http::responses::Unavailable,
         (status = 201, description = "The token", body = Tokenized),
-        (status = 400, description = "Not JSON", body = shopflow_http::ErrorBody),
-        (status = 413, description = "Body too large", body = shopflow_http::ErrorBody),
-        (status = 415, description = "Not application/json", body = shopflow_http::ErrorBody),
         (status = 422, description = "Not a card number (the Luhn check fails)", body = shopflow_http::ErrorBody),
-        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
     ))]
 pub(crate) async fn tokenize(
     State(v): State<Arc<(Vault, Db)>>,
@@ -306,9 +304,9 @@ pub(crate) async fn tokenize(
 #[utoipa::path(get, path = "/payments/tokens/{token}", tag = "payment", operation_id = "getCardToken",
     params(("token" = String, Path, description = "A vault token (`tok_` + 32 hex digits)")),
     responses(
+        shopflow_http::responses::Unavailable,
         (status = 200, description = "The token", body = Tokenized),
         (status = 404, description = "Not a token of this vault", body = shopflow_http::ErrorBody),
-        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
     ))]
 pub(crate) async fn token(
     State(v): State<Arc<(Vault, Db)>>,
@@ -328,9 +326,9 @@ pub(crate) async fn token(
 #[utoipa::path(post, path = "/admin/vault/rekey", tag = "payment", operation_id = "rekeyVault",
     security(("adminToken" = [])),
     responses(
+        shopflow_http::responses::NeedsAdmin,
+        shopflow_http::responses::Unavailable,
         (status = 200, description = "Done", body = Rekeyed),
-        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
-        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
     ))]
 pub(crate) async fn rekey(State(v): State<Arc<(Vault, Db)>>) -> Result<Json<Rekeyed>, ApiError> {
     let n = v.0.rekey(&v.1).await.map_err(vault_error)?;

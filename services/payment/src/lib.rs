@@ -415,9 +415,9 @@ impl<G: PaymentGateway> Payments<G> {
 #[utoipa::path(get, path = "/orders/{id}/payment", tag = "payment", operation_id = "getPayment",
     params(("id" = String, Path, description = "The order id (`ord_…`)")),
     responses(
+        shopflow_http::responses::Unavailable,
         (status = 200, description = "The payment", body = PaymentView),
         (status = 404, description = "No payment for this order (yet)", body = shopflow_http::ErrorBody),
-        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
     ))]
 async fn get_payment<G: PaymentGateway>(
     State(s): State<Arc<Payments<G>>>,

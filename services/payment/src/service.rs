@@ -81,12 +81,9 @@ pub(crate) struct GatewayMode {
     request_body = GatewayMode,
     security(("adminToken" = [])),
     responses(
+        shopflow_http::responses::JsonBody,
+        shopflow_http::responses::NeedsAdmin,
         (status = 200, description = "Switched", body = GatewayMode),
-        (status = 400, description = "Not JSON", body = shopflow_http::ErrorBody),
-        (status = 401, description = "No admin token", body = shopflow_http::ErrorBody),
-        (status = 413, description = "Body too large", body = shopflow_http::ErrorBody),
-        (status = 415, description = "Not application/json", body = shopflow_http::ErrorBody),
-        (status = 422, description = "Invalid field", body = shopflow_http::ErrorBody),
     ))]
 pub(crate) async fn set_gateway(
     State(g): State<Arc<Simulator>>,

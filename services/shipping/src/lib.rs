@@ -114,9 +114,9 @@ impl Shipping {
 #[utoipa::path(get, path = "/orders/{id}/shipment", tag = "shipping", operation_id = "getShipment",
     params(("id" = String, Path, description = "The order id (`ord_…`)")),
     responses(
+        shopflow_http::responses::Unavailable,
         (status = 200, description = "The shipment", body = ShipmentView),
         (status = 404, description = "No shipment for this order (yet)", body = shopflow_http::ErrorBody),
-        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
     ))]
 async fn get_shipment(
     State(s): State<Arc<Shipping>>,

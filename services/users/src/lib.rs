@@ -211,13 +211,10 @@ impl Users {
 #[utoipa::path(post, path = "/users", tag = "users", operation_id = "registerUser",
     request_body = RegisterUser,
     responses(
+        shopflow_http::responses::JsonBody,
+        shopflow_http::responses::Unavailable,
         (status = 201, description = "Registered", body = UserView),
-        (status = 400, description = "Not JSON", body = shopflow_http::ErrorBody),
         (status = 409, description = "A user with this e-mail exists", body = shopflow_http::ErrorBody),
-        (status = 413, description = "Body too large", body = shopflow_http::ErrorBody),
-        (status = 415, description = "Not application/json", body = shopflow_http::ErrorBody),
-        (status = 422, description = "Invalid field", body = shopflow_http::ErrorBody),
-        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
     ))]
 async fn register(
     State(s): State<Arc<Users>>,
@@ -234,9 +231,9 @@ async fn register(
 #[utoipa::path(get, path = "/users/{id}", tag = "users", operation_id = "getUser",
     params(("id" = String, Path, description = "The user id (`usr_…`)")),
     responses(
+        shopflow_http::responses::Unavailable,
         (status = 200, description = "The user", body = UserView),
         (status = 404, description = "No such user", body = shopflow_http::ErrorBody),
-        (status = 503, description = "Try again", body = shopflow_http::ErrorBody),
     ))]
 async fn get_user(
     State(s): State<Arc<Users>>,
