@@ -336,7 +336,7 @@ fn run() -> anyhow::Result<()> {
             Command::Openapi => {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&shopflow::openapi::document())?
+                    serde_json::to_string_pretty(shopflow::openapi::document())?
                 );
                 Ok(())
             }

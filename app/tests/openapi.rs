@@ -103,6 +103,24 @@ async fn the_document_and_the_router_agree() {
                     "{method} {path}: responses"
                 );
                 documented.insert((method.clone(), path.clone()));
+                // Every link is on a documented response and names a documented operation.
+                for (status, response) in op["responses"].as_object().unwrap() {
+                    assert!(
+                        response["description"].is_string(),
+                        "{method} {path} {status}"
+                    );
+                    for (name, link) in response["links"].as_object().into_iter().flatten() {
+                        let target = link["operationId"].as_str().unwrap();
+                        assert!(
+                            doc["paths"].as_object().unwrap().values().any(|ms| ms
+                                .as_object()
+                                .unwrap()
+                                .values()
+                                .any(|o| o["operationId"] == target)),
+                            "{method} {path} {status}: link {name} to unknown {target}"
+                        );
+                    }
+                }
                 // Reach it: path parameters filled in, the admin token sent.
                 let concrete = path
                     .split('/')
