@@ -208,6 +208,9 @@ pub(crate) struct Common {
     /// Where to look for admin.token when no token is given (the shop's data directory).
     #[arg(long, default_value = "./data")]
     pub(crate) data_dir: std::path::PathBuf,
+    /// The token resolved once (a `--follow` loop calls the shop again and again).
+    #[arg(skip)]
+    token: std::sync::OnceLock<Option<String>>,
 }
 
 impl Common {
@@ -219,7 +222,9 @@ impl Common {
         query: &[(&str, String)],
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
-        let token = shopflow::security::client_token(self.admin_token.as_deref(), &self.data_dir);
+        let token = self.token.get_or_init(|| {
+            shopflow::security::client_token(self.admin_token.as_deref(), &self.data_dir)
+        });
         call(method, &self.target, path, query, body, token.as_deref())
     }
 
