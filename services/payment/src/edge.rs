@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 use shopflow_http::{ApiError, Json, reply};
-use shopflow_store::{Db, params};
+use shopflow_store::Db;
 
 use crate::vault::{Tokenized, Vault, VaultError};
 
@@ -53,11 +53,16 @@ fn vault_error(e: VaultError) -> ApiError {
 
 /// A blocking call to the payment service's API (the edge of a process without it).
 fn remote(method: &str, url: String, body: Option<Value>) -> Result<(u16, Value), ApiError> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(std::time::Duration::from_secs(10)))
-        .build()
-        .into();
+    // One agent for the process: its connections to the payment processes are kept and reused
+    // (a new agent per call opened a connection for every order placed).
+    static AGENT: std::sync::LazyLock<ureq::Agent> = std::sync::LazyLock::new(|| {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(10)))
+            .build()
+            .into()
+    });
+    let agent = &*AGENT;
     let unavailable = |e: String| {
         tracing::warn!(error = %e, "the payment service's vault is unreachable");
         ApiError::new(
@@ -142,18 +147,7 @@ impl CardVault {
             return Ok(None);
         }
         match self {
-            CardVault::Local { db, .. } => {
-                let rows = db
-                    .query("SELECT last4 FROM vault WHERE token = $1", params![token])
-                    .await?;
-                Ok(match rows.first() {
-                    Some(r) => Some(Tokenized {
-                        token: token.to_owned(),
-                        last4: r.str(0)?.to_owned(),
-                    }),
-                    None => None,
-                })
-            }
+            CardVault::Local { vault, db } => vault.lookup(db, token).await.map_err(vault_error),
             CardVault::Remote { bases } => {
                 let (status, v) =
                     first_answer(bases, "GET", format!("/payments/tokens/{token}"), None).await?;
@@ -312,14 +306,11 @@ pub(crate) async fn token(
     State(v): State<Arc<(Vault, Db)>>,
     Path(token): Path<String>,
 ) -> Result<Json<Tokenized>, ApiError> {
-    CardVault::Local {
-        vault: v.0.clone(),
-        db: v.1.clone(),
-    }
-    .lookup(&token)
-    .await?
-    .map(Json)
-    .ok_or_else(|| ApiError::not_found("token", &token))
+    v.0.lookup(&v.1, &token)
+        .await
+        .map_err(vault_error)?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("token", &token))
 }
 
 /// Re-encrypt every card held under an older vault key with the current one.

@@ -254,6 +254,24 @@ impl Vault {
         Ok(Tokenized { token, last4 })
     }
 
+    /// The token with its card's last four digits, if it is one of this vault's (the card
+    /// itself stays sealed).
+    pub async fn lookup(&self, db: &Db, token: &str) -> Result<Option<Tokenized>, VaultError> {
+        if !shopflow_contracts::is_payment_token(token) {
+            return Ok(None);
+        }
+        let rows = db
+            .query("SELECT last4 FROM vault WHERE token = $1", params![token])
+            .await?;
+        Ok(match rows.first() {
+            Some(r) => Some(Tokenized {
+                token: token.to_owned(),
+                last4: r.str(0)?.to_owned(),
+            }),
+            None => None,
+        })
+    }
+
     /// The card behind `token`, read in `tx` (`None`: not a token of this vault).
     pub async fn reveal(&self, tx: &mut Tx, token: &str) -> Result<Option<String>, VaultError> {
         let rows = tx
