@@ -436,7 +436,6 @@ pub(crate) async fn metrics(State(ops): State<Arc<Ops>>) -> Result<Response, Api
         DeadLetters,
         dlq::DeadLetter,
         dlq::DeadLetterDetail,
-        dlq::Filter,
         dlq::Redriven,
         dlq::BulkRedrive,
         RedrivenOne,

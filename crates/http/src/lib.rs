@@ -333,11 +333,6 @@ pub fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
     if v.chars().all(is_invisible) {
         return Err(ApiError::invalid(format!("{field} must not be empty")));
     }
-    if v.chars().count() > max {
-        return Err(ApiError::invalid(format!(
-            "{field} must be at most {max} characters"
-        )));
-    }
     if let Some(c) = v.chars().find(|c| c.is_control()) {
         return Err(ApiError::invalid(format!(
             "{field} must not contain control characters (found U+{:04X})",

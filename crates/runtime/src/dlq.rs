@@ -121,8 +121,8 @@ pub struct DeadLetterDetail {
     pub headers: BTreeMap<String, String>,
 }
 
-/// Which dead letters to list or redrive.
-#[derive(Clone, Debug, Default, serde::Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
+/// Which dead letters to list or redrive (the query of `GET /admin/dlq`).
+#[derive(Clone, Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct Filter {
@@ -133,11 +133,9 @@ pub struct Filter {
     /// A substring of the error.
     pub error: Option<String>,
     /// `open` (the default for redrive), `redriven`, `discarded` or `all`.
-    #[schema(pattern = "^(open|redriven|discarded|all)$")]
     #[param(pattern = "^(open|redriven|discarded|all)$")]
     pub status: Option<String>,
     /// Listing: 1 to 1000 (default 100). Redriving: 1 to 1000 (default 100).
-    #[schema(minimum = 1, maximum = 1000)]
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
