@@ -103,6 +103,18 @@ async fn the_document_and_the_router_agree() {
                     "{method} {path}: responses"
                 );
                 documented.insert((method.clone(), path.clone()));
+                // The token guard (app/src/security.rs) and the document say the same.
+                let guarded = shopflow::security::needs_admin(
+                    &method.parse().unwrap(),
+                    &path.replace(['{', '}'], ""),
+                );
+                let declared = op["security"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|r| r.get("adminToken").is_some()));
+                assert_eq!(
+                    guarded, declared,
+                    "{method} {path}: the token guard and the document disagree"
+                );
                 // Every link is on a documented response and names a documented operation.
                 for (status, response) in op["responses"].as_object().unwrap() {
                     assert!(
