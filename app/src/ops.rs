@@ -332,8 +332,15 @@ pub(crate) async fn discard(
     Path(id): Path<String>,
     Json(body): Json<DiscardBody>,
 ) -> Result<Json<dlq::DeadLetter>, ApiError> {
+    // An empty reason stays the store's 400; otherwise what the document says of it: visible
+    // text of at most 200 characters.
+    let reason = if body.reason.trim().is_empty() {
+        body.reason
+    } else {
+        shopflow_http::text("reason", &body.reason, 200)?
+    };
     Ok(Json(
-        dlq::discard(&ops.db, &id, &body.reason)
+        dlq::discard(&ops.db, &id, &reason)
             .await
             .map_err(dlq_error)?,
     ))

@@ -518,6 +518,11 @@ async fn bad_input_gets_4xx_never_5xx() {
             .0,
             409
         );
+        // Reasons an operator gives are text too.
+        for path in ["/admin/dlq/x:0:0/discard", "/sagas/ord_x/cancel"] {
+            let (s, b) = c.post(path, &json!({"reason": "gone\u{202E}txt"}), &[]);
+            assert_eq!(s, 422, "{path}: {b}");
+        }
         for name in ["\u{202E}nimda", "Gil\0", "\u{200B}", "a\nb"] {
             let (s, b) = c.post(
                 "/users",

@@ -163,9 +163,11 @@ pub(crate) async fn cancel(
     if body.reason.trim().is_empty() {
         return Err(ApiError::bad_request("a cancellation needs a reason"));
     }
+    // What the document says of it: visible text of at most 200 characters.
+    let reason = shopflow_http::text("reason", &body.reason, 200)?;
     Ok(Json(
         s.orchestrator
-            .cancel(&s.db, &id, &body.reason)
+            .cancel(&s.db, &id, &reason)
             .await
             .map_err(saga_error)?,
     ))
