@@ -47,13 +47,36 @@ fn read_until_closed(s: &mut TcpStream, within: Duration) -> (String, bool) {
     }
 }
 
-fn get_health(addr: SocketAddr) -> (String, Duration) {
+/// `GET path` on a connection of its own: the whole answer, and how long it took.
+fn fetch(addr: SocketAddr, path: &str) -> (String, Duration) {
     let t = Instant::now();
     let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
         .unwrap();
     let (text, _) = read_until_closed(&mut s, Duration::from_secs(5));
     (text, t.elapsed())
+}
+
+fn get_health(addr: SocketAddr) -> (String, Duration) {
+    fetch(addr, "/health")
+}
+
+/// `n` requests to `/slow` at once, each on its own connection and thread; join for the answers.
+fn slow_requests(addr: SocketAddr, n: usize) -> Vec<std::thread::JoinHandle<String>> {
+    (0..n)
+        .map(|_| std::thread::spawn(move || fetch(addr, "/slow").0))
+        .collect()
+}
+
+/// The slowest of 20 `/health` calls, each of which must answer 200.
+fn worst_health(addr: SocketAddr) -> Duration {
+    let mut worst = Duration::ZERO;
+    for _ in 0..20 {
+        let (text, took) = get_health(addr);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        worst = worst.max(took);
+    }
+    worst
 }
 
 fn short_headers() -> Limits {
@@ -141,16 +164,7 @@ async fn connections_past_the_cap_of_busy_ones_get_503_and_retry_after() {
     .await;
     tokio::task::spawn_blocking(move || {
         // Four connections, each handling a slow request: none can make room.
-        let busy: Vec<_> = (0..4)
-            .map(|_| {
-                std::thread::spawn(move || {
-                    let mut s = TcpStream::connect(addr).unwrap();
-                    s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                        .unwrap();
-                    read_until_closed(&mut s, Duration::from_secs(5)).0
-                })
-            })
-            .collect();
+        let busy = slow_requests(addr, 4);
         std::thread::sleep(Duration::from_millis(300));
         let (text, _) = get_health(addr);
         assert!(text.starts_with("HTTP/1.1 503"), "{text}");
@@ -187,12 +201,7 @@ async fn more_idle_sockets_than_the_cap_do_not_take_health_down() {
             .map(|_| TcpStream::connect(addr).unwrap())
             .collect();
         std::thread::sleep(Duration::from_millis(300));
-        let mut worst = Duration::ZERO;
-        for _ in 0..20 {
-            let (text, took) = get_health(addr);
-            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-            worst = worst.max(took);
-        }
+        let worst = worst_health(addr);
         assert!(
             worst < Duration::from_millis(100),
             "worst /health {worst:?}"
@@ -211,16 +220,7 @@ async fn requests_past_the_in_flight_cap_get_503_at_once() {
     })
     .await;
     tokio::task::spawn_blocking(move || {
-        let slow: Vec<_> = (0..2)
-            .map(|_| {
-                std::thread::spawn(move || {
-                    let mut s = TcpStream::connect(addr).unwrap();
-                    s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                        .unwrap();
-                    read_until_closed(&mut s, Duration::from_secs(5)).0
-                })
-            })
-            .collect();
+        let slow = slow_requests(addr, 2);
         std::thread::sleep(Duration::from_millis(300));
         let (text, took) = get_health(addr);
         assert!(text.starts_with("HTTP/1.1 503"), "{text}");
@@ -245,10 +245,7 @@ async fn a_request_past_its_time_gets_503() {
     })
     .await;
     tokio::task::spawn_blocking(move || {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let (text, _) = read_until_closed(&mut s, Duration::from_secs(5));
+        let (text, _) = fetch(addr, "/slow");
         assert!(text.starts_with("HTTP/1.1 503"), "{text}");
         assert!(text.contains("\"code\":\"timeout\""), "{text}");
     })
@@ -275,12 +272,7 @@ async fn health_answers_fast_beside_hundreds_of_idle_and_slow_sockets() {
             idle.push(TcpStream::connect(addr).unwrap());
         }
         std::thread::sleep(Duration::from_millis(200));
-        let mut worst = Duration::ZERO;
-        for _ in 0..20 {
-            let (text, took) = get_health(addr);
-            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-            worst = worst.max(took);
-        }
+        let worst = worst_health(addr);
         assert!(
             worst < Duration::from_millis(100),
             "worst /health {worst:?}"
