@@ -5,6 +5,8 @@
 //! exactly one `OrderCancelled` leaves for an order that ends cancelled and none for one that
 //! ships, and the read model agrees with the history, in both saga styles.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -13,9 +15,9 @@ use shopflow_contracts::{
     PaymentCompleted, PaymentFailed, PaymentId, PaymentRefunded, ShipmentId, StockReserved,
 };
 use shopflow_envelope::{CorrelationId, Envelope, Meta};
-use shopflow_order::{Orders, PlaceOrder};
+use shopflow_order::Orders;
 use shopflow_runtime::{Handler, Shutdown};
-use shopflow_store::{Db, params};
+use shopflow_store::Db;
 
 /// A fact about an order, as the other services (or the saga) report it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -81,17 +83,6 @@ impl Rng {
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
-}
-
-fn order() -> PlaceOrder {
-    serde_json::from_value(serde_json::json!({
-        "customerId": "usr_0192d5e0a1b27c3d8e4f5a6b7c8d9e0f",
-        "items": [{"sku": "MUG", "quantity": 2}],
-        "payment": {"token": "tok_0123456789abcdef0123456789abcdef", "last4": "4242"},
-        "shippingAddress": {"name": "Ada", "line1": "1 Analytical St", "city": "London",
-                            "postalCode": "N1 9GU", "country": "GB"}
-    }))
-    .unwrap()
 }
 
 /// What one order is told: its outcome, and the facts in the order they are delivered.
@@ -221,20 +212,7 @@ async fn shop() -> (tempfile::TempDir, Db, Orders) {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open_sqlite(dir.path().join("order.db")).unwrap();
     let orders = Orders::open(db.clone()).await.unwrap();
-    let mut tx = db.begin().await.unwrap();
-    tx.execute(
-        "INSERT INTO catalog (sku, name, price_minor, currency) VALUES ('MUG', 'Mug', 1250, 'EUR')",
-        params![],
-    )
-    .await
-    .unwrap();
-    tx.execute(
-        "INSERT INTO customers (user_id, registered_at) VALUES ('usr_0192d5e0a1b27c3d8e4f5a6b7c8d9e0f', 0)",
-        params![],
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    common::seed(&db).await;
     (dir, db, orders)
 }
 
@@ -314,7 +292,7 @@ async fn run(style: Style, seed: u64) {
             let orders = orders.clone();
             tokio::spawn(async move {
                 orders
-                    .place(order(), None, CorrelationId::generate())
+                    .place(common::order(), None, CorrelationId::generate())
                     .await
                     .unwrap()
                     .1

@@ -2,23 +2,14 @@
 //! takes over when it stops. PostgreSQL's address comes from `SHOPFLOW_TEST_POSTGRES`; without it
 //! the test is skipped with a printed reason, except under `CI=true`, where that is a failure.
 
+mod common;
+
 use std::time::Duration;
 
 use shopflow_envelope::CorrelationId;
-use shopflow_order::{Orders, PROJECTOR_LOCK_CLASS, PlaceOrder};
+use shopflow_order::{Orders, PROJECTOR_LOCK_CLASS};
 use shopflow_runtime::Shutdown;
 use shopflow_store::{Db, params};
-
-fn order() -> PlaceOrder {
-    serde_json::from_value(serde_json::json!({
-        "customerId": "usr_0192d5e0a1b27c3d8e4f5a6b7c8d9e0f",
-        "items": [{"sku": "MUG", "quantity": 2}],
-        "payment": {"token": "tok_0123456789abcdef0123456789abcdef", "last4": "4242"},
-        "shippingAddress": {"name": "Ada", "line1": "1 Analytical St", "city": "London",
-                            "postalCode": "N1 9GU", "country": "GB"}
-    }))
-    .unwrap()
-}
 
 async fn sources(orders: &Orders, ids: &[String]) -> Vec<&'static str> {
     let mut out = Vec::new();
@@ -38,21 +29,8 @@ async fn one_instance_projects_at_a_time_and_another_takes_over() {
     let db_b = Db::connect_postgres(&url, &schema).await.unwrap();
     let a = Orders::open(db_a.clone()).await.unwrap();
     let b = Orders::open(db_b.clone()).await.unwrap();
-    let mut tx = db_a.begin().await.unwrap();
-    tx.execute(
-        "INSERT INTO catalog (sku, name, price_minor, currency) VALUES ('MUG', 'Mug', 1250, 'EUR')",
-        params![],
-    )
-    .await
-    .unwrap();
-    // The customer, as the order service's copy learns it from UserRegistered.
-    tx.execute(
-        "INSERT INTO customers (user_id, registered_at) VALUES ('usr_0192d5e0a1b27c3d8e4f5a6b7c8d9e0f', 0)",
-        params![],
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    // The catalog and the customer, as the order service's copies learn them.
+    common::seed(&db_a).await;
 
     // Somebody else holds the projection (as a busy instance would).
     let mut holder = db_a.begin().await.unwrap();
@@ -79,7 +57,7 @@ async fn one_instance_projects_at_a_time_and_another_takes_over() {
         let (svc, name) = if i % 2 == 0 { (&a, "a") } else { (&b, "b") };
         let (created, id) = svc
             .place(
-                order(),
+                common::order(),
                 Some(format!("{name}-{i}")),
                 CorrelationId::generate(),
             )
@@ -107,7 +85,7 @@ async fn one_instance_projects_at_a_time_and_another_takes_over() {
     pa.await.unwrap();
     for _ in 0..4 {
         let (_, id) = a
-            .place(order(), None, CorrelationId::generate())
+            .place(common::order(), None, CorrelationId::generate())
             .await
             .unwrap();
         ids.push(id.to_string());
