@@ -3,11 +3,12 @@
 //! once). PostgreSQL's address comes from `SHOPFLOW_TEST_POSTGRES`; without it the test is skipped
 //! with a printed reason, except under `CI=true`, where that is a failure.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use shopflow_contracts::{Address, OrderCreated, OrderId, OrderLine, Sku, UserId, UserRegistered};
-use shopflow_envelope::{Envelope, Meta};
+use shopflow_contracts::{OrderId, UserId};
 use shopflow_notification::{Notifications, Spool};
 use shopflow_runtime::Handler;
 use shopflow_store::{Db, params};
@@ -29,40 +30,8 @@ async fn an_event_deferred_while_its_recipient_registers_is_still_sent() {
 
     let user = UserId::generate();
     let order = OrderId::generate();
-    let created = Envelope::new(
-        &OrderCreated {
-            order_id: order.clone(),
-            customer_id: user.clone(),
-            items: vec![OrderLine {
-                sku: Sku::parse("MUG").unwrap(),
-                quantity: 1,
-                unit_price_minor: 1250,
-            }],
-            total_minor: 1250,
-            currency: "EUR".into(),
-            payment_token: "tok_4242424242424242".into(),
-            card_last4: "4242".into(),
-            shipping_address: Address {
-                name: "Ada".into(),
-                line1: "1 Analytical St".into(),
-                city: "London".into(),
-                postal_code: "N1 9GU".into(),
-                country: "GB".into(),
-            },
-        },
-        Meta::new("order-service", order.as_str(), 1),
-    )
-    .unwrap();
-    let registered = Envelope::new(
-        &UserRegistered {
-            user_id: user.clone(),
-            email: "ada@example.com".into(),
-            name: "Ada".into(),
-            phone: None,
-        },
-        Meta::new("user-service", user.as_str(), 1),
-    )
-    .unwrap();
+    let created = common::order_created(&order, &user);
+    let registered = common::registered(&user, "ada@example.com");
 
     // Instance A: the order arrives first; its recipient is unknown, so it is deferred (not
     // committed yet).

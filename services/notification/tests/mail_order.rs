@@ -2,13 +2,12 @@
 //! arrive in: the welcome, then the order's confirmation, then its shipment or cancellation.
 //! The three come on different topics from different services, so every arrangement is tried.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use shopflow_contracts::{
-    Address, OrderCancelled, OrderCreated, OrderId, OrderLine, OrderShipped, ShipmentId, Sku,
-    UserId, UserRegistered,
-};
+use shopflow_contracts::{OrderCancelled, OrderId, OrderShipped, ShipmentId, UserId};
 use shopflow_envelope::{Envelope, Meta};
 use shopflow_notification::{Notifications, Spool};
 use shopflow_runtime::Handler;
@@ -64,40 +63,8 @@ async fn the_confirmation_comes_before_the_shipment_or_cancellation_in_any_arriv
             let user = UserId::generate();
             let order = OrderId::generate();
             let email = format!("c{k}{p}@example.com");
-            let registered = Envelope::new(
-                &UserRegistered {
-                    user_id: user.clone(),
-                    email: email.clone(),
-                    name: "Ada".into(),
-                    phone: None,
-                },
-                Meta::new("user-service", user.as_str(), 1),
-            )
-            .unwrap();
-            let created = Envelope::new(
-                &OrderCreated {
-                    order_id: order.clone(),
-                    customer_id: user.clone(),
-                    items: vec![OrderLine {
-                        sku: Sku::parse("MUG").unwrap(),
-                        quantity: 1,
-                        unit_price_minor: 1250,
-                    }],
-                    total_minor: 1250,
-                    currency: "EUR".into(),
-                    payment_token: "tok_0123456789abcdef0123456789abcdef".into(),
-                    card_last4: "4242".into(),
-                    shipping_address: Address {
-                        name: "Ada".into(),
-                        line1: "1 Analytical St".into(),
-                        city: "London".into(),
-                        postal_code: "N1 9GU".into(),
-                        country: "GB".into(),
-                    },
-                },
-                Meta::new("order-service", order.as_str(), 1),
-            )
-            .unwrap();
+            let registered = common::registered(&user, &email);
+            let created = common::order_created(&order, &user);
             let last = if ends_shipped {
                 Envelope::new(
                     &OrderShipped {
