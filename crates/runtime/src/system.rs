@@ -105,10 +105,14 @@ pub fn topics() -> Vec<String> {
 
 /// This process, as system events name it.
 pub fn instance() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".to_owned());
-    format!("{host}:{}", std::process::id())
+    // Read once: it cannot change while the process lives.
+    static INSTANCE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".to_owned());
+        format!("{host}:{}", std::process::id())
+    });
+    INSTANCE.clone()
 }
 
 /// The source of system events of a component (`system:<component>`).
