@@ -12,7 +12,9 @@ pub mod outbox;
 pub mod sequence;
 mod value;
 
-pub use backend::{Backend, Db, DbUrl, PgDb, PgTx, SqliteDb, SqliteTx, Tx, blocking, copy_tables};
+pub use backend::{
+    Backend, BeforeCommit, Db, DbUrl, PgDb, PgTx, SqliteDb, SqliteTx, Tx, blocking, copy_tables,
+};
 pub use error::{Error, Result};
 pub use events::{AppendStream, EventStore, Snapshot, StoredEvent};
 pub use expected::ExpectedVersion;

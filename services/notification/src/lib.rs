@@ -37,7 +37,19 @@ pub struct Outbound {
 
 /// Delivers messages; returns where it put one (a file, a message id).
 pub trait Mailer: Send + Sync + 'static {
+    /// Hands one message over. It may not be durable until [`Mailer::sync`] returns.
     fn deliver(&self, m: &Outbound) -> std::io::Result<String>;
+    /// Makes every message delivered so far durable (a spool's fdatasync; nothing for a mail
+    /// server that has accepted them). The handler runs it once per transaction, before the
+    /// commit that records its messages as sent.
+    fn sync(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    /// Whether a delivery may block the thread for long (a network round trip), so that the
+    /// runtime should move other tasks off it meanwhile.
+    fn blocks(&self) -> bool {
+        true
+    }
 }
 
 /// Where notifications go: the closed set of delivery backends.
@@ -52,6 +64,18 @@ impl Mailer for Delivery {
         match self {
             Delivery::Spool(s) => s.deliver(m),
             Delivery::Smtp(s) => s.deliver(m),
+        }
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        match self {
+            Delivery::Spool(s) => s.sync(),
+            Delivery::Smtp(s) => s.sync(),
+        }
+    }
+    fn blocks(&self) -> bool {
+        match self {
+            Delivery::Spool(s) => s.blocks(),
+            Delivery::Smtp(s) => s.blocks(),
         }
     }
 }

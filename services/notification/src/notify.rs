@@ -298,10 +298,21 @@ impl<M: Mailer> Notifications<M> {
             if inserted == 0 {
                 continue; // sent already
             }
-            // A file sync or an SMTP session: other tasks move to another worker meanwhile.
-            let location = shopflow_store::blocking(|| self.mailer.deliver(&m)).map_err(|e| {
+            // An SMTP session: other tasks move to another worker meanwhile. A spool append
+            // is a page-cache write, made durable by the sync before the commit.
+            let deliver = || self.mailer.deliver(&m);
+            let delivered = if self.mailer.blocks() {
+                shopflow_store::blocking(deliver)
+            } else {
+                deliver()
+            };
+            let location = delivered.map_err(|e| {
                 HandlerError::dependency(&self.breaker, format!("delivery failed: {e}"))
             })?;
+            // Before the commit that records it as sent, the message is made durable (once per
+            // transaction, however many messages it delivered).
+            let mailer = self.mailer.clone();
+            tx.before_commit(&self.mailer, Box::new(move || mailer.sync()));
             tx.execute(
                 "UPDATE notifications SET location = $2 WHERE id = $1",
                 params![id.as_str(), location],

@@ -83,4 +83,9 @@ impl Mailer for Smtp {
             resp.message().collect::<Vec<_>>().join(" ")
         ))
     }
+
+    /// The mail server has accepted what it answered for; the SMS spool syncs its appends.
+    fn sync(&self) -> std::io::Result<()> {
+        self.sms.sync()
+    }
 }

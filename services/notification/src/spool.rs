@@ -1,4 +1,4 @@
-//! The default delivery: an append-only mbox spool per channel and day, durable per message.
+//! The default delivery: an append-only mbox spool per channel and day, synced once per batch.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -11,9 +11,11 @@ use crate::{Mailer, Outbound};
 /// plus a `Content-Length` header, so a torn append can be told from a whole message).
 ///
 /// E-mail goes to `<dir>/mail/<UTC date>.mbox`, SMS to `<dir>/sms/<UTC date>.mbox` (the text with
-/// a `To:` header), one append-only file per channel and day. A delivery returns once the message
-/// is on disk (fdatasync); deliveries that come at the same time share one sync (group commit),
-/// so the spool costs neither a file creation nor a sync per message.
+/// a `To:` header), one append-only file per channel and day. A delivery appends the message and
+/// returns; [`Mailer::sync`] makes every message appended so far durable (one fdatasync per file
+/// that changed). The notification handler calls it once per transaction, right before the
+/// commit that records the messages as sent, so a batch of messages costs one sync, not one
+/// each, and no message is recorded as sent before it is on disk.
 ///
 /// A message is spooled once per id: the `Message-ID` of each message in today's file is kept in
 /// memory (read back from the file when it is opened), and a second delivery of an id — the
@@ -144,33 +146,34 @@ impl SpoolFile {
         })
     }
 
-    /// Appends one message (unless its id is here already) and returns where it starts, once it
-    /// is durable.
+    /// Appends one message (unless its id is here already) and returns where it starts. It is
+    /// durable once [`SpoolFile::sync`] has run after this.
     fn append(&self, id: &str, message: &[u8]) -> std::io::Result<u64> {
-        let (at, end) = {
-            let mut w = lock(&self.writer);
-            if let Some(at) = w.ids.get(id) {
-                (*at, w.len)
-            } else {
-                let at = w.len;
-                if let Err(e) = w.file.write_all(message) {
-                    // Leave no torn message behind for the next append to follow.
-                    let _ = w.file.set_len(at);
-                    return Err(e);
-                }
-                w.len += message.len() as u64;
-                w.ids.insert(id.to_owned(), at);
-                (at, w.len)
-            }
-        };
+        let mut w = lock(&self.writer);
+        if let Some(at) = w.ids.get(id) {
+            return Ok(*at);
+        }
+        let at = w.len;
+        if let Err(e) = w.file.write_all(message) {
+            // Leave no torn message behind for the next append to follow.
+            let _ = w.file.set_len(at);
+            return Err(e);
+        }
+        w.len += message.len() as u64;
+        w.ids.insert(id.to_owned(), at);
+        Ok(at)
+    }
+
+    /// Makes everything appended so far durable (nothing to do when it is already).
+    fn sync(&self) -> std::io::Result<()> {
         let mut synced = lock(&self.synced);
-        if synced.1 < end {
-            // Everything appended so far rides on this sync, not only this message.
-            let upto = lock(&self.writer).len;
+        let upto = lock(&self.writer).len;
+        if synced.1 < upto {
+            // Everything appended until now rides on this sync, whoever appended it.
             synced.0.sync_data()?;
             synced.1 = upto;
         }
-        Ok(at)
+        Ok(())
     }
 }
 
@@ -192,9 +195,20 @@ impl Spool {
         }
         let path = self.inner.dir.join(channel).join(format!("{day}.mbox"));
         let f = Arc::new(SpoolFile::open(path)?);
+        // Yesterday's file of this channel is closed, after what was appended to it is durable.
+        for ((c, _), old) in files.iter() {
+            if *c == channel {
+                old.sync()?;
+            }
+        }
         files.retain(|(c, _), _| *c != channel);
         files.insert((channel, day), f.clone());
         Ok(f)
+    }
+
+    /// Every open file, to sync.
+    fn open_files(&self) -> Vec<Arc<SpoolFile>> {
+        lock(&self.inner.files).values().cloned().collect()
     }
 }
 
@@ -245,6 +259,18 @@ impl Mailer for Spool {
         let file = self.file(channel, now.format("%Y-%m-%d").to_string())?;
         let at = file.append(&id, text.as_bytes())?;
         Ok(format!("{}#{at}", file.path.display()))
+    }
+
+    fn sync(&self) -> std::io::Result<()> {
+        for f in self.open_files() {
+            f.sync()?;
+        }
+        Ok(())
+    }
+
+    /// An append to a file: no longer than a page-cache write.
+    fn blocks(&self) -> bool {
+        false
     }
 }
 

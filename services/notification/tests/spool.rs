@@ -1,4 +1,4 @@
-//! The mail spool: one append-only mbox per channel and day, durable per delivery, once per id.
+//! The mail spool: one append-only mbox per channel and day, once per id, durable after `sync`.
 
 use shopflow_notification::{Mailer, Outbound, Spool, read_spooled};
 

@@ -134,6 +134,22 @@ impl RelayLease {
     }
 }
 
+/// What [`Tx::before_commit`] runs: a blocking sync of something outside the database.
+pub type BeforeCommit = Box<dyn FnOnce() -> std::io::Result<()> + Send>;
+
+/// The hooks of a transaction, by the address of what they sync.
+pub(crate) type Hooks = Vec<(usize, BeforeCommit)>;
+
+/// Runs the hooks of [`Tx::before_commit`] in order; the first failure fails the commit.
+pub(crate) fn run_before_commit(hooks: Hooks) -> Result<()> {
+    for (_, h) in hooks {
+        h().map_err(|e| crate::Error::Unavailable {
+            reason: format!("before commit: {e}"),
+        })?;
+    }
+    Ok(())
+}
+
 /// A write transaction on a [`Db`].
 #[derive(Debug)]
 pub enum Tx {
@@ -222,6 +238,22 @@ impl Tx {
         match self {
             Tx::Sqlite(_) => "",
             Tx::Postgres(_) => " FOR UPDATE",
+        }
+    }
+
+    /// Makes `sync` run right before this transaction commits, and the commit fail if it fails:
+    /// for an effect outside the database that the transaction records as done (a message
+    /// appended to a spool file), so one sync covers everything the transaction did there
+    /// instead of one per effect. One hook per object `of` per transaction: later ones for the
+    /// same object are dropped. A rolled-back transaction never runs it.
+    pub fn before_commit<T: ?Sized>(&mut self, of: &Arc<T>, sync: BeforeCommit) {
+        let key = Arc::as_ptr(of) as *const () as usize;
+        let hooks = match self {
+            Tx::Sqlite(t) => &mut t.before_commit,
+            Tx::Postgres(t) => &mut t.before_commit,
+        };
+        if !hooks.iter().any(|(k, _)| *k == key) {
+            hooks.push((key, sync));
         }
     }
 

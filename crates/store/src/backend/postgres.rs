@@ -117,6 +117,7 @@ impl PgDb {
         Ok(PgTx {
             client: Some(client),
             done: false,
+            before_commit: Vec::new(),
         })
     }
 
@@ -312,10 +313,19 @@ impl PgListener {
 }
 
 /// A transaction on a pooled connection.
-#[derive(Debug)]
 pub struct PgTx {
     client: Option<Object>,
     done: bool,
+    pub(crate) before_commit: super::Hooks,
+}
+
+impl std::fmt::Debug for PgTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgTx")
+            .field("done", &self.done)
+            .field("before_commit", &self.before_commit.len())
+            .finish()
+    }
 }
 
 impl PgTx {
@@ -324,6 +334,10 @@ impl PgTx {
     }
 
     pub(crate) async fn commit(mut self) -> Result<()> {
+        let hooks = std::mem::take(&mut self.before_commit);
+        if !hooks.is_empty() {
+            super::sqlite::blocking(|| super::run_before_commit(hooks))?;
+        }
         self.client().batch_execute("COMMIT").await?;
         self.done = true;
         Ok(())

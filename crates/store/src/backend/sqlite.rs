@@ -42,6 +42,13 @@ fn configure(conn: &Connection) -> Result<()> {
     // event runs in a savepoint.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.set_prepared_statement_cache_capacity(256);
+    // One plan per statement whatever its parameters: without it SQLite marks a statement with
+    // `LIMIT $n` (the store's reads, the relay's) as depending on that value, and re-prepares
+    // it at every execution — 10 % of the shop's CPU in a profile.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
     Ok(())
 }
 
@@ -74,13 +81,18 @@ impl SqliteDb {
             // fsynced until the next FULL commit or checkpoint.
             conn.execute_batch("PRAGMA synchronous = NORMAL")?;
         }
-        let began = conn.execute_batch("BEGIN IMMEDIATE");
+        // Prepared once per connection, not parsed per transaction (pragmas above must be
+        // parsed: they take effect when compiled).
+        let began = conn
+            .prepare_cached("BEGIN IMMEDIATE")
+            .and_then(|mut s| s.execute([]));
         let tx = SqliteTx {
             conn,
             db: self.inner.clone(),
             done: false,
             wrote_outbox: false,
             relaxed,
+            before_commit: Vec::new(),
         };
         began?;
         Ok(tx)
@@ -109,20 +121,27 @@ impl SqliteDb {
     }
 }
 
-/// `$1` placeholders (PostgreSQL's) to `?1` (SQLite's), so one SQL text serves both.
+/// `$1` placeholders (PostgreSQL's) to `?1` (SQLite's), so one SQL text serves both. Runs on
+/// every statement, so it works on bytes and copies whole runs between placeholders.
 pub(crate) fn translate(sql: &str) -> std::borrow::Cow<'_, str> {
-    if !sql.contains('$') {
+    let bytes = sql.as_bytes();
+    let is_placeholder = |i: usize| bytes.get(i + 1).is_some_and(u8::is_ascii_digit);
+    let Some(first) = (0..bytes.len()).find(|&i| bytes[i] == b'$' && is_placeholder(i)) else {
         return sql.into();
-    }
+    };
     let mut out = String::with_capacity(sql.len());
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '$' && chars.peek().is_some_and(|n| n.is_ascii_digit()) {
+    let mut from = 0;
+    let mut i = first;
+    while i < bytes.len() {
+        if bytes[i] == b'$' && is_placeholder(i) {
+            // `$` and `?` are both one byte, so every cut is on a character boundary.
+            out.push_str(&sql[from..i]);
             out.push('?');
-        } else {
-            out.push(c);
+            from = i + 1;
         }
+        i += 1;
     }
+    out.push_str(&sql[from..]);
     out.into()
 }
 
@@ -215,13 +234,23 @@ pub(crate) fn delete_outbox(conn: &Connection, ids: &[i64]) -> Result<()> {
 }
 
 /// A write transaction holding the writer connection.
-#[derive(Debug)]
 pub struct SqliteTx {
     conn: OwnedMutexGuard<Connection>,
     db: Arc<Inner>,
     done: bool,
     pub(crate) wrote_outbox: bool,
     relaxed: bool,
+    pub(crate) before_commit: super::Hooks,
+}
+
+impl std::fmt::Debug for SqliteTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteTx")
+            .field("path", &self.db.path)
+            .field("relaxed", &self.relaxed)
+            .field("before_commit", &self.before_commit.len())
+            .finish()
+    }
 }
 
 impl SqliteTx {
@@ -230,9 +259,13 @@ impl SqliteTx {
     }
 
     pub(crate) fn commit(mut self) -> Result<()> {
-        // The fsync of the WAL happens here; let the runtime move other tasks off this thread.
-        let conn = &self.conn;
-        blocking(|| conn.execute_batch("COMMIT"))?;
+        // The fsync of the WAL happens here, on this thread: handing the worker to another
+        // thread for it (`block_in_place`) cost more CPU than the sync blocks (issue 14's
+        // profile: a thread wake-up and a task spawn per commit), at the same throughput.
+        super::run_before_commit(std::mem::take(&mut self.before_commit))?;
+        self.conn
+            .prepare_cached("COMMIT")
+            .and_then(|mut s| s.execute([]))?;
         self.done = true;
         if self.wrote_outbox {
             self.db.outbox_signal.notify_one();
@@ -281,5 +314,8 @@ mod tests {
     fn translates_placeholders() {
         assert_eq!(super::translate("a = $1 AND b = $12"), "a = ?1 AND b = ?12");
         assert_eq!(super::translate("no params"), "no params");
+        assert_eq!(super::translate("$ 1, $x, a$1é$2"), "$ 1, $x, a?1é?2");
+        assert_eq!(super::translate("ü = $1"), "ü = ?1");
+        assert_eq!(super::translate("$"), "$");
     }
 }
