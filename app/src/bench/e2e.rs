@@ -93,7 +93,9 @@ pub(crate) async fn run(a: E2eArgs) -> anyhow::Result<()> {
             ..LoadConfig::default()
         };
         let cpu_before = process_cpu();
+        let counters_before = Counters::now();
         let r = tokio::task::spawn_blocking(move || run_load(&cfg)).await??;
+        let counted = Counters::now().since(&counters_before);
         let cpu = process_cpu()
             .zip(cpu_before)
             .map(|(a, b)| (a.0 - b.0, a.1 - b.1));
@@ -142,6 +144,7 @@ pub(crate) async fn run(a: E2eArgs) -> anyhow::Result<()> {
         if let Some(kib) = peak_rss_kib() {
             report.row(&case, "peak_rss", kib as f64 / 1024.0, "MiB");
         }
+        hops(&report, &case, &counted, r.placed, r.total_secs);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     shop.stop().await?;
@@ -193,4 +196,118 @@ fn peak_rss_kib() -> Option<u64> {
         .trim()
         .parse()
         .ok()
+}
+
+/// The shop's counters (`/metrics`), by series (`name{labels}`).
+#[derive(Debug, Default)]
+struct Counters(std::collections::BTreeMap<String, f64>);
+
+impl Counters {
+    fn now() -> Self {
+        let Some(handle) = shopflow::ops::metrics_handle() else {
+            return Self::default();
+        };
+        Self(
+            handle
+                .render()
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| {
+                    let (series, value) = l.rsplit_once(' ')?;
+                    Some((series.to_owned(), value.parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+
+    fn since(&self, before: &Counters) -> Counters {
+        Counters(
+            self.0
+                .iter()
+                .map(|(k, v)| (k.clone(), v - before.0.get(k).copied().unwrap_or(0.0)))
+                .collect(),
+        )
+    }
+
+    /// Series of `name`, by the value of `label`.
+    fn by(&self, name: &str, label: &str) -> Vec<(String, f64)> {
+        let needle = format!("{label}=\"");
+        self.0
+            .iter()
+            .filter_map(|(k, v)| {
+                let rest = k.strip_prefix(name)?.strip_prefix('{')?;
+                let at = rest.find(&needle)? + needle.len();
+                let value = &rest[at..rest[at..].find('"')? + at];
+                Some((value.to_owned(), *v))
+            })
+            .collect()
+    }
+
+    fn total(&self, name: &str) -> f64 {
+        self.0
+            .iter()
+            .filter(|(k, _)| *k == name || k.starts_with(&format!("{name}{{")))
+            .map(|(_, v)| v)
+            .sum()
+    }
+}
+
+/// Per hop: events per consumer transaction and transactions per second; durable commits per
+/// second of each database; the log's records per group commit and fsyncs per order.
+fn hops(report: &Report, case: &str, c: &Counters, orders: u64, secs: f64) {
+    let consumed: std::collections::BTreeMap<String, f64> = c
+        .by("shopflow_events_consumed_total", "consumer")
+        .into_iter()
+        .collect();
+    for (consumer, batches) in c.by("shopflow_consumer_batches_total", "consumer") {
+        if batches < 1.0 {
+            continue;
+        }
+        let events = consumed.get(&consumer).copied().unwrap_or(0.0);
+        report.row(
+            case,
+            &format!("batch_{consumer}"),
+            events / batches,
+            "events/tx",
+        );
+        report.row(case, &format!("tx_rate_{consumer}"), batches / secs, "tx/s");
+    }
+    // Only the durable commits are fsynced (relaxed ones ride on the next durable one).
+    let durable = Counters(
+        c.0.iter()
+            .filter(|(k, _)| k.contains("sync=\"durable\""))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect(),
+    );
+    let mut all = 0.0;
+    for (db, commits) in durable.by("shopflow_db_commits_total", "db") {
+        all += commits;
+        report.row(
+            case,
+            &format!("commits_{db}"),
+            commits / secs,
+            "durable tx/s",
+        );
+    }
+    let per_order = |v: f64| v / orders.max(1) as f64;
+    report.row(
+        case,
+        "durable_db_commits_per_order",
+        per_order(all),
+        "tx/order",
+    );
+    let (groups, records) = (
+        c.total("shopflow_log_group_commits_total"),
+        c.total("shopflow_log_records_appended_total"),
+    );
+    if groups >= 1.0 {
+        report.row(case, "log_records_per_commit", records / groups, "records");
+        report.row(case, "log_commits", groups / secs, "commits/s");
+        report.row(
+            case,
+            "log_fsyncs_per_order",
+            per_order(c.total("shopflow_log_fsyncs_total")),
+            "fsyncs/order",
+        );
+    }
 }

@@ -195,6 +195,11 @@ fn commit_group(shared: &Shared, group: Vec<Pending>) -> Result<()> {
         acks.push(req_acks);
     }
 
+    metrics::counter!("shopflow_log_group_commits_total").increment(1);
+    metrics::counter!("shopflow_log_records_appended_total")
+        .increment(group.iter().map(|p| p.messages.len() as u64).sum());
+    metrics::counter!("shopflow_log_fsyncs_total").increment(touched.len() as u64);
+
     // 2. Write, then make durable: one write and one fsync per touched partition.
     let write_result = (|| -> Result<()> {
         for part in &touched {

@@ -60,6 +60,8 @@ struct Meters {
     dead_lettered: metrics::Counter,
     failed_transient: metrics::Counter,
     failed_unavailable: metrics::Counter,
+    /// Transactions committed (one per polled batch): events per batch = consumed / batches.
+    batches: metrics::Counter,
 }
 
 impl Meters {
@@ -71,6 +73,7 @@ impl Meters {
             dead_lettered: metrics::counter!("shopflow_events_dead_lettered_total", "consumer" => consumer),
             failed_transient: failed("transient"),
             failed_unavailable: failed("unavailable"),
+            batches: metrics::counter!("shopflow_consumer_batches_total", "consumer" => consumer),
         }
     }
 }
@@ -287,6 +290,7 @@ impl<B: Bus> Runner<B> {
             }
         }
         tx.commit().await?;
+        self.meters.batches.increment(1);
         Ok(out)
     }
 

@@ -247,13 +247,18 @@ impl<B: Bus> Relay<B> {
         Ok(batch)
     }
 
-    /// Publishes a fetched batch; when it returns `Ok`, the bus has it durably.
-    pub async fn publish(&self, batch: &Batch) -> Result<()> {
+    /// Publishes a fetched batch; when it returns `Ok`, the bus has it durably. The messages
+    /// move to the bus (no copy of them is made), so the batch is left to be acknowledged,
+    /// not published again; after an error, fetch anew.
+    pub async fn publish(&self, batch: &mut Batch) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
-        self.bus.publish(batch.messages.clone()).await?;
+        self.bus
+            .publish(std::mem::take(&mut batch.messages))
+            .await?;
         metrics::counter!("shopflow_outbox_published_total").increment(batch.len() as u64);
+        metrics::counter!("shopflow_outbox_batches_total").increment(1);
         let now = now_us();
         let mut h = self.stats.lag_us.lock().expect("stats lock");
         for c in &batch.created_us {
@@ -279,9 +284,9 @@ impl<B: Bus> Relay<B> {
 
     /// One round: fetch, publish, delete. Returns the number of rows relayed.
     pub async fn drain_once(&self) -> Result<usize> {
-        let batch = self.fetch().await?;
+        let mut batch = self.fetch().await?;
         let n = batch.len();
-        self.publish(&batch).await?;
+        self.publish(&mut batch).await?;
         self.acknowledge(batch).await?;
         self.stats.rounds.fetch_add(1, Ordering::Relaxed);
         Ok(n)

@@ -474,8 +474,8 @@ async fn relay_crash_republishes_and_inbox_dedups(t: &TestDb) {
     tx.commit().await.unwrap();
 
     let first = Relay::new(t.db.clone(), log.clone(), RelayConfig::default());
-    let batch = first.fetch().await.unwrap();
-    first.publish(&batch).await.unwrap();
+    let mut batch = first.fetch().await.unwrap();
+    first.publish(&mut batch).await.unwrap();
     drop(batch); // killed before `acknowledge`
     drop(first);
     let second = Relay::new(t.db.clone(), log.clone(), RelayConfig::default());
