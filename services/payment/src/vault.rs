@@ -170,13 +170,96 @@ pub struct Tokenized {
 #[derive(Clone, Debug)]
 pub struct Vault {
     keys: std::sync::Arc<VaultKeys>,
+    /// Sealed cards waiting to be written, and the right to write them (group commit).
+    pending: std::sync::Arc<std::sync::Mutex<Vec<Pending>>>,
+    writing: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A sealed card waiting for the next vault transaction.
+struct Pending {
+    db: Db,
+    row: [shopflow_store::Value; 6],
+    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pending")
+    }
 }
 
 impl Vault {
     pub fn new(keys: VaultKeys) -> Self {
         Self {
             keys: std::sync::Arc::new(keys),
+            pending: Default::default(),
+            writing: Default::default(),
         }
+    }
+
+    /// Writes a sealed card durably. Cards sealed at the same time share one transaction (and
+    /// one fsync): whoever gets the right to write takes every card waiting for the same
+    /// database, the others wait for its commit.
+    async fn store(&self, db: &Db, row: [shopflow_store::Value; 6]) -> Result<(), VaultError> {
+        let (done, mut stored) = tokio::sync::oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Pending {
+                db: db.clone(),
+                row,
+                done,
+            });
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut stored => {
+                    return match r {
+                        Ok(r) => r.map_err(|reason| VaultError::Store(shopflow_store::Error::Unavailable { reason })),
+                        Err(_) => Err(VaultError::Store(shopflow_store::Error::Unavailable {
+                            reason: "the vault's write was abandoned".into(),
+                        })),
+                    };
+                }
+                _writing = self.writing.lock() => {
+                    let batch: Vec<Pending> = {
+                        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                        let (mine, others) = std::mem::take(&mut *pending)
+                            .into_iter()
+                            .partition(|p| p.db.same(db));
+                        *pending = others;
+                        mine
+                    };
+                    if batch.is_empty() {
+                        // An earlier writer took this card: its answer is on the way.
+                        continue;
+                    }
+                    // In a task of its own: the cards of others are in this batch, and a
+                    // request that goes away must not take their write with it.
+                    let db = db.clone();
+                    let _ = tokio::spawn(async move {
+                        let result = Self::write(&db, &batch).await.map_err(|e| e.to_string());
+                        for p in batch {
+                            let _ = p.done.send(result.clone());
+                        }
+                    })
+                    .await;
+                }
+            }
+        }
+    }
+
+    async fn write(db: &Db, batch: &[Pending]) -> shopflow_store::Result<()> {
+        let mut tx = db.begin().await?;
+        for p in batch {
+            tx.execute(
+                "INSERT INTO vault (token, last4, key_id, nonce, ciphertext, created_at) VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (token) DO NOTHING",
+                &p.row,
+            )
+            .await?;
+        }
+        tx.commit().await
     }
 
     /// The token of a card: the same card, the same token.
@@ -242,15 +325,27 @@ impl Vault {
         let digits = card_digits(card).ok_or(VaultError::NotACard)?;
         let token = self.token_of(&digits);
         let last4 = digits[digits.len() - 4..].to_owned();
-        let (key_id, nonce, sealed) = self.seal(&token, &digits)?;
-        let mut tx = db.begin().await?;
-        tx.execute(
-            "INSERT INTO vault (token, last4, key_id, nonce, ciphertext, created_at) VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (token) DO NOTHING",
-            params![token.as_str(), last4.as_str(), key_id, nonce, sealed, chrono::Utc::now().timestamp_millis()],
-        )
-        .await?;
-        tx.commit().await?;
+        // A card the vault holds already (a returning customer) needs no write: its token is
+        // the same every time.
+        let known = db
+            .query(
+                "SELECT 1 FROM vault WHERE token = $1",
+                params![token.as_str()],
+            )
+            .await?;
+        if known.is_empty() {
+            let (key_id, nonce, sealed) = self.seal(&token, &digits)?;
+            let now = chrono::Utc::now().timestamp_millis();
+            let row = [
+                token.as_str().into(),
+                last4.as_str().into(),
+                key_id.into(),
+                nonce.into(),
+                sealed.into(),
+                now.into(),
+            ];
+            self.store(db, row).await?;
+        }
         Ok(Tokenized { token, last4 })
     }
 
@@ -341,6 +436,79 @@ mod tests {
             let e = VaultKeys::parse(bad).unwrap_err().to_string();
             assert!(e.contains(says), "{bad}: {e}");
         }
+    }
+
+    /// A valid card number (Luhn) from 15 digits.
+    fn card(prefix: u64) -> String {
+        let body = format!("{prefix:015}");
+        let sum: u32 = body
+            .bytes()
+            .rev()
+            .enumerate()
+            .map(|(i, b)| {
+                let d = u32::from(b - b'0');
+                if i % 2 == 0 {
+                    let x = d * 2;
+                    if x > 9 { x - 9 } else { x }
+                } else {
+                    d
+                }
+            })
+            .sum();
+        format!("{body}{}", (10 - sum % 10) % 10)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cards_sealed_at_once_share_transactions_and_all_are_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_sqlite(dir.path().join("p.db")).unwrap();
+        db.migrate(
+            "vault",
+            &[shopflow_store::Migration::portable(
+                1,
+                "vault",
+                include_str!("../migrations/002_vault.sql"),
+            )],
+        )
+        .await
+        .unwrap();
+        let v = Vault::new(VaultKeys::parse(&VaultKeys::generate()).unwrap());
+        let commits = db.commits().unwrap();
+        let before = *commits.borrow();
+        let tasks: Vec<_> = (0..200u64)
+            .map(|i| {
+                let (v, db) = (v.clone(), db.clone());
+                tokio::spawn(async move { v.tokenize(&db, &card(400_000_000_000_000 + i)).await })
+            })
+            .collect();
+        let mut tokens = Vec::new();
+        for t in tasks {
+            tokens.push(t.await.unwrap().unwrap());
+        }
+        for t in &tokens {
+            assert_eq!(
+                v.lookup(&db, &t.token).await.unwrap().as_ref(),
+                Some(t),
+                "every card answered for is stored"
+            );
+        }
+        let committed = *commits.borrow() - before;
+        assert!(
+            committed < 100,
+            "200 cards sealed at once took {committed} transactions"
+        );
+        let mut tx = db.begin().await.unwrap();
+        assert_eq!(
+            v.reveal(&mut tx, &tokens[7].token)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(card(400_000_000_000_007).as_str())
+        );
+        drop(tx);
+        // A card the vault holds is answered from it, not written again.
+        let again = v.tokenize(&db, &card(400_000_000_000_003)).await.unwrap();
+        assert_eq!(again, tokens[3]);
     }
 
     #[tokio::test]

@@ -60,6 +60,21 @@ impl Db {
         }
     }
 
+    /// Whether both handles are clones of one (the same file, or the same schema of the same
+    /// PostgreSQL server).
+    pub fn same(&self, other: &Db) -> bool {
+        match (self, other) {
+            (Db::Sqlite(a), Db::Sqlite(b)) => Arc::ptr_eq(&a.inner, &b.inner),
+            (Db::Postgres(a), Db::Postgres(b)) => {
+                a.schema == b.schema
+                    && a.config.get_hosts() == b.config.get_hosts()
+                    && a.config.get_ports() == b.config.get_ports()
+                    && a.config.get_dbname() == b.config.get_dbname()
+            }
+            _ => false,
+        }
+    }
+
     /// A receiver that changes after every commit, where the backend can tell in-process
     /// followers (SQLite); `None` where followers must poll (PostgreSQL, written by other processes).
     pub fn commits(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
