@@ -48,7 +48,34 @@ struct SpoolFile {
 struct SpoolWriter {
     file: std::fs::File,
     len: u64,
-    ids: HashMap<String, u64>,
+    ids: Ids,
+}
+
+/// Where each message id of a file starts, by a 128-bit hash of the id rather than the id
+/// itself: a day of a busy shop holds hundreds of thousands of messages, and their ids as
+/// strings were most of what this spool kept in memory. Two independent SipHash keys, drawn per
+/// process (the map is rebuilt from the file when it is opened); a collision of both is as
+/// unlikely as a UUID's.
+#[derive(Debug, Default)]
+struct Ids {
+    keys: (std::hash::RandomState, std::hash::RandomState),
+    at: HashMap<u128, u64>,
+}
+
+impl Ids {
+    fn key(&self, id: &str) -> u128 {
+        use std::hash::BuildHasher;
+        (u128::from(self.keys.0.hash_one(id)) << 64) | u128::from(self.keys.1.hash_one(id))
+    }
+
+    fn get(&self, id: &str) -> Option<u64> {
+        self.at.get(&self.key(id)).copied()
+    }
+
+    fn insert(&mut self, id: &str, at: u64) {
+        let k = self.key(id);
+        self.at.insert(k, at);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -60,8 +87,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Each message is a `From ` line, headers with `Message-ID` and `Content-Length`, a blank line,
 /// `Content-Length` bytes of body and a blank line. An incomplete last message is a torn append
 /// (the length returned stops before it); anything else that does not parse is `Err(offset)`.
-fn parse_spool(text: &[u8]) -> Result<(u64, HashMap<String, u64>), usize> {
-    let mut ids = HashMap::new();
+fn parse_spool(text: &[u8]) -> Result<(u64, Ids), usize> {
+    let mut ids = Ids::default();
     let mut pos = 0;
     while pos < text.len() {
         let rest = &text[pos..];
@@ -89,7 +116,7 @@ fn parse_spool(text: &[u8]) -> Result<(u64, HashMap<String, u64>), usize> {
                 }
             }
             let end = head_end + 1 + len? + 1;
-            (rest.len() >= end && rest[end - 1] == b'\n').then_some((id?.to_owned(), end))
+            (rest.len() >= end && rest[end - 1] == b'\n').then_some((id?, end))
         })();
         match parsed {
             Some((id, end)) => {
@@ -151,7 +178,7 @@ impl SpoolFile {
     fn append(&self, id: &str, message: &[u8]) -> std::io::Result<u64> {
         let mut w = lock(&self.writer);
         if let Some(at) = w.ids.get(id) {
-            return Ok(*at);
+            return Ok(at);
         }
         let at = w.len;
         if let Err(e) = w.file.write_all(message) {
@@ -160,7 +187,7 @@ impl SpoolFile {
             return Err(e);
         }
         w.len += message.len() as u64;
-        w.ids.insert(id.to_owned(), at);
+        w.ids.insert(id, at);
         Ok(at)
     }
 
