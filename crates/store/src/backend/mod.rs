@@ -105,10 +105,9 @@ impl Db {
     /// Runs a read outside any transaction (committed data only).
     pub async fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         match self {
-            Db::Sqlite(db) => {
-                let db = db.clone();
-                sqlite::blocking(|| db.query(sql, params))
-            }
+            // On the calling thread, like the writer's statements: handing the worker to another
+            // thread per read (`block_in_place`) cost more than the read (issue 14's profile).
+            Db::Sqlite(db) => db.query(sql, params),
             Db::Postgres(db) => db.query(sql, params).await,
         }
     }
