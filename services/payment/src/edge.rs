@@ -206,6 +206,41 @@ pub async fn tokenize_cards(State(vault): State<CardVault>, req: Request, next: 
             .into_response();
         }
     };
+    // The usual body: find `payment` without building the rest of it, and swap that object in
+    // place (the order service parses the body anyway; this edge used to parse all of it into a
+    // JSON value and write it back, 3 % of the shop's CPU).
+    if let Ok(outer) = serde_json::from_slice::<PaymentOf<'_>>(&bytes) {
+        let Some(raw) = outer.payment else {
+            return next
+                .run(Request::from_parts(parts, Body::from(bytes)))
+                .await;
+        };
+        let Ok(payment) = serde_json::from_str::<serde_json::Map<String, Value>>(raw.get()) else {
+            return next
+                .run(Request::from_parts(parts, Body::from(bytes)))
+                .await;
+        };
+        let tokenized = match swap(&vault, &payment).await {
+            Swap::Token(t) => t,
+            Swap::Refuse(r) => return r,
+            Swap::Pass => {
+                return next
+                    .run(Request::from_parts(parts, Body::from(bytes)))
+                    .await;
+            }
+        };
+        // `raw` borrows from `bytes`: its place in them is where the new object goes.
+        let at = raw.get().as_ptr() as usize - bytes.as_ptr() as usize;
+        let replaced = json!({ "token": tokenized.token, "last4": tokenized.last4 }).to_string();
+        let mut body = Vec::with_capacity(bytes.len() + replaced.len());
+        body.extend_from_slice(&bytes[..at]);
+        body.extend_from_slice(replaced.as_bytes());
+        body.extend_from_slice(&bytes[at + raw.get().len()..]);
+        parts.headers.remove(header::CONTENT_LENGTH);
+        return next.run(Request::from_parts(parts, Body::from(body))).await;
+    }
+    // Anything else (not an object, a repeated `payment`): the whole value, so that no card
+    // number goes on whatever shape it came in.
     let mut json: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
         Err(_) => {
@@ -222,33 +257,14 @@ pub async fn tokenize_cards(State(vault): State<CardVault>, req: Request, next: 
                 .await;
         }
     };
-    let tokenized = if let Some(card) = payment.get("cardNumber") {
-        let Some(card) = card.as_str() else {
-            return not_a_card().into_response();
-        };
-        if payment.len() != 1 {
-            return ApiError::invalid(
-                "payment has either a cardNumber or a token, and nothing else",
-            )
-            .into_response();
+    let tokenized = match swap(&vault, payment).await {
+        Swap::Token(t) => t,
+        Swap::Refuse(r) => return r,
+        Swap::Pass => {
+            return next
+                .run(Request::from_parts(parts, Body::from(bytes)))
+                .await;
         }
-        match vault.tokenize(card).await {
-            Ok(t) => t,
-            Err(e) => return e.into_response(),
-        }
-    } else if let Some(token) = payment.get("token").and_then(Value::as_str) {
-        match vault.lookup(token).await {
-            Ok(Some(t)) => t,
-            Ok(None) => {
-                return ApiError::invalid("payment.token is not a token of this shop's card vault")
-                    .into_response();
-            }
-            Err(e) => return e.into_response(),
-        }
-    } else {
-        return next
-            .run(Request::from_parts(parts, Body::from(bytes)))
-            .await;
     };
     payment.clear();
     payment.insert("token".into(), Value::String(tokenized.token));
@@ -256,6 +272,52 @@ pub async fn tokenize_cards(State(vault): State<CardVault>, req: Request, next: 
     let body = serde_json::to_vec(&json).unwrap_or_default();
     parts.headers.remove(header::CONTENT_LENGTH);
     next.run(Request::from_parts(parts, Body::from(body))).await
+}
+
+/// The `payment` member of a body, as the text it came in (everything else is skipped).
+#[derive(serde::Deserialize)]
+struct PaymentOf<'a> {
+    #[serde(borrow, default)]
+    payment: Option<&'a serde_json::value::RawValue>,
+}
+
+/// What the edge does with a body's `payment` object.
+enum Swap {
+    /// Put this token and its last four digits in its place.
+    Token(Tokenized),
+    /// Answer the client with this (not a card, not a token of this vault, the vault is down).
+    Refuse(Response),
+    /// Neither a card number nor a token: the order service refuses it.
+    Pass,
+}
+
+async fn swap(vault: &CardVault, payment: &serde_json::Map<String, Value>) -> Swap {
+    if let Some(card) = payment.get("cardNumber") {
+        let Some(card) = card.as_str() else {
+            return Swap::Refuse(not_a_card().into_response());
+        };
+        if payment.len() != 1 {
+            return Swap::Refuse(
+                ApiError::invalid("payment has either a cardNumber or a token, and nothing else")
+                    .into_response(),
+            );
+        }
+        match vault.tokenize(card).await {
+            Ok(t) => Swap::Token(t),
+            Err(e) => Swap::Refuse(e.into_response()),
+        }
+    } else if let Some(token) = payment.get("token").and_then(Value::as_str) {
+        match vault.lookup(token).await {
+            Ok(Some(t)) => Swap::Token(t),
+            Ok(None) => Swap::Refuse(
+                ApiError::invalid("payment.token is not a token of this shop's card vault")
+                    .into_response(),
+            ),
+            Err(e) => Swap::Refuse(e.into_response()),
+        }
+    } else {
+        Swap::Pass
+    }
 }
 
 /// A card number to tokenise.
@@ -337,6 +399,110 @@ pub(crate) fn router(vault: Vault, db: Db) -> Router {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    /// The edge in front of a handler that answers with the body it got.
+    async fn edge() -> (Router, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_sqlite(dir.path().join("p.db")).unwrap();
+        db.migrate(
+            "vault",
+            &[shopflow_store::Migration::portable(
+                1,
+                "vault",
+                include_str!("../migrations/002_vault.sql"),
+            )],
+        )
+        .await
+        .unwrap();
+        let vault = CardVault::Local {
+            vault: Vault::new(crate::VaultKeys::parse(&crate::VaultKeys::generate()).unwrap()),
+            db,
+        };
+        let app = Router::new()
+            .route("/orders", post(|body: String| async move { body }))
+            .layer(axum::middleware::from_fn_with_state(vault, tokenize_cards));
+        (app, dir)
+    }
+
+    async fn through(app: &Router, body: &str) -> (StatusCode, String) {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("/orders")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_owned()))
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_card_becomes_a_token_in_place_and_the_rest_stays_as_sent() {
+        let (app, _dir) = edge().await;
+        let body = r#"{"customerId":"usr_1","items":[{"sku":"MUG","quantity":2}],"payment": {"cardNumber":"4242 4242 4242 4242"},"shippingAddress":{"name":"Zoë \"Z\" Ürün","line1":"1 St","city":"Köln","postalCode":"50667","country":"DE"}}"#;
+        let (status, got) = through(&app, body).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(!got.contains("4242 4242"), "{got}");
+        let v: Value = serde_json::from_str(&got).unwrap();
+        let sent: Value = serde_json::from_str(body).unwrap();
+        assert!(is_token(v["payment"]["token"].as_str().unwrap()), "{got}");
+        assert_eq!(v["payment"]["last4"], "4242");
+        assert_eq!(v["payment"].as_object().unwrap().len(), 2);
+        for field in ["customerId", "items", "shippingAddress"] {
+            assert_eq!(v[field], sent[field], "{field}");
+        }
+        // What came before and after `payment` is byte for byte what was sent.
+        let (before, after) = body
+            .split_once(r#"{"cardNumber":"4242 4242 4242 4242"}"#)
+            .unwrap();
+        assert!(got.starts_with(before) && got.ends_with(after), "{got}");
+
+        // A token of the vault goes through; one it does not know is refused.
+        let token = v["payment"]["token"].as_str().unwrap();
+        let (status, again) =
+            through(&app, &format!(r#"{{"payment":{{"token":"{token}"}}}}"#)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(again.contains(r#""last4":"4242""#), "{again}");
+        let (status, _) = through(
+            &app,
+            r#"{"payment":{"token":"tok_0123456789abcdef0123456789abcdef"}}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        let (status, _) = through(&app, r#"{"payment":{"cardNumber":"4242424242424241"}}"#).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+
+    #[tokio::test]
+    async fn no_card_number_goes_on_in_a_body_of_another_shape() {
+        let (app, _dir) = edge().await;
+        // `payment` twice: the whole-value path keeps the last one, tokenised.
+        let (status, got) = through(
+            &app,
+            r#"{"payment":{"cardNumber":"4000000000000002"},"payment":{"cardNumber":"4242424242424242"}}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            !got.contains("4000000000000002") && !got.contains("4242424242424242"),
+            "{got}"
+        );
+        // Not an object, no payment, a payment that is not an object: passed on as they are.
+        for body in [
+            r#"[1,2]"#,
+            r#"{"items":[]}"#,
+            r#"{"payment":null}"#,
+            "not json",
+        ] {
+            assert_eq!(through(&app, body).await, (StatusCode::OK, body.to_owned()));
+        }
+    }
+
     #[test]
     fn tokens_have_one_shape() {
         assert!(super::is_token("tok_0123456789abcdef0123456789abcdef"));
