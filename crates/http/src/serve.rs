@@ -151,6 +151,41 @@ impl Open {
     }
 }
 
+/// Reads the whole body (at most [`crate::MAX_BODY_BYTES`], within `timeout`) before the
+/// request is handled. A handler that answers without reading a body it did not expect (an
+/// action route sent `{}`) otherwise left hyper unable to drain it, and hyper closed the
+/// keep-alive connection after the answer — without `Connection: close`, so a client sending
+/// its next request on that connection met a closed socket.
+async fn read_body(
+    req: axum::http::Request<hyper::body::Incoming>,
+    timeout: Duration,
+) -> Result<axum::http::Request<axum::body::Body>, axum::response::Response> {
+    use axum::response::IntoResponse;
+    let (parts, body) = req.into_parts();
+    let body = axum::body::Body::new(body);
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, crate::MAX_BODY_BYTES)).await {
+        Ok(Ok(bytes)) => Ok(axum::http::Request::from_parts(
+            parts,
+            axum::body::Body::from(bytes),
+        )),
+        Ok(Err(_)) => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!(
+                "the body is larger than {} bytes (or was cut off)",
+                crate::MAX_BODY_BYTES
+            ),
+        )
+        .into_response()),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!("the body did not arrive within {} s", timeout.as_secs()),
+        )
+        .into_response()),
+    }
+}
+
 /// Serves `router` on `listener` with `limits` until `shutdown` completes; then stops accepting
 /// and gives open requests up to 10 s to finish.
 ///
@@ -239,11 +274,15 @@ pub async fn serve(
         };
         let service = {
             let (router, busy) = (router.clone(), busy.clone());
+            let body_timeout = limits.request_timeout;
             hyper::service::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
                 let (router, busy) = (router.clone(), busy.clone());
                 async move {
                     busy.fetch_add(1, Ordering::SeqCst);
-                    let resp = tower::ServiceExt::oneshot(router, req).await;
+                    let resp = match read_body(req, body_timeout).await {
+                        Ok(req) => tower::ServiceExt::oneshot(router, req).await,
+                        Err(refused) => Ok(refused),
+                    };
                     busy.fetch_sub(1, Ordering::SeqCst);
                     resp
                 }

@@ -282,3 +282,39 @@ async fn health_answers_fast_beside_hundreds_of_idle_and_slow_sockets() {
     .await
     .unwrap();
 }
+
+/// A route that takes no body, sent one that arrives after the head (`POST /health` with `{}`
+/// written a moment later): the answer must leave the keep-alive connection usable for the next
+/// request. Before the server read bodies first, hyper answered before the body came, could not
+/// drain it, and closed the connection without saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_the_handler_ignores_does_not_close_the_connection() {
+    let router = Router::new().route("/ping", axum::routing::post(|| async { "pong" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(
+        listener,
+        router,
+        Limits::default(),
+        std::future::pending(),
+    ));
+    tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut answers = String::new();
+        for _ in 0..3 {
+            s.write_all(b"POST /ping HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n")
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            s.write_all(b"{}").unwrap();
+            let mut buf = [0u8; 1024];
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "the connection was closed instead of answered");
+            answers.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        assert_eq!(answers.matches("HTTP/1.1 200").count(), 3, "{answers}");
+        assert_eq!(answers.matches("pong").count(), 3, "{answers}");
+    })
+    .await
+    .unwrap();
+}
