@@ -414,6 +414,23 @@ impl Vault {
     }
 }
 
+/// A SQLite database in `dir` with the vault's table (for tests here and in the edge).
+#[cfg(test)]
+pub(crate) async fn migrated(dir: &Path) -> Db {
+    let db = Db::open_sqlite(dir.join("p.db")).unwrap();
+    db.migrate(
+        "vault",
+        &[shopflow_store::Migration::portable(
+            1,
+            "vault",
+            include_str!("../migrations/002_vault.sql"),
+        )],
+    )
+    .await
+    .unwrap();
+    db
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,40 +455,18 @@ mod tests {
         }
     }
 
-    /// A valid card number (Luhn) from 15 digits.
+    /// A valid card number (Luhn): 15 digits and the check digit that fits them.
     fn card(prefix: u64) -> String {
-        let body = format!("{prefix:015}");
-        let sum: u32 = body
-            .bytes()
-            .rev()
-            .enumerate()
-            .map(|(i, b)| {
-                let d = u32::from(b - b'0');
-                if i % 2 == 0 {
-                    let x = d * 2;
-                    if x > 9 { x - 9 } else { x }
-                } else {
-                    d
-                }
-            })
-            .sum();
-        format!("{body}{}", (10 - sum % 10) % 10)
+        (0..10)
+            .map(|d| format!("{prefix:015}{d}"))
+            .find(|c| shopflow_contracts::luhn_valid(c))
+            .expect("one check digit fits")
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn cards_sealed_at_once_share_transactions_and_all_are_stored() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open_sqlite(dir.path().join("p.db")).unwrap();
-        db.migrate(
-            "vault",
-            &[shopflow_store::Migration::portable(
-                1,
-                "vault",
-                include_str!("../migrations/002_vault.sql"),
-            )],
-        )
-        .await
-        .unwrap();
+        let db = migrated(dir.path()).await;
         let v = Vault::new(VaultKeys::parse(&VaultKeys::generate()).unwrap());
         let commits = db.commits().unwrap();
         let before = *commits.borrow();
@@ -514,17 +509,7 @@ mod tests {
     #[tokio::test]
     async fn cards_are_stored_encrypted_revealed_by_token_and_rekeyed() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open_sqlite(dir.path().join("p.db")).unwrap();
-        db.migrate(
-            "vault",
-            &[shopflow_store::Migration::portable(
-                1,
-                "vault",
-                include_str!("../migrations/002_vault.sql"),
-            )],
-        )
-        .await
-        .unwrap();
+        let db = migrated(dir.path()).await;
         let old = VaultKeys::parse(&VaultKeys::generate()).unwrap();
         let v = Vault::new(old.clone());
         let t = v.tokenize(&db, "4242 4242 4242 4242").await.unwrap();
