@@ -140,27 +140,27 @@ impl SqliteDb {
 }
 
 /// `$1` placeholders (PostgreSQL's) to `?1` (SQLite's), so one SQL text serves both. Runs on
-/// every statement, so it works on bytes and copies whole runs between placeholders.
+/// every statement: it finds `$` with `match_indices` and copies the runs between placeholders,
+/// allocating only for a text that has one.
 pub(crate) fn translate(sql: &str) -> std::borrow::Cow<'_, str> {
-    let bytes = sql.as_bytes();
-    let is_placeholder = |i: usize| bytes.get(i + 1).is_some_and(u8::is_ascii_digit);
-    let Some(first) = (0..bytes.len()).find(|&i| bytes[i] == b'$' && is_placeholder(i)) else {
-        return sql.into();
-    };
-    let mut out = String::with_capacity(sql.len());
+    let mut out: Option<String> = None;
     let mut from = 0;
-    let mut i = first;
-    while i < bytes.len() {
-        if bytes[i] == b'$' && is_placeholder(i) {
+    for (i, _) in sql.match_indices('$') {
+        if sql.as_bytes().get(i + 1).is_some_and(u8::is_ascii_digit) {
             // `$` and `?` are both one byte, so every cut is on a character boundary.
-            out.push_str(&sql[from..i]);
-            out.push('?');
+            let o = out.get_or_insert_with(|| String::with_capacity(sql.len()));
+            o.push_str(&sql[from..i]);
+            o.push('?');
             from = i + 1;
         }
-        i += 1;
     }
-    out.push_str(&sql[from..]);
-    out.into()
+    match out {
+        None => sql.into(),
+        Some(mut o) => {
+            o.push_str(&sql[from..]);
+            o.into()
+        }
+    }
 }
 
 pub(crate) fn query(conn: &Connection, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
