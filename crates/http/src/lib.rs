@@ -31,6 +31,14 @@ impl ApiError {
             message: message.into(),
         }
     }
+    /// 413: a body over [`MAX_BODY_BYTES`] (or one that was cut off before its end).
+    pub fn body_too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body is larger than {MAX_BODY_BYTES} bytes (or was cut off)"),
+        )
+    }
     /// 422: the request is well-formed but breaks a rule.
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)

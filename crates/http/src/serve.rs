@@ -168,15 +168,7 @@ async fn read_body(
             parts,
             axum::body::Body::from(bytes),
         )),
-        Ok(Err(_)) => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!(
-                "the body is larger than {} bytes (or was cut off)",
-                crate::MAX_BODY_BYTES
-            ),
-        )
-        .into_response()),
+        Ok(Err(_)) => Err(ApiError::body_too_large().into_response()),
         Err(_) => Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "timeout",

@@ -192,19 +192,8 @@ pub async fn tokenize_cards(State(vault): State<CardVault>, req: Request, next: 
         return next.run(req).await;
     }
     let (mut parts, body) = req.into_parts();
-    let bytes = match axum::body::to_bytes(body, shopflow_http::MAX_BODY_BYTES).await {
-        Ok(b) => b,
-        Err(_) => {
-            return ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!(
-                    "the body is larger than {} bytes",
-                    shopflow_http::MAX_BODY_BYTES
-                ),
-            )
-            .into_response();
-        }
+    let Ok(bytes) = axum::body::to_bytes(body, shopflow_http::MAX_BODY_BYTES).await else {
+        return ApiError::body_too_large().into_response();
     };
     match rewrite(&vault, &bytes).await {
         Ok(body) => {
