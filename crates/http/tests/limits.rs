@@ -20,7 +20,8 @@ async fn start(limits: Limits) -> (SocketAddr, tokio::sync::oneshot::Sender<()>)
                 tokio::time::sleep(Duration::from_millis(1500)).await;
                 "done"
             }),
-        );
+        )
+        .route("/ping", axum::routing::post(|| async { "pong" }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -289,15 +290,7 @@ async fn health_answers_fast_beside_hundreds_of_idle_and_slow_sockets() {
 /// drain it, and closed the connection without saying so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_the_handler_ignores_does_not_close_the_connection() {
-    let router = Router::new().route("/ping", axum::routing::post(|| async { "pong" }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve(
-        listener,
-        router,
-        Limits::default(),
-        std::future::pending(),
-    ));
+    let (addr, _stop) = start(Limits::default()).await;
     tokio::task::spawn_blocking(move || {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
