@@ -229,11 +229,12 @@ impl Counters {
         )
     }
 
-    /// Series of `name`, by the value of `label`.
-    fn by(&self, name: &str, label: &str) -> Vec<(String, f64)> {
+    /// Series of `name` that `keep` accepts (given the whole series), by the value of `label`.
+    fn by(&self, name: &str, label: &str, keep: impl Fn(&str) -> bool) -> Vec<(String, f64)> {
         let needle = format!("{label}=\"");
         self.0
             .iter()
+            .filter(|(k, _)| keep(k))
             .filter_map(|(k, v)| {
                 let rest = k.strip_prefix(name)?.strip_prefix('{')?;
                 let at = rest.find(&needle)? + needle.len();
@@ -256,10 +257,10 @@ impl Counters {
 /// second of each database; the log's records per group commit and fsyncs per order.
 fn hops(report: &Report, case: &str, c: &Counters, orders: u64, secs: f64) {
     let consumed: std::collections::BTreeMap<String, f64> = c
-        .by("shopflow_events_consumed_total", "consumer")
+        .by("shopflow_events_consumed_total", "consumer", |_| true)
         .into_iter()
         .collect();
-    for (consumer, batches) in c.by("shopflow_consumer_batches_total", "consumer") {
+    for (consumer, batches) in c.by("shopflow_consumer_batches_total", "consumer", |_| true) {
         if batches < 1.0 {
             continue;
         }
@@ -273,14 +274,9 @@ fn hops(report: &Report, case: &str, c: &Counters, orders: u64, secs: f64) {
         report.row(case, &format!("tx_rate_{consumer}"), batches / secs, "tx/s");
     }
     // Only the durable commits are fsynced (relaxed ones ride on the next durable one).
-    let durable = Counters(
-        c.0.iter()
-            .filter(|(k, _)| k.contains("sync=\"durable\""))
-            .map(|(k, v)| (k.clone(), *v))
-            .collect(),
-    );
+    let durable = |series: &str| series.contains("sync=\"durable\"");
     let mut all = 0.0;
-    for (db, commits) in durable.by("shopflow_db_commits_total", "db") {
+    for (db, commits) in c.by("shopflow_db_commits_total", "db", durable) {
         all += commits;
         report.row(
             case,
