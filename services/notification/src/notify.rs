@@ -311,8 +311,10 @@ impl<M: Mailer> Notifications<M> {
             })?;
             // Before the commit that records it as sent, the message is made durable (once per
             // transaction, however many messages it delivered).
-            let mailer = self.mailer.clone();
-            tx.before_commit(&self.mailer, Box::new(move || mailer.sync()));
+            tx.before_commit(&self.mailer, || {
+                let mailer = self.mailer.clone();
+                Box::new(move || mailer.sync())
+            });
             tx.execute(
                 "UPDATE notifications SET location = $2 WHERE id = $1",
                 params![id.as_str(), location],

@@ -258,16 +258,17 @@ impl Tx {
     /// Makes `sync` run right before this transaction commits, and the commit fail if it fails:
     /// for an effect outside the database that the transaction records as done (a message
     /// appended to a spool file), so one sync covers everything the transaction did there
-    /// instead of one per effect. One hook per object `of` per transaction: later ones for the
-    /// same object are dropped. A rolled-back transaction never runs it.
-    pub fn before_commit<T: ?Sized>(&mut self, of: &Arc<T>, sync: BeforeCommit) {
+    /// instead of one per effect. One hook per object `of` per transaction: `sync` is called
+    /// for the first registration only (later ones cost a comparison). A rolled-back
+    /// transaction never runs it.
+    pub fn before_commit<T: ?Sized>(&mut self, of: &Arc<T>, sync: impl FnOnce() -> BeforeCommit) {
         let key = Arc::as_ptr(of) as *const () as usize;
         let hooks = match self {
             Tx::Sqlite(t) => &mut t.before_commit,
             Tx::Postgres(t) => &mut t.before_commit,
         };
         if !hooks.iter().any(|(k, _)| *k == key) {
-            hooks.push((key, sync));
+            hooks.push((key, sync()));
         }
     }
 
