@@ -42,13 +42,14 @@ struct Pending {
 
 pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Request>, lock: std::fs::File) {
     let mut poisoned: Option<String> = None;
+    let mut syncers = Syncers::default();
     let tick = shared.config.retention_check_interval;
     loop {
         let first = match rx.recv_timeout(tick) {
             Ok(r) => r,
             Err(RecvTimeoutError::Timeout) => {
                 if poisoned.is_none() {
-                    housekeeping(&shared);
+                    housekeeping(&shared, &mut syncers);
                 }
                 continue;
             }
@@ -95,7 +96,7 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Request>, lock: std::fs::Fil
             }
         }
         if !group.is_empty()
-            && let Err(e) = commit_group(&shared, group)
+            && let Err(e) = commit_group(&shared, group, &mut syncers)
         {
             tracing::error!(error = %e, "log writer failed; refusing further appends until reopened");
             poisoned = Some(e.to_string());
@@ -155,7 +156,7 @@ fn resolve(
     Ok(out)
 }
 
-fn commit_group(shared: &Shared, group: Vec<Pending>) -> Result<()> {
+fn commit_group(shared: &Shared, group: Vec<Pending>, syncers: &mut Syncers) -> Result<()> {
     let now = now_ms();
     let mut touched: Vec<Arc<Partition>> = Vec::new();
     let mut touched_idx: HashMap<*const Partition, usize> = HashMap::new();
@@ -209,7 +210,7 @@ fn commit_group(shared: &Shared, group: Vec<Pending>) -> Result<()> {
                 .write_all_at(&w.buf, w.write_pos)
                 .map_err(io_err("write", &w.active.path))?;
         }
-        sync_all(&touched)
+        sync_all(&touched, syncers)
     })();
     if let Err(e) = write_result {
         let reason = e.to_string();
@@ -269,7 +270,7 @@ fn commit_group(shared: &Shared, group: Vec<Pending>) -> Result<()> {
 /// syncs of different files overlap. The writer thread syncs one share itself and hands the
 /// others to helper threads that live as long as the writer (spawning threads per group commit
 /// was 2 % of the shop's CPU).
-fn sync_all(parts: &[Arc<Partition>]) -> Result<()> {
+fn sync_all(parts: &[Arc<Partition>], syncers: &mut Syncers) -> Result<()> {
     let files: Vec<Arc<crate::segment::Segment>> = parts
         .iter()
         .map(|p| p.w.lock().expect("writer state").active.clone())
@@ -284,25 +285,21 @@ fn sync_all(parts: &[Arc<Partition>]) -> Result<()> {
     let mine = chunks.next().unwrap_or_default();
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let mut handed = 0;
-    HELPERS.with(|helpers| -> Result<()> {
-        let mut helpers = helpers.borrow_mut();
-        for (i, c) in chunks.enumerate() {
-            if helpers.len() <= i {
-                helpers.push(spawn_helper()?);
-            }
-            let job = SyncJob {
-                files: c.to_vec(),
-                done: done_tx.clone(),
-            };
-            if helpers[i].send(job).is_err() {
-                return Err(Error::Unavailable {
-                    reason: "an fsync helper thread is gone".into(),
-                });
-            }
-            handed += 1;
+    for (i, c) in chunks.enumerate() {
+        if syncers.0.len() <= i {
+            syncers.0.push(spawn_helper()?);
         }
-        Ok(())
-    })?;
+        let job = SyncJob {
+            files: c.to_vec(),
+            done: done_tx.clone(),
+        };
+        if syncers.0[i].send(job).is_err() {
+            return Err(Error::Unavailable {
+                reason: "an fsync helper thread is gone".into(),
+            });
+        }
+        handed += 1;
+    }
     let mut result = mine.iter().try_for_each(|s| sync(s));
     for _ in 0..handed {
         let r = done_rx.recv().unwrap_or_else(|_| {
@@ -326,11 +323,10 @@ struct SyncJob {
     done: std::sync::mpsc::Sender<Result<()>>,
 }
 
-thread_local! {
-    /// The writer thread's fsync helpers; they end when the writer thread does.
-    static HELPERS: std::cell::RefCell<Vec<std::sync::mpsc::Sender<SyncJob>>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-}
+/// The writer thread's fsync helpers, spawned on first need; dropping it (the writer ends) ends
+/// them.
+#[derive(Default)]
+struct Syncers(Vec<std::sync::mpsc::Sender<SyncJob>>);
 
 fn spawn_helper() -> Result<std::sync::mpsc::Sender<SyncJob>> {
     let (tx, rx) = std::sync::mpsc::channel::<SyncJob>();
@@ -352,11 +348,11 @@ fn spawn_helper() -> Result<std::sync::mpsc::Sender<SyncJob>> {
 }
 
 /// Retention and compaction of the offsets topic, between groups.
-fn housekeeping(shared: &Shared) {
+fn housekeeping(shared: &Shared, syncers: &mut Syncers) {
     let now = now_ms();
     for topic in shared.all_topics() {
         if *topic.name == *OFFSETS_TOPIC {
-            if let Err(e) = compact_offsets(shared, &topic) {
+            if let Err(e) = compact_offsets(shared, &topic, syncers) {
                 tracing::error!(error = %e, "compacting consumer offsets failed");
             }
             continue;
@@ -396,7 +392,7 @@ fn housekeeping(shared: &Shared) {
 
 /// Rewrites the live offsets into a fresh segment and deletes the older ones, once the offsets
 /// log is much larger than what it says.
-fn compact_offsets(shared: &Shared, topic: &Topic) -> Result<()> {
+fn compact_offsets(shared: &Shared, topic: &Topic, syncers: &mut Syncers) -> Result<()> {
     let part = &topic.partitions[0];
     if part.size_bytes() < shared.config.offsets_compact_bytes {
         return Ok(());
@@ -419,6 +415,7 @@ fn compact_offsets(shared: &Shared, topic: &Topic) -> Result<()> {
             targets,
             reply: tx,
         }],
+        syncers,
     )?;
     part.delete_before(base)?;
     tracing::info!(start = part.start(), "compacted consumer offsets");
