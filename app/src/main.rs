@@ -171,6 +171,10 @@ struct RunArgs {
     /// Latency of the simulated payment gateway, in milliseconds.
     #[arg(long, default_value_t = 0)]
     gateway_latency_ms: u64,
+    /// Transactions each consumer keeps in flight at once, over separate partitions (for the
+    /// handlers whose effects allow it). Default: 1 on SQLite, the partition count on PostgreSQL.
+    #[arg(long)]
+    lanes: Option<usize>,
     /// Attempts per event before a transient failure is dead-lettered.
     #[arg(long, default_value_t = 10)]
     max_attempts: u32,
@@ -263,6 +267,7 @@ impl RunArgs {
                 },
                 ..Default::default()
             },
+            lanes: self.lanes,
             breaker: shopflow_runtime::BreakerConfig {
                 failure_threshold: self.breaker_failures,
                 open_for: std::time::Duration::from_millis(self.breaker_open_ms),

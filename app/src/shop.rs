@@ -52,6 +52,9 @@ pub struct ShopConfig {
     pub smtp: Option<String>,
     /// Retry policy and batch size of every consumer.
     pub runner: RunnerConfig,
+    /// Transactions each consumer keeps in flight at once (see [`RunnerConfig::lanes`]);
+    /// `None`: 1 on SQLite (one writer), the partition count on PostgreSQL.
+    pub lanes: Option<usize>,
     /// Thresholds of the circuit breakers around the payment gateway and message delivery.
     pub breaker: BreakerConfig,
     /// How the order flow is coordinated.
@@ -90,6 +93,7 @@ impl ShopConfig {
             gateway_latency: Duration::ZERO,
             smtp: None,
             runner: RunnerConfig::default(),
+            lanes: None,
             breaker: BreakerConfig::default(),
             saga: SagaStyle::default(),
             saga_timeouts: SagaTimeouts::default(),
@@ -186,6 +190,13 @@ impl Shop {
 
         let (trigger, shutdown) = Shutdown::new();
         let settings = Arc::new(config.settings());
+        let runner_config = RunnerConfig {
+            lanes: config.lanes.unwrap_or(match config.db {
+                DbConfig::Sqlite => 1,
+                DbConfig::Postgres { .. } => config.partitions as usize,
+            }),
+            ..config.runner.clone()
+        };
         let registry = Arc::new(registry);
         let mut tasks = Vec::new();
         let mut dbs: Vec<(&'static str, Db)> = Vec::new();
@@ -244,7 +255,7 @@ impl Shop {
                     db.clone(),
                     Arc::new(handler),
                     registry.clone(),
-                    config.runner.clone(),
+                    runner_config.clone(),
                 );
                 tasks.push(tokio::spawn(runner.run(shutdown.clone())));
             }

@@ -84,6 +84,15 @@ pub trait Handler: Send + Sync + 'static {
     fn complete_sources(&self) -> Vec<&'static str> {
         Vec::new()
     }
+    /// How many transactions of this consumer may be in flight at once (capped by the runner's
+    /// configured lanes; see `RunnerConfig::lanes`). Records of one partition always share a
+    /// lane, so this is safe wherever the handler's effects for a record touch only rows of that
+    /// record's key. The default, 1, is for handlers whose effects touch rows shared between keys
+    /// (stock of a sku reserved by many orders; a customer's deferred messages), where
+    /// concurrent transactions could deadlock or miss each other's writes.
+    fn lanes(&self) -> usize {
+        1
+    }
     /// Handles one event inside the runtime's transaction: write state through `tx`, return what
     /// to publish (the runtime puts it in the outbox of the same transaction). Events of types it
     /// does not handle should return `Ok(vec![])`.
@@ -136,6 +145,9 @@ impl Handler for BoxHandler {
     fn complete_sources(&self) -> Vec<&'static str> {
         self.0.complete_sources()
     }
+    fn lanes(&self) -> usize {
+        self.0.lanes()
+    }
     fn handle<'a>(
         &'a self,
         tx: &'a mut Tx,
@@ -151,6 +163,7 @@ trait ErasedHandler: Send + Sync {
     fn topics(&self) -> Vec<String>;
     fn breakers(&self) -> Vec<Arc<CircuitBreaker>>;
     fn complete_sources(&self) -> Vec<&'static str>;
+    fn lanes(&self) -> usize;
     fn call<'a>(
         &'a self,
         tx: &'a mut Tx,
@@ -170,6 +183,9 @@ impl<H: Handler> ErasedHandler for H {
     }
     fn complete_sources(&self) -> Vec<&'static str> {
         Handler::complete_sources(self)
+    }
+    fn lanes(&self) -> usize {
+        Handler::lanes(self)
     }
     fn call<'a>(
         &'a self,

@@ -28,6 +28,13 @@ pub struct RunnerConfig {
     pub reconnect_backoff: Duration,
     /// A limit on one handler call (the timeout stage); none by default.
     pub handler_timeout: Option<Duration>,
+    /// Transactions a consumer keeps in flight at once, each over its own share of the
+    /// partitions (partition number modulo lanes, so one key's records on every topic of equal
+    /// partition count share a lane and keep their order). 1 on SQLite, whose single writer
+    /// would take them one after another anyway; more lets a backend with a round trip per
+    /// statement (PostgreSQL) overlap them. A handler whose effects touch rows shared between
+    /// keys allows fewer ([`Handler::lanes`]).
+    pub lanes: usize,
 }
 
 impl Default for RunnerConfig {
@@ -37,6 +44,7 @@ impl Default for RunnerConfig {
             retry: RetryPolicy::default(),
             reconnect_backoff: Duration::from_millis(200),
             handler_timeout: None,
+            lanes: 1,
         }
     }
 }
@@ -115,6 +123,8 @@ pub struct Runner<B: Bus> {
     config: RunnerConfig,
     stats: Arc<RunnerStats>,
     meters: Meters,
+    /// Transactions in flight at once: the configured lanes, capped by the handler's.
+    lanes: usize,
 }
 
 impl<B: Bus> Runner<B> {
@@ -125,9 +135,11 @@ impl<B: Bus> Runner<B> {
         registry: Arc<Registry>,
         config: RunnerConfig,
     ) -> Self {
+        let lanes = config.lanes.min(handler.lanes()).max(1);
         let handler = BoxHandler::from_arc(handler);
         let (name, topics) = (handler.name(), handler.topics());
         Self {
+            lanes,
             bus,
             db,
             name,
@@ -253,10 +265,47 @@ impl<B: Bus> Runner<B> {
         }
     }
 
-    /// Handles a batch in one transaction.
+    /// Handles a batch: in one transaction, or with lanes in one transaction per lane, all
+    /// in flight at once. A lane whose transaction fails fails the batch; lanes that committed
+    /// have their records delivered again, which their inboxes absorb.
     async fn handle_batch(
         &self,
         records: &[Record],
+    ) -> Result<BatchOutcome, shopflow_store::Error> {
+        if self.lanes == 1 {
+            return self.handle_lane(records.iter()).await;
+        }
+        let mut lanes: Vec<Vec<&Record>> = vec![Vec::new(); self.lanes];
+        for r in records {
+            lanes[r.partition as usize % self.lanes].push(r);
+        }
+        let outcomes = futures_util::future::join_all(
+            lanes
+                .iter()
+                .filter(|l| !l.is_empty())
+                .map(|l| self.handle_lane(l.iter().copied())),
+        )
+        .await;
+        let mut out = BatchOutcome {
+            next: BTreeMap::new(),
+            resume: BTreeMap::new(),
+            stop: None,
+        };
+        for lane in outcomes {
+            let lane = lane?;
+            out.next.extend(lane.next);
+            out.resume.extend(lane.resume);
+            if out.stop.is_none() {
+                out.stop = lane.stop;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Handles records in one transaction, in order.
+    async fn handle_lane<'r>(
+        &self,
+        records: impl Iterator<Item = &'r Record>,
     ) -> Result<BatchOutcome, shopflow_store::Error> {
         let mut tx = self.db.begin().await?;
         let mut out = BatchOutcome {

@@ -24,6 +24,10 @@ impl Handler for Counter {
     fn topics(&self) -> Vec<String> {
         vec!["in".into()]
     }
+    // Its effects touch only rows of the record's own event.
+    fn lanes(&self) -> usize {
+        usize::MAX
+    }
     async fn handle(&self, tx: &mut Tx, env: &Envelope) -> Result<Vec<Outgoing>, HandlerError> {
         let n = env.data()["n"]
             .as_i64()
@@ -64,6 +68,17 @@ fn event(n: i64) -> Message {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn effects_once_poison_dead_lettered_transient_retried() {
+    effects_once_poison_dead_lettered_transient_retried_in(1).await;
+}
+
+/// The same with a transaction per partition in flight at once: every outcome and count is the
+/// same, and a retried record's stop holds back only its own lane's partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn effects_once_poison_dead_lettered_transient_retried_with_lanes() {
+    effects_once_poison_dead_lettered_transient_retried_in(2).await;
+}
+
+async fn effects_once_poison_dead_lettered_transient_retried_in(lanes: usize) {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path().join("log"), shopflow_log::Config::default()).unwrap();
     for t in ["in", "out", "in.dlq"] {
@@ -132,6 +147,7 @@ async fn effects_once_poison_dead_lettered_transient_retried() {
         registry,
         RunnerConfig {
             max_batch: 7,
+            lanes,
             retry: shopflow_runtime::RetryPolicy {
                 initial: Duration::from_millis(10),
                 ..Default::default()

@@ -561,6 +561,10 @@ impl Handler for SagaHandler {
     fn name(&self) -> &'static str {
         self.0.def.name
     }
+    /// A saga instance and its steps are the record's own order's rows: lanes may overlap.
+    fn lanes(&self) -> usize {
+        usize::MAX
+    }
 
     /// The replies: the saga reads every topic its participants number events on for an order
     /// (what a participant publishes for other aggregates never reaches it).

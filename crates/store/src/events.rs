@@ -5,15 +5,16 @@ use std::collections::HashMap;
 use shopflow_envelope::{Envelope, Registry};
 
 use crate::backend::EventRow;
-use crate::{Db, Error, ExpectedVersion, Result, Row, Tx, params};
-
-/// Advisory-lock class of event-store appends (PostgreSQL).
-const APPEND_LOCK_CLASS: i32 = 0x5346_4553; // "SFES"
+use crate::{Backend, Db, Error, ExpectedVersion, Result, Row, Tx, params};
 
 /// An event as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredEvent {
-    /// Global position: increases in commit order (not necessarily by one).
+    /// Global position: increases in commit order (not necessarily by one). On PostgreSQL it is
+    /// the appending transaction's id times 2^20 plus the event's index in that transaction,
+    /// and reads of the global order stop below the oldest transaction still running, so a
+    /// reader never passes a position that a later commit could fill (see the migration
+    /// `006_positions_by_transaction.sql`).
     pub position: u64,
     pub stream_id: String,
     /// 1 for the first event of a stream; equals the envelope's `sequence`.
@@ -87,8 +88,16 @@ fn stored(rows: Vec<Row>) -> Result<Vec<StoredEvent>> {
     rows.iter().map(StoredEvent::from_row).collect()
 }
 
-fn read_all_sql() -> String {
-    format!("SELECT {COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2")
+/// Events after a position in global order. On PostgreSQL only those of transactions below the
+/// oldest one still running: that part of the order is final (no commit can add to it).
+fn read_all_sql(backend: Backend) -> String {
+    let stable = match backend {
+        Backend::Sqlite => "",
+        Backend::Postgres => {
+            " AND position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)"
+        }
+    };
+    format!("SELECT {COLUMNS} FROM events WHERE position > $1{stable} ORDER BY position LIMIT $2")
 }
 
 fn read_stream_sql() -> String {
@@ -138,7 +147,6 @@ impl EventStore {
     /// Appends to many streams in one go (one statement per table on PostgreSQL). All or nothing:
     /// a conflict on any stream fails the call, and the caller's transaction should be dropped.
     pub async fn append_batch(&self, tx: &mut Tx, batch: &[AppendStream<'_>]) -> Result<Vec<u64>> {
-        tx.lock_appends(APPEND_LOCK_CLASS).await?;
         let mut ids: Vec<&str> = batch.iter().map(|s| s.stream).collect();
         ids.sort_unstable();
         ids.dedup();
@@ -263,7 +271,7 @@ impl EventStore {
     pub async fn read_all(&self, after: u64, max: usize) -> Result<Vec<StoredEvent>> {
         stored(
             self.db
-                .query(&read_all_sql(), params![after, max as u64])
+                .query(&read_all_sql(self.db.backend()), params![after, max as u64])
                 .await?,
         )
     }
@@ -278,7 +286,7 @@ impl EventStore {
         max: usize,
     ) -> Result<Vec<StoredEvent>> {
         let rows = tx
-            .query(&read_all_sql(), params![after, max as u64])
+            .query(&read_all_sql(tx.backend()), params![after, max as u64])
             .await?;
         rows.iter().map(StoredEvent::from_row).collect()
     }

@@ -41,6 +41,11 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(3, "inbox", "003_inbox.sql"),
     migration!(4, "checkpoints", "004_checkpoints.sql"),
     migration!(5, "sequences", "005_sequences.sql"),
+    migration!(
+        6,
+        "positions_by_transaction",
+        "006_positions_by_transaction.sql"
+    ),
 ];
 
 /// The environment variable naming the PostgreSQL server that tests use

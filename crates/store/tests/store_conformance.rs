@@ -630,3 +630,90 @@ async fn keyed_locks_serialize_transactions_on_postgres() {
     b.rollback().await.unwrap();
     t.cleanup().await;
 }
+
+/// Appends on PostgreSQL hold no lock across their transaction, yet a reader following the
+/// global order never passes an event that commits late: while a transaction that appended is
+/// still open, reads stop below it, so a later transaction's committed event waits too; once it
+/// commits, both arrive, in order, after what the reader had already seen. A rolled-back
+/// transaction leaves no hole a reader waits on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_overlap_and_readers_never_pass_a_late_commit_on_postgres() {
+    let Some(t) = postgres().await else { return };
+    let store = EventStore::new(t.db.clone());
+    let mut seen = Vec::new();
+    let mut after = 0;
+    // Reads until `n` events were seen (another test's open transaction anywhere on the server
+    // may hold the bound back for a moment: the bound is the server's oldest running one).
+    let follow = async |seen: &mut Vec<String>, after: &mut u64, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            for e in store.read_all(*after, 100).await.unwrap() {
+                assert!(e.position > *after, "positions only grow");
+                *after = e.position;
+                seen.push(e.stream_id);
+            }
+            if seen.len() >= n || Instant::now() > deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+
+    let mut early = t.db.begin().await.unwrap();
+    store
+        .append(
+            &mut early,
+            "early",
+            ExpectedVersion::NoStream,
+            &[event("early", 1, 1)],
+        )
+        .await
+        .unwrap();
+    // A second appender does not wait for the first (no lock), and commits first.
+    let mut late = t.db.begin().await.unwrap();
+    store
+        .append(
+            &mut late,
+            "late",
+            ExpectedVersion::NoStream,
+            &[event("late", 1, 2)],
+        )
+        .await
+        .unwrap();
+    late.commit().await.unwrap();
+    follow(&mut seen, &mut after, 0).await;
+    assert!(seen.is_empty(), "nothing passes an open appender: {seen:?}");
+
+    early.commit().await.unwrap();
+    follow(&mut seen, &mut after, 2).await;
+    assert_eq!(seen, ["early", "late"], "both, in position order");
+
+    // A rolled-back append holds nothing back once it has ended.
+    let mut ghost = t.db.begin().await.unwrap();
+    store
+        .append(
+            &mut ghost,
+            "ghost",
+            ExpectedVersion::NoStream,
+            &[event("ghost", 1, 3)],
+        )
+        .await
+        .unwrap();
+    let mut next = t.db.begin().await.unwrap();
+    store
+        .append(
+            &mut next,
+            "next",
+            ExpectedVersion::NoStream,
+            &[event("next", 1, 4)],
+        )
+        .await
+        .unwrap();
+    next.commit().await.unwrap();
+    follow(&mut seen, &mut after, 0).await;
+    assert_eq!(seen.len(), 2, "held back by the open transaction: {seen:?}");
+    ghost.rollback().await.unwrap();
+    follow(&mut seen, &mut after, 3).await;
+    assert_eq!(seen, ["early", "late", "next"]);
+    t.cleanup().await;
+}

@@ -76,6 +76,11 @@ impl Handler for OutcomeHandler {
     fn name(&self) -> &'static str {
         NAME
     }
+    /// An order's stream and the catalog or customer row of a copy are the record's own key's
+    /// rows: lanes may overlap.
+    fn lanes(&self) -> usize {
+        usize::MAX
+    }
 
     /// Every topic the payment service and the users service number events on.
     fn complete_sources(&self) -> Vec<&'static str> {
@@ -148,6 +153,11 @@ pub struct OrderCommands(pub(crate) Orders);
 impl Handler for OrderCommands {
     fn name(&self) -> &'static str {
         "order-commands"
+    }
+    /// An order's stream and the catalog or customer row of a copy are the record's own key's
+    /// rows: lanes may overlap.
+    fn lanes(&self) -> usize {
+        usize::MAX
     }
 
     fn topics(&self) -> Vec<String> {

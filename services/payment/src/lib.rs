@@ -430,6 +430,10 @@ impl<G: PaymentGateway> Handler for Payments<G> {
     fn name(&self) -> &'static str {
         NAME
     }
+    /// A payment is the record's own order's row (cards are only read): lanes may overlap.
+    fn lanes(&self) -> usize {
+        usize::MAX
+    }
 
     fn breakers(&self) -> Vec<Arc<CircuitBreaker>> {
         vec![self.breaker.clone()]
@@ -474,6 +478,10 @@ pub struct PaymentCommands<G: PaymentGateway>(pub Payments<G>);
 impl<G: PaymentGateway> Handler for PaymentCommands<G> {
     fn name(&self) -> &'static str {
         "payment-commands"
+    }
+    /// A payment is the record's own order's row (cards are only read): lanes may overlap.
+    fn lanes(&self) -> usize {
+        usize::MAX
     }
 
     fn breakers(&self) -> Vec<Arc<CircuitBreaker>> {

@@ -129,6 +129,10 @@ impl Handler for Shipping {
     fn name(&self) -> &'static str {
         NAME
     }
+    /// A shipment is the record's own order's row: lanes may overlap.
+    fn lanes(&self) -> usize {
+        usize::MAX
+    }
 
     fn topics(&self) -> Vec<String> {
         vec![StockReserved::topic()]
@@ -160,6 +164,10 @@ pub struct ShippingCommands;
 impl Handler for ShippingCommands {
     fn name(&self) -> &'static str {
         "shipping-commands"
+    }
+    /// A shipment is the record's own order's row: lanes may overlap.
+    fn lanes(&self) -> usize {
+        usize::MAX
     }
 
     fn topics(&self) -> Vec<String> {

@@ -289,15 +289,6 @@ impl Tx {
 
     // ---- what the building blocks need beyond portable SQL --------------------------------
 
-    /// The event store's append lock: on PostgreSQL one transaction of a schema appends at a
-    /// time, so positions become visible in order (SQLite's single writer gives that already).
-    pub(crate) async fn lock_appends(&mut self, class: i32) -> Result<()> {
-        if let Tx::Postgres(t) = self {
-            postgres::lock_schema(t.client(), class).await?;
-        }
-        Ok(())
-    }
-
     /// The versions of the given streams that exist (absent streams are left out).
     pub(crate) async fn stream_versions(&mut self, streams: &[&str]) -> Result<Vec<(String, u64)>> {
         match self {
@@ -314,7 +305,10 @@ impl Tx {
     ) -> Result<()> {
         match self {
             Tx::Sqlite(t) => sqlite::insert_events(t.conn(), rows, versions),
-            Tx::Postgres(t) => postgres::insert_events(t.client(), rows, versions).await,
+            Tx::Postgres(t) => {
+                let first = t.take_positions(rows.len())?;
+                postgres::insert_events(t.client(), rows, versions, first).await
+            }
         }
     }
 

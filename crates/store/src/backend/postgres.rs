@@ -118,6 +118,7 @@ impl PgDb {
             client: Some(client),
             done: false,
             before_commit: Vec::new(),
+            positions: 0,
         })
     }
 
@@ -153,15 +154,6 @@ const KEY_LOCK_CLASS: i32 = 0x5346_4f4b; // "SFOK"
 /// Advisory-lock class of the relay lease: one relay per schema.
 const RELAY_LOCK_CLASS: i32 = 0x5346_4f52; // "SFOR"
 
-/// A transaction-scoped advisory lock of `class` on the current schema.
-pub(crate) async fn lock_schema(client: &Object, class: i32) -> Result<()> {
-    let stmt = client
-        .prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))")
-        .await?;
-    client.execute(&stmt, &[&class]).await?;
-    Ok(())
-}
-
 pub(crate) async fn stream_versions(
     client: &Object,
     streams: &[&str],
@@ -178,10 +170,13 @@ pub(crate) async fn stream_versions(
     Ok(out)
 }
 
+/// Inserts event rows and sets each touched stream's version, in one statement. Positions are
+/// `(transaction id << 20) + first + i` (see the migration `006_positions_by_transaction.sql`).
 pub(crate) async fn insert_events(
     client: &Object,
     rows: &[EventRow],
     versions: &[(&str, u64)],
+    first: i64,
 ) -> Result<()> {
     let streams: Vec<&str> = rows.iter().map(|r| r.stream.as_str()).collect();
     let vers: Vec<i64> = rows.iter().map(|r| r.version).collect();
@@ -190,26 +185,24 @@ pub(crate) async fn insert_events(
     let evs: Vec<i64> = rows.iter().map(|r| r.event_version).collect();
     let ats: Vec<i64> = rows.iter().map(|r| r.recorded_at).collect();
     let envs: Vec<&[u8]> = rows.iter().map(|r| r.envelope.as_slice()).collect();
-    let stmt = client
-        .prepare_cached(
-            "INSERT INTO events (stream_id, version, event_id, event_type, event_version, recorded_at, envelope)
-             SELECT s, v, e, t, ev, r, env
-             FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::bytea[])
-                  WITH ORDINALITY AS x(s, v, e, t, ev, r, env, ord)
-             ORDER BY ord",
-        )
-        .await?;
-    let params: [&(dyn ToSql + Sync); 7] = [&streams, &vers, &ids, &types, &evs, &ats, &envs];
-    client.execute(&stmt, &params).await?;
     let sids: Vec<&str> = versions.iter().map(|(s, _)| *s).collect();
     let svs: Vec<i64> = versions.iter().map(|(_, v)| *v as i64).collect();
     let stmt = client
         .prepare_cached(
-            "INSERT INTO streams (stream_id, version) SELECT * FROM UNNEST($1::text[], $2::int8[])
+            "WITH appended AS (
+                 INSERT INTO events (position, stream_id, version, event_id, event_type, event_version, recorded_at, envelope)
+                 SELECT (pg_current_xact_id()::text::bigint << 20) + $8 + ord - 1, s, v, e, t, ev, r, env
+                 FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::bytea[])
+                      WITH ORDINALITY AS x(s, v, e, t, ev, r, env, ord)
+             )
+             INSERT INTO streams (stream_id, version) SELECT * FROM UNNEST($9::text[], $10::int8[])
              ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version",
         )
         .await?;
-    client.execute(&stmt, &[&sids, &svs]).await?;
+    let params: [&(dyn ToSql + Sync); 10] = [
+        &streams, &vers, &ids, &types, &evs, &ats, &envs, &first, &sids, &svs,
+    ];
+    client.execute(&stmt, &params).await?;
     Ok(())
 }
 
@@ -312,11 +305,16 @@ impl PgListener {
     }
 }
 
+/// Most events one transaction may append: the low 20 bits of a position.
+const POSITIONS_PER_TRANSACTION: usize = 1 << 20;
+
 /// A transaction on a pooled connection.
 pub struct PgTx {
     client: Option<Object>,
     done: bool,
     pub(crate) before_commit: super::Hooks,
+    /// Event positions this transaction has taken (the index part of the next one).
+    positions: usize,
 }
 
 impl std::fmt::Debug for PgTx {
@@ -331,6 +329,21 @@ impl std::fmt::Debug for PgTx {
 impl PgTx {
     pub(crate) fn client(&self) -> &Object {
         self.client.as_ref().expect("client present until drop")
+    }
+
+    /// Takes the index part of `n` event positions; returns the first.
+    pub(crate) fn take_positions(&mut self, n: usize) -> Result<i64> {
+        let first = self.positions;
+        if first + n > POSITIONS_PER_TRANSACTION {
+            return Err(Error::Invalid {
+                what: "append",
+                reason: format!(
+                    "one transaction may append at most {POSITIONS_PER_TRANSACTION} events"
+                ),
+            });
+        }
+        self.positions += n;
+        Ok(first as i64)
     }
 
     pub(crate) async fn commit(mut self) -> Result<()> {

@@ -1,0 +1,3 @@
+-- Nothing changes on SQLite: its single writer commits appends one after another, so the rowid
+-- `position` is already commit order (the PostgreSQL migration of the same number explains why
+-- that backend's positions changed). Recorded so both backends share migration numbers.
