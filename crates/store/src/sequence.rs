@@ -72,7 +72,8 @@ pub async fn observe(
         Observed::InOrder
     };
     let anomaly = u64::from(observed.kind().is_some());
-    tx.execute(
+    // Nothing waits on its answer: on PostgreSQL it travels with the next statement.
+    tx.execute_deferred(
         "INSERT INTO sequence_seen (consumer, source, aggregate_id, last, seen, complete, anomalies)
          VALUES ($1, $2, $3, $4, 1, $5, $6)
          ON CONFLICT (consumer, source, aggregate_id) DO UPDATE SET

@@ -584,6 +584,7 @@ suite!(sqlite:
     relay_crash_republishes_and_inbox_dedups,
     relay_wakes_on_commit,
     relaxed_transactions_are_atomic_and_leave_durability_on,
+    deferred_statements_keep_their_order_and_their_failures,
 );
 
 suite!(postgres:
@@ -597,6 +598,7 @@ suite!(postgres:
     relay_crash_republishes_and_inbox_dedups,
     relay_wakes_on_commit,
     relaxed_transactions_are_atomic_and_leave_durability_on,
+    deferred_statements_keep_their_order_and_their_failures,
 );
 
 /// A server error reads as what the server said (tokio-postgres alone prints "db error"), so a
@@ -716,4 +718,56 @@ async fn appends_overlap_and_readers_never_pass_a_late_commit_on_postgres() {
     follow(&mut seen, &mut after, 3).await;
     assert_eq!(seen, ["early", "late", "next"]);
     t.cleanup().await;
+}
+
+/// `Tx::execute_deferred`: deferred statements run in the order they were given, before the
+/// next statement (a savepoint rolled back undoes exactly what came after it), and a deferred
+/// statement that fails is never lost: the call itself (SQLite) or the next statement or the
+/// commit (PostgreSQL) fails, and nothing of the transaction is committed.
+async fn deferred_statements_keep_their_order_and_their_failures(t: &TestDb) {
+    let insert = "INSERT INTO inbox (consumer, message_id, handled_at) VALUES ($1, $2, 0)";
+    let mut tx = t.db.begin().await.unwrap();
+    tx.execute_deferred("SAVEPOINT a", &[]).await.unwrap();
+    tx.execute_deferred(insert, shopflow_store::params!["c", "undone"])
+        .await
+        .unwrap();
+    tx.execute_deferred("ROLLBACK TO SAVEPOINT a", &[])
+        .await
+        .unwrap();
+    tx.execute_deferred(insert, shopflow_store::params!["c", "kept"])
+        .await
+        .unwrap();
+    tx.execute_deferred("RELEASE SAVEPOINT a", &[])
+        .await
+        .unwrap();
+    let rows = tx
+        .query(
+            "SELECT message_id FROM inbox WHERE consumer = 'c' ORDER BY message_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "the next statement sees them all, in order");
+    assert_eq!(rows[0].str(0).unwrap(), "kept");
+    tx.commit().await.unwrap();
+
+    let mut tx = t.db.begin().await.unwrap();
+    tx.execute(insert, shopflow_store::params!["c", "other"])
+        .await
+        .unwrap();
+    let failed = match tx
+        .execute_deferred(insert, shopflow_store::params!["c", "kept"])
+        .await
+    {
+        Err(e) => e,
+        Ok(()) => tx
+            .commit()
+            .await
+            .expect_err("a failed deferred statement fails the commit"),
+    };
+    assert!(failed.is_unique_violation(), "{failed}");
+    assert!(
+        !inbox::contains(&t.db, "c", "other").await.unwrap(),
+        "nothing of the failed transaction committed"
+    );
 }

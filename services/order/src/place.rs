@@ -195,14 +195,16 @@ impl Orders {
         let mut results = Vec::with_capacity(jobs.len());
         for j in &jobs {
             let r = async {
-                tx.execute("SAVEPOINT place", &[]).await?;
+                // Savepoints travel with the next statement (no round trip of their own).
+                tx.execute_deferred("SAVEPOINT place", &[]).await?;
                 let r = self
                     .place_in(&mut tx, &j.req, j.key.as_deref(), j.correlation.clone())
                     .await;
                 if r.is_err() {
-                    tx.execute("ROLLBACK TO SAVEPOINT place", &[]).await?;
+                    tx.execute_deferred("ROLLBACK TO SAVEPOINT place", &[])
+                        .await?;
                 }
-                tx.execute("RELEASE SAVEPOINT place", &[]).await?;
+                tx.execute_deferred("RELEASE SAVEPOINT place", &[]).await?;
                 r
             }
             .await;

@@ -12,12 +12,18 @@ pub struct Savepoint;
 impl Stage for Savepoint {
     fn call<'a>(&'a self, ctx: &'a mut Ctx<'_>, next: Next<'a>) -> BoxFuture<'a, StageResult> {
         Box::pin(async move {
-            ctx.tx.execute("SAVEPOINT handler", &[]).await?;
+            // Deferred: on PostgreSQL each travels with the next statement instead of costing a
+            // round trip of its own (a failure of one fails that statement, and the batch).
+            ctx.tx.execute_deferred("SAVEPOINT handler", &[]).await?;
             let outcome = next.run(ctx).await?;
             if !matches!(outcome, Outcome::Handled | Outcome::Duplicate) {
-                ctx.tx.execute("ROLLBACK TO SAVEPOINT handler", &[]).await?;
+                ctx.tx
+                    .execute_deferred("ROLLBACK TO SAVEPOINT handler", &[])
+                    .await?;
             }
-            ctx.tx.execute("RELEASE SAVEPOINT handler", &[]).await?;
+            ctx.tx
+                .execute_deferred("RELEASE SAVEPOINT handler", &[])
+                .await?;
             Ok(outcome)
         })
     }

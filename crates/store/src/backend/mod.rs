@@ -195,7 +195,23 @@ impl Tx {
     pub async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
         match self {
             Tx::Sqlite(t) => sqlite::execute(t.conn(), sql, params),
-            Tx::Postgres(t) => postgres::execute(t.client(), sql, params).await,
+            Tx::Postgres(t) => t.pipelined(|c| postgres::execute(c, sql, params)).await,
+        }
+    }
+
+    /// Executes a statement whose outcome matters only as success or failure (a savepoint, a
+    /// bookkeeping upsert). SQLite runs it now. PostgreSQL sends it with the transaction's next
+    /// statement or its commit, in the same round trip, and that one fails if it failed.
+    pub async fn execute_deferred(&mut self, sql: &str, params: &[Value]) -> Result<()> {
+        match self {
+            Tx::Sqlite(t) => sqlite::execute(t.conn(), sql, params).map(|_| ()),
+            Tx::Postgres(t) => {
+                let owned = params
+                    .iter()
+                    .map(|p| Box::new(p.clone()) as postgres::OwnedParam)
+                    .collect();
+                t.defer(sql, owned).await
+            }
         }
     }
 
@@ -203,7 +219,7 @@ impl Tx {
     pub async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         match self {
             Tx::Sqlite(t) => sqlite::query(t.conn(), sql, params),
-            Tx::Postgres(t) => postgres::query(t.client(), sql, params).await,
+            Tx::Postgres(t) => t.pipelined(|c| postgres::query(c, sql, params)).await,
         }
     }
 
@@ -211,7 +227,10 @@ impl Tx {
     pub async fn batch(&mut self, sql: &str) -> Result<()> {
         match self {
             Tx::Sqlite(t) => Ok(t.conn().execute_batch(sql)?),
-            Tx::Postgres(t) => Ok(t.client().batch_execute(sql).await?),
+            Tx::Postgres(t) => {
+                t.pipelined(|c| async move { Ok(c.batch_execute(sql).await?) })
+                    .await
+            }
         }
     }
 
@@ -220,11 +239,10 @@ impl Tx {
     /// never lets two write transactions interleave.
     pub async fn lock(&mut self, class: i32, key: &str) -> Result<()> {
         if let Tx::Postgres(t) = self {
-            postgres::execute(
-                t.client(),
-                "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-                &[Value::from(class), Value::from(key)],
-            )
+            let params = [Value::from(class), Value::from(key)];
+            t.pipelined(|c| {
+                postgres::execute(c, "SELECT pg_advisory_xact_lock($1, hashtext($2))", &params)
+            })
             .await?;
         }
         Ok(())
@@ -235,12 +253,16 @@ impl Tx {
         match self {
             Tx::Sqlite(_) => Ok(true),
             Tx::Postgres(t) => {
-                let rows = postgres::query(
-                    t.client(),
-                    "SELECT pg_try_advisory_xact_lock($1, hashtext($2))",
-                    &[Value::from(class), Value::from(key)],
-                )
-                .await?;
+                let params = [Value::from(class), Value::from(key)];
+                let rows = t
+                    .pipelined(|c| {
+                        postgres::query(
+                            c,
+                            "SELECT pg_try_advisory_xact_lock($1, hashtext($2))",
+                            &params,
+                        )
+                    })
+                    .await?;
                 rows.first().map(|r| r.bool(0)).unwrap_or(Ok(false))
             }
         }
@@ -293,7 +315,7 @@ impl Tx {
     pub(crate) async fn stream_versions(&mut self, streams: &[&str]) -> Result<Vec<(String, u64)>> {
         match self {
             Tx::Sqlite(t) => sqlite::stream_versions(t.conn(), streams),
-            Tx::Postgres(t) => postgres::stream_versions(t.client(), streams).await,
+            Tx::Postgres(t) => t.pipelined(|c| postgres::stream_versions(c, streams)).await,
         }
     }
 
@@ -307,7 +329,8 @@ impl Tx {
             Tx::Sqlite(t) => sqlite::insert_events(t.conn(), rows, versions),
             Tx::Postgres(t) => {
                 let first = t.take_positions(rows.len())?;
-                postgres::insert_events(t.client(), rows, versions, first).await
+                t.pipelined(|c| postgres::insert_events(c, rows, versions, first))
+                    .await
             }
         }
     }
@@ -320,7 +343,7 @@ impl Tx {
                 t.wrote_outbox = true;
                 Ok(())
             }
-            Tx::Postgres(t) => postgres::insert_outbox(t.client(), messages, now_us).await,
+            Tx::Postgres(t) => postgres::insert_outbox(t, messages, now_us).await,
         }
     }
 
@@ -328,7 +351,7 @@ impl Tx {
     pub(crate) async fn delete_outbox(&mut self, ids: &[i64]) -> Result<()> {
         match self {
             Tx::Sqlite(t) => sqlite::delete_outbox(t.conn(), ids),
-            Tx::Postgres(t) => postgres::delete_outbox(t.client(), ids).await,
+            Tx::Postgres(t) => t.pipelined(|c| postgres::delete_outbox(c, ids)).await,
         }
     }
 }

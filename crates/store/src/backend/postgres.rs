@@ -1,5 +1,6 @@
 //! PostgreSQL backend: a deadpool connection pool, one schema per service (`search_path`).
 
+use std::future::Future;
 use std::sync::Arc;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
@@ -119,6 +120,8 @@ impl PgDb {
             done: false,
             before_commit: Vec::new(),
             positions: 0,
+            deferred: Vec::new(),
+            notifies: false,
         })
     }
 
@@ -206,44 +209,55 @@ pub(crate) async fn insert_events(
     Ok(())
 }
 
-pub(crate) async fn insert_outbox(
-    client: &Object,
-    messages: &[Message],
-    now_us: i64,
-) -> Result<()> {
+/// Queues the outbox rows of `messages` on `tx` (sent with its next statement or its commit):
+/// the key locks, the insert and the relay's wake-up need no answer but success.
+pub(crate) async fn insert_outbox(tx: &mut PgTx, messages: &[Message], now_us: i64) -> Result<()> {
     let mut locks: Vec<i32> = messages
         .iter()
         .map(|m| shopflow_bus::murmur2(m.key.as_deref().unwrap_or(b"")))
         .collect();
     locks.sort_unstable();
     locks.dedup();
-    let stmt = client
-        .prepare_cached("SELECT pg_advisory_xact_lock($1, k) FROM UNNEST($2::int4[]) WITH ORDINALITY AS x(k, ord) ORDER BY ord")
-        .await?;
-    client.execute(&stmt, &[&KEY_LOCK_CLASS, &locks]).await?;
-    let topics: Vec<&str> = messages.iter().map(|m| m.topic.as_str()).collect();
-    let keys: Vec<Option<&[u8]>> = messages.iter().map(|m| m.key.as_deref()).collect();
-    let payloads: Vec<&[u8]> = messages.iter().map(|m| &m.value[..]).collect();
+    tx.defer(
+        "SELECT pg_advisory_xact_lock($1, k) FROM UNNEST($2::int4[]) WITH ORDINALITY AS x(k, ord) ORDER BY ord",
+        vec![Box::new(KEY_LOCK_CLASS), Box::new(locks)],
+    )
+    .await?;
+    let topics: Vec<String> = messages.iter().map(|m| m.topic.clone()).collect();
+    let keys: Vec<Option<Vec<u8>>> = messages
+        .iter()
+        .map(|m| m.key.as_ref().map(|k| k.to_vec()))
+        .collect();
+    let payloads: Vec<Vec<u8>> = messages.iter().map(|m| m.value.to_vec()).collect();
     let headers: Vec<Vec<u8>> = messages
         .iter()
         .map(|m| crate::headers::encode(&m.headers))
         .collect();
     let created: Vec<i64> = vec![now_us; messages.len()];
-    let stmt = client
-        .prepare_cached(
-            "INSERT INTO outbox (topic, msg_key, payload, headers, created_at)
-             SELECT t, k, p, h, c
-             FROM UNNEST($1::text[], $2::bytea[], $3::bytea[], $4::bytea[], $5::int8[])
-                  WITH ORDINALITY AS x(t, k, p, h, c, ord)
-             ORDER BY ord",
+    tx.defer(
+        "INSERT INTO outbox (topic, msg_key, payload, headers, created_at)
+         SELECT t, k, p, h, c
+         FROM UNNEST($1::text[], $2::bytea[], $3::bytea[], $4::bytea[], $5::int8[])
+              WITH ORDINALITY AS x(t, k, p, h, c, ord)
+         ORDER BY ord",
+        vec![
+            Box::new(topics),
+            Box::new(keys),
+            Box::new(payloads),
+            Box::new(headers),
+            Box::new(created),
+        ],
+    )
+    .await?;
+    if !tx.notifies {
+        // One wake-up per transaction (PostgreSQL folds equal notifications anyway).
+        tx.notifies = true;
+        tx.defer(
+            "SELECT pg_notify('shopflow_outbox_' || current_schema(), '')",
+            Vec::new(),
         )
         .await?;
-    let p: [&(dyn ToSql + Sync); 5] = [&topics, &keys, &payloads, &headers, &created];
-    client.execute(&stmt, &p).await?;
-    let stmt = client
-        .prepare_cached("SELECT pg_notify('shopflow_outbox_' || current_schema(), '')")
-        .await?;
-    client.execute(&stmt, &[]).await?;
+    }
     Ok(())
 }
 
@@ -315,6 +329,36 @@ pub struct PgTx {
     pub(crate) before_commit: super::Hooks,
     /// Event positions this transaction has taken (the index part of the next one).
     positions: usize,
+    /// Statements whose answer is only success or failure, sent with the next statement (one
+    /// round trip for all of them; see [`PgTx::pipelined`]).
+    deferred: Vec<Deferred>,
+    /// Whether the relay's wake-up is already queued.
+    notifies: bool,
+}
+
+/// A parameter of a deferred statement, owned until it is sent.
+pub(crate) type OwnedParam = Box<dyn ToSql + Sync + Send>;
+
+/// A statement queued on a transaction.
+enum Deferred {
+    /// Without parameters (savepoints): the simple protocol.
+    Simple(String),
+    /// Prepared already, so that sending it is the first thing its future does.
+    Prepared(tokio_postgres::Statement, Vec<OwnedParam>),
+}
+
+async fn run_deferred(client: &Object, d: &Deferred) -> Result<()> {
+    match d {
+        Deferred::Simple(sql) => client.batch_execute(sql).await?,
+        Deferred::Prepared(stmt, params) => {
+            let refs: Vec<&(dyn ToSql + Sync)> = params
+                .iter()
+                .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+                .collect();
+            client.execute(stmt, &refs).await?;
+        }
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for PgTx {
@@ -329,6 +373,44 @@ impl std::fmt::Debug for PgTx {
 impl PgTx {
     pub(crate) fn client(&self) -> &Object {
         self.client.as_ref().expect("client present until drop")
+    }
+
+    /// Queues a statement that needs no answer but success: it is sent with the next statement
+    /// of the transaction (or its commit), and its failure is that statement's failure.
+    pub(crate) async fn defer(&mut self, sql: &str, params: Vec<OwnedParam>) -> Result<()> {
+        let d = if params.is_empty() && !sql.contains('$') {
+            Deferred::Simple(sql.to_owned())
+        } else {
+            Deferred::Prepared(self.client().prepare_cached(sql).await?, params)
+        };
+        self.deferred.push(d);
+        Ok(())
+    }
+
+    /// Runs `main` on the connection with every deferred statement written before it, all in
+    /// one round trip (tokio-postgres pipelines requests issued together); the first failure,
+    /// in the order they were sent, is the result.
+    pub(crate) async fn pipelined<'a, T, F>(
+        &'a mut self,
+        main: impl FnOnce(&'a Object) -> F,
+    ) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        let deferred = std::mem::take(&mut self.deferred);
+        let client = self.client.as_ref().expect("client present until drop");
+        if deferred.is_empty() {
+            return main(client).await;
+        }
+        // join_all polls its futures in order on its first poll, and each sends its request on
+        // its first poll: the deferred statements go out before `main`'s.
+        let before =
+            futures_util::future::join_all(deferred.iter().map(|d| run_deferred(client, d)));
+        let (before, out) = futures_util::future::join(before, main(client)).await;
+        for r in before {
+            r?;
+        }
+        out
     }
 
     /// Takes the index part of `n` event positions; returns the first.
@@ -351,7 +433,10 @@ impl PgTx {
         if !hooks.is_empty() {
             super::sqlite::blocking(|| super::run_before_commit(hooks))?;
         }
-        self.client().batch_execute("COMMIT").await?;
+        // A deferred statement that failed fails the commit (PostgreSQL would answer the COMMIT
+        // of the aborted transaction with a rollback, not an error).
+        self.pipelined(|c| async move { Ok(c.batch_execute("COMMIT").await?) })
+            .await?;
         self.done = true;
         Ok(())
     }
