@@ -633,6 +633,26 @@ async fn keyed_locks_serialize_transactions_on_postgres() {
     t.cleanup().await;
 }
 
+/// A transaction that has appended the first event of `stream`, left open.
+async fn begin_with_append(
+    db: &Db,
+    store: &EventStore,
+    stream: &str,
+    n: u64,
+) -> shopflow_store::Tx {
+    let mut tx = db.begin().await.unwrap();
+    store
+        .append(
+            &mut tx,
+            stream,
+            ExpectedVersion::NoStream,
+            &[event(stream, 1, n)],
+        )
+        .await
+        .unwrap();
+    tx
+}
+
 /// Appends on PostgreSQL hold no lock across their transaction, yet a reader following the
 /// global order never passes an event that commits late: while a transaction that appended is
 /// still open, reads stop below it, so a later transaction's committed event waits too; once it
@@ -661,27 +681,9 @@ async fn appends_overlap_and_readers_never_pass_a_late_commit_on_postgres() {
         }
     };
 
-    let mut early = t.db.begin().await.unwrap();
-    store
-        .append(
-            &mut early,
-            "early",
-            ExpectedVersion::NoStream,
-            &[event("early", 1, 1)],
-        )
-        .await
-        .unwrap();
+    let early = begin_with_append(&t.db, &store, "early", 1).await;
     // A second appender does not wait for the first (no lock), and commits first.
-    let mut late = t.db.begin().await.unwrap();
-    store
-        .append(
-            &mut late,
-            "late",
-            ExpectedVersion::NoStream,
-            &[event("late", 1, 2)],
-        )
-        .await
-        .unwrap();
+    let late = begin_with_append(&t.db, &store, "late", 2).await;
     late.commit().await.unwrap();
     follow(&mut seen, &mut after, 0).await;
     assert!(seen.is_empty(), "nothing passes an open appender: {seen:?}");
@@ -691,26 +693,8 @@ async fn appends_overlap_and_readers_never_pass_a_late_commit_on_postgres() {
     assert_eq!(seen, ["early", "late"], "both, in position order");
 
     // A rolled-back append holds nothing back once it has ended.
-    let mut ghost = t.db.begin().await.unwrap();
-    store
-        .append(
-            &mut ghost,
-            "ghost",
-            ExpectedVersion::NoStream,
-            &[event("ghost", 1, 3)],
-        )
-        .await
-        .unwrap();
-    let mut next = t.db.begin().await.unwrap();
-    store
-        .append(
-            &mut next,
-            "next",
-            ExpectedVersion::NoStream,
-            &[event("next", 1, 4)],
-        )
-        .await
-        .unwrap();
+    let ghost = begin_with_append(&t.db, &store, "ghost", 3).await;
+    let next = begin_with_append(&t.db, &store, "next", 4).await;
     next.commit().await.unwrap();
     follow(&mut seen, &mut after, 0).await;
     assert_eq!(seen.len(), 2, "held back by the open transaction: {seen:?}");
