@@ -84,6 +84,27 @@ pub async fn copy_tables(from: &Db, to: &Db) -> Result<Vec<(String, u64)>> {
             )
             .await?;
         }
+        if table == "events" {
+            // Positions appended on PostgreSQL start at (transaction id << 20): the copied ones
+            // must stay below, or followers of the global order would skip what comes next.
+            let check = tx
+                .query(
+                    "SELECT COALESCE(MAX(position), 0) < (pg_current_xact_id()::text::bigint << 20) FROM events",
+                    &[],
+                )
+                .await?;
+            if !check
+                .first()
+                .map(|r| r.bool(0))
+                .transpose()?
+                .unwrap_or(true)
+            {
+                return Err(Error::Invalid {
+                    what: "copy",
+                    reason: "the copied event positions reach past this PostgreSQL server's transaction-id positions; copy into a server with more transactions behind it".into(),
+                });
+            }
+        }
         tx.commit().await?;
         copied.push((table, rows.len() as u64));
     }
