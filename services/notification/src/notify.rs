@@ -367,6 +367,13 @@ impl<M: Mailer> Handler for Notifications<M> {
     fn name(&self) -> &'static str {
         NAME
     }
+    /// A deferral and the release of what it waits for take the same advisory lock (see
+    /// `defer`), so transactions of this group may overlap: an order's messages share its lane,
+    /// and two lanes that defer for the same customers in opposite order are a deadlock
+    /// PostgreSQL breaks (the batch is delivered again; the inbox absorbs what was done).
+    fn lanes(&self) -> usize {
+        usize::MAX
+    }
 
     /// Every topic the order service and the users service number events on.
     fn complete_sources(&self) -> Vec<&'static str> {
