@@ -265,9 +265,9 @@ impl RunArgs {
                     initial: std::time::Duration::from_millis(self.retry_initial_ms),
                     ..Default::default()
                 },
+                lanes: self.lanes,
                 ..Default::default()
             },
-            lanes: self.lanes,
             breaker: shopflow_runtime::BreakerConfig {
                 failure_threshold: self.breaker_failures,
                 open_for: std::time::Duration::from_millis(self.breaker_open_ms),

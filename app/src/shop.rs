@@ -50,11 +50,9 @@ pub struct ShopConfig {
     pub gateway_latency: Duration,
     /// `smtp://host:port` to send e-mail over SMTP instead of to `<data-dir>/mail`.
     pub smtp: Option<String>,
-    /// Retry policy and batch size of every consumer.
+    /// Retry policy, batch size and lanes of every consumer (lanes `None`: 1 on SQLite, whose
+    /// one writer takes transactions one after another, the partition count on PostgreSQL).
     pub runner: RunnerConfig,
-    /// Transactions each consumer keeps in flight at once (see [`RunnerConfig::lanes`]);
-    /// `None`: 1 on SQLite (one writer), the partition count on PostgreSQL.
-    pub lanes: Option<usize>,
     /// Thresholds of the circuit breakers around the payment gateway and message delivery.
     pub breaker: BreakerConfig,
     /// How the order flow is coordinated.
@@ -93,7 +91,6 @@ impl ShopConfig {
             gateway_latency: Duration::ZERO,
             smtp: None,
             runner: RunnerConfig::default(),
-            lanes: None,
             breaker: BreakerConfig::default(),
             saga: SagaStyle::default(),
             saga_timeouts: SagaTimeouts::default(),
@@ -191,10 +188,10 @@ impl Shop {
         let (trigger, shutdown) = Shutdown::new();
         let settings = Arc::new(config.settings());
         let runner_config = RunnerConfig {
-            lanes: config.lanes.unwrap_or(match config.db {
+            lanes: Some(config.runner.lanes.unwrap_or(match config.db {
                 DbConfig::Sqlite => 1,
                 DbConfig::Postgres { .. } => config.partitions as usize,
-            }),
+            })),
             ..config.runner.clone()
         };
         let registry = Arc::new(registry);

@@ -87,8 +87,8 @@ pub trait Handler: Send + Sync + 'static {
     /// How many transactions of this consumer may be in flight at once (capped by the runner's
     /// configured lanes; see `RunnerConfig::lanes`). Records of one partition always share a
     /// lane, so this is safe wherever the handler's effects for a record touch only rows of that
-    /// record's key. The default, 1, is for handlers whose effects touch rows shared between keys
-    /// (stock of a sku reserved by many orders; a customer's deferred messages), where
+    /// record's key, or that lock what they share. The default, 1, is for handlers whose effects
+    /// touch rows shared between keys unlocked (stock of a sku reserved by many orders), where
     /// concurrent transactions could deadlock or miss each other's writes.
     fn lanes(&self) -> usize {
         1

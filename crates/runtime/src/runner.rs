@@ -33,8 +33,9 @@ pub struct RunnerConfig {
     /// partition count share a lane and keep their order). 1 on SQLite, whose single writer
     /// would take them one after another anyway; more lets a backend with a round trip per
     /// statement (PostgreSQL) overlap them. A handler whose effects touch rows shared between
-    /// keys allows fewer ([`Handler::lanes`]).
-    pub lanes: usize,
+    /// keys allows fewer ([`Handler::lanes`]). `None`: the deployment's default (the shop
+    /// picks it by backend); a runner alone takes 1.
+    pub lanes: Option<usize>,
 }
 
 impl Default for RunnerConfig {
@@ -44,7 +45,7 @@ impl Default for RunnerConfig {
             retry: RetryPolicy::default(),
             reconnect_backoff: Duration::from_millis(200),
             handler_timeout: None,
-            lanes: 1,
+            lanes: None,
         }
     }
 }
@@ -104,6 +105,7 @@ enum Stop {
     },
 }
 
+#[derive(Default)]
 struct BatchOutcome {
     /// Offsets to commit.
     next: BTreeMap<TopicPartition, u64>,
@@ -135,7 +137,7 @@ impl<B: Bus> Runner<B> {
         registry: Arc<Registry>,
         config: RunnerConfig,
     ) -> Self {
-        let lanes = config.lanes.min(handler.lanes()).max(1);
+        let lanes = config.lanes.unwrap_or(1).min(handler.lanes()).max(1);
         let handler = BoxHandler::from_arc(handler);
         let (name, topics) = (handler.name(), handler.topics());
         Self {
@@ -286,11 +288,7 @@ impl<B: Bus> Runner<B> {
                 .map(|l| self.handle_lane(l.iter().copied())),
         )
         .await;
-        let mut out = BatchOutcome {
-            next: BTreeMap::new(),
-            resume: BTreeMap::new(),
-            stop: None,
-        };
+        let mut out = BatchOutcome::default();
         for lane in outcomes {
             let lane = lane?;
             out.next.extend(lane.next);
@@ -308,11 +306,7 @@ impl<B: Bus> Runner<B> {
         records: impl Iterator<Item = &'r Record>,
     ) -> Result<BatchOutcome, shopflow_store::Error> {
         let mut tx = self.db.begin().await?;
-        let mut out = BatchOutcome {
-            next: BTreeMap::new(),
-            resume: BTreeMap::new(),
-            stop: None,
-        };
+        let mut out = BatchOutcome::default();
         for r in records {
             let tp = r.topic_partition();
             if out.stop.is_some() || out.resume.contains_key(&tp) {

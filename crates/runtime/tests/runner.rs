@@ -147,7 +147,7 @@ async fn effects_once_poison_dead_lettered_transient_retried_in(lanes: usize) {
         registry,
         RunnerConfig {
             max_batch: 7,
-            lanes,
+            lanes: Some(lanes),
             retry: shopflow_runtime::RetryPolicy {
                 initial: Duration::from_millis(10),
                 ..Default::default()

@@ -371,7 +371,9 @@ impl std::fmt::Debug for PgTx {
 }
 
 impl PgTx {
-    pub(crate) fn client(&self) -> &Object {
+    /// The connection. Private: every statement of the transaction goes through
+    /// [`PgTx::pipelined`] (or [`PgTx::defer`]), so none can overtake a deferred one.
+    fn client(&self) -> &Object {
         self.client.as_ref().expect("client present until drop")
     }
 
@@ -398,7 +400,7 @@ impl PgTx {
         F: Future<Output = Result<T>>,
     {
         let deferred = std::mem::take(&mut self.deferred);
-        let client = self.client.as_ref().expect("client present until drop");
+        let client = self.client();
         if deferred.is_empty() {
             return main(client).await;
         }
