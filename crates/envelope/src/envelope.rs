@@ -14,7 +14,7 @@ pub struct EventId(Uuid);
 impl EventId {
     /// A new time-ordered id.
     pub fn new() -> Self {
-        Self(Uuid::now_v7())
+        Self(crate::sim::uuid_v7())
     }
     pub fn from_uuid(id: Uuid) -> Self {
         Self(id)
@@ -92,7 +92,7 @@ string_id!(
 impl CorrelationId {
     /// A fresh correlation id for a request that did not bring one.
     pub fn generate() -> Self {
-        Self(Uuid::now_v7().to_string())
+        Self(crate::sim::uuid_v7().to_string())
     }
 }
 
@@ -203,7 +203,7 @@ impl Envelope {
             event_id: EventId::new(),
             event_type: event_type.into(),
             event_version,
-            timestamp: meta.timestamp.unwrap_or_else(Utc::now),
+            timestamp: meta.timestamp.unwrap_or_else(crate::sim::now),
             kind,
             source: meta.source,
             aggregate_id: meta.aggregate_id,

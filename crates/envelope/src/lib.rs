@@ -7,6 +7,7 @@ mod error;
 mod event;
 mod registry;
 pub mod schema;
+pub mod sim;
 
 /// Header names of an envelope's record on the bus (the value carries the envelope itself).
 pub mod headers {

@@ -186,7 +186,7 @@ fn row_of(r: &Record) -> Vec<Value> {
         .iter()
         .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
         .collect();
-    let now = chrono::Utc::now().to_rfc3339();
+    let now = shopflow_envelope::sim::now().to_rfc3339();
     let num = |name: &str| {
         header_str(r, name)
             .and_then(|s| s.parse::<i64>().ok())
@@ -212,7 +212,7 @@ fn row_of(r: &Record) -> Vec<Value> {
         r.key.as_ref().map(|k| k.to_vec()),
         r.value.to_vec(),
         serde_json::to_string(&headers_json).unwrap_or_else(|_| "{}".to_owned()),
-        chrono::Utc::now().timestamp_millis()
+        shopflow_envelope::sim::now().timestamp_millis()
     ]
     .to_vec()
 }
@@ -475,7 +475,7 @@ async fn redrive_in(tx: &mut Tx, id: &str) -> Result<Redriven, Error> {
     outbox::enqueue(tx, &[msg]).await?;
     tx.execute(
         "UPDATE dead_letters SET status = 'redriven', status_reason = NULL, status_at = $2 WHERE id = $1",
-        params![id, chrono::Utc::now().timestamp_millis()],
+        params![id, shopflow_envelope::sim::now().timestamp_millis()],
     )
     .await?;
     tracing::info!(id, topic, consumer, "dead letter redriven");
@@ -583,7 +583,7 @@ pub async fn discard(db: &Db, id: &str, reason: &str) -> Result<DeadLetter, Erro
     }
     tx.execute(
         "UPDATE dead_letters SET status = 'discarded', status_reason = $2, status_at = $3 WHERE id = $1",
-        params![id, reason, chrono::Utc::now().timestamp_millis()],
+        params![id, reason, shopflow_envelope::sim::now().timestamp_millis()],
     )
     .await?;
     let rows = tx

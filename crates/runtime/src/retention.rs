@@ -32,7 +32,7 @@ impl Default for InboxRetention {
 
 /// Purges ids handled more than `window` ago; returns how many went.
 pub async fn purge_once(db: &Db, window: Duration) -> shopflow_store::Result<u64> {
-    let cutoff = chrono::Utc::now().timestamp_millis()
+    let cutoff = shopflow_envelope::sim::now().timestamp_millis()
         - i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
     inbox::purge_before(db, cutoff).await
 }

@@ -114,6 +114,17 @@ struct BatchOutcome {
     stop: Option<Stop>,
 }
 
+/// What became of records handed to [`Runner::deliver`].
+#[derive(Debug, Default)]
+pub struct Delivery {
+    /// Offsets to commit (the next offset to read), per partition.
+    pub commit: Vec<(TopicPartition, u64)>,
+    /// Where partitions resume: at a record to retry or one waiting for a dependency.
+    pub resume: Vec<(TopicPartition, u64)>,
+    /// Why the batch stopped early, and how long the consumer waits before it goes on.
+    pub stop: Option<(Duration, String)>,
+}
+
 /// Runs one handler as a member of its consumer group until shutdown.
 #[derive(Debug)]
 pub struct Runner<B: Bus> {
@@ -267,6 +278,35 @@ impl<B: Bus> Runner<B> {
         }
     }
 
+    /// Handles `records` as one polled batch (one transaction per lane) without a bus consumer,
+    /// for a driver that delivers records itself — the simulator, which decides what arrives
+    /// when. The driver commits [`Delivery::commit`] and resumes partitions at
+    /// [`Delivery::resume`], as `run` does with its consumer.
+    pub async fn deliver(&self, records: &[Record]) -> Result<Delivery, shopflow_store::Error> {
+        let outcome = self.handle_batch(records).await?;
+        let stop = outcome.stop.map(|why| match why {
+            Stop::Retry { delay, reason } => {
+                tally(
+                    &self.stats.transient_failures,
+                    &self.meters.failed_transient,
+                );
+                (delay, reason)
+            }
+            Stop::Pause {
+                retry_after,
+                reason,
+            } => {
+                tally(&self.stats.paused, &self.meters.failed_unavailable);
+                (retry_after, reason)
+            }
+        });
+        Ok(Delivery {
+            commit: outcome.next.into_iter().collect(),
+            resume: outcome.resume.into_iter().collect(),
+            stop,
+        })
+    }
+
     /// Handles a batch: in one transaction, or with lanes in one transaction per lane, all
     /// in flight at once. A lane whose transaction fails fails the batch; lanes that committed
     /// have their records delivered again, which their inboxes absorb.
@@ -331,6 +371,10 @@ impl<B: Bus> Runner<B> {
                     out.stop = Some(why);
                 }
             }
+        }
+        // Everything handled and nothing committed: a crash here redoes the whole batch.
+        if shopflow_envelope::sim::crash_point("consumer.before-commit") {
+            return Err(shopflow_store::Error::Crashed("consumer.before-commit"));
         }
         tx.commit().await?;
         self.meters.batches.increment(1);

@@ -20,7 +20,8 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
-        Utc::now()
+        // The system's clock, or the simulator's in a simulation.
+        shopflow_envelope::sim::now()
     }
 }
 

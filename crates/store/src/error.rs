@@ -49,6 +49,10 @@ pub enum Error {
     Envelope(#[from] shopflow_envelope::Error),
     #[error("database unavailable: {reason}")]
     Unavailable { reason: String },
+    /// The simulator killed the process at this crash point (`shopflow_envelope::sim`): what
+    /// follows it never ran. Never raised outside a simulation.
+    #[error("simulated crash at {0}")]
+    Crashed(&'static str),
 }
 
 impl Error {

@@ -284,9 +284,24 @@ impl<B: Bus> Relay<B> {
 
     /// One round: fetch, publish, delete. Returns the number of rows relayed.
     pub async fn drain_once(&self) -> Result<usize> {
+        use shopflow_envelope::sim;
         let mut batch = self.fetch().await?;
         let n = batch.len();
+        if sim::planted(sim::Bug::RelayDeletesFirst) && !batch.is_empty() {
+            let mut tx = self.db.begin_relaxed().await?;
+            tx.delete_outbox(&batch.ids).await?;
+            tx.commit().await?;
+            if sim::crash_point("relay.after-publish") {
+                return Err(crate::Error::Crashed("relay.after-publish"));
+            }
+            self.publish(&mut batch).await?;
+            return Ok(n);
+        }
         self.publish(&mut batch).await?;
+        // The bus has the rows and the outbox still has them: a crash here republishes.
+        if sim::crash_point("relay.after-publish") {
+            return Err(crate::Error::Crashed("relay.after-publish"));
+        }
         self.acknowledge(batch).await?;
         self.stats.rounds.fetch_add(1, Ordering::Relaxed);
         Ok(n)

@@ -27,7 +27,7 @@ macro_rules! id {
         impl $name {
             /// A new, time-ordered id (`<prefix>_<uuidv7>`).
             pub fn generate() -> Self {
-                Self(format!(concat!($prefix, "_{}"), uuid::Uuid::now_v7().simple()))
+                Self(format!(concat!($prefix, "_{}"), shopflow_envelope::sim::uuid_v7().simple()))
             }
             /// Accepts an id from outside: 1 to 64 of `[A-Za-z0-9_-]`.
             pub fn parse(s: &str) -> Result<Self, String> {

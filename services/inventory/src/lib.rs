@@ -115,7 +115,7 @@ impl Inventory {
         if !(0..=1_000_000_000).contains(&req.stock) {
             return Err(ApiError::invalid("stock must be between 0 and 10^9"));
         }
-        let now = chrono::Utc::now().timestamp_millis();
+        let now = shopflow_envelope::sim::now().timestamp_millis();
         let mut tx = self.db.begin().await?;
         // The row is read to compute the stock delta: on PostgreSQL it is locked for that, or a
         // reservation committing in between would be counted wrong (SQLite's writer is alone).
@@ -318,7 +318,7 @@ impl StockHandler {
         if Self::reservation(tx, order).await?.is_some() {
             return Ok(vec![]); // reserved, failed or compensated already
         }
-        let now = chrono::Utc::now().timestamp_millis();
+        let now = shopflow_envelope::sim::now().timestamp_millis();
         let items_json =
             serde_json::to_string(&e.items).map_err(|e| HandlerError::Permanent(e.to_string()))?;
         // Savepoints and the reservation row need no answer: deferred, they travel with the next
@@ -392,7 +392,7 @@ impl StockHandler {
         shipped: bool,
     ) -> Result<Vec<Outgoing>, HandlerError> {
         let order = order_id.as_str();
-        let now = chrono::Utc::now().timestamp_millis();
+        let now = shopflow_envelope::sim::now().timestamp_millis();
         let status = Self::reservation(tx, order).await?;
         if status.as_deref() != Some("RESERVED") {
             if status.is_none() {

@@ -236,6 +236,12 @@ impl Aggregate for Order {
         let Some(order_id) = self.order_id.clone() else {
             return Err(DomainError::NotFound);
         };
+        if self.status.is_final()
+            && !matches!(cmd, Command::Cancel { .. })
+            && shopflow_envelope::sim::planted(shopflow_envelope::sim::Bug::OrderDropsLateFact)
+        {
+            return Ok(vec![]);
+        }
         Ok(match cmd {
             Command::Place(_) => unreachable!("handled above"),
             Command::RecordPayment { .. } if self.payment_id.is_some() => vec![],

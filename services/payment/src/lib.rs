@@ -3,7 +3,7 @@
 pub mod edge;
 mod service;
 pub mod vault;
-pub use service::{GatewayLatency, SERVICE, VaultKeyText};
+pub use service::{GatewayLatency, SERVICE, SharedGateway, VaultKeyText};
 pub use vault::{Vault, VaultKeys};
 
 use std::collections::HashMap;
@@ -89,6 +89,9 @@ pub struct Simulator {
     latency: Duration,
     outage: AtomicBool,
     charges: Mutex<HashMap<String, PaymentId>>,
+    /// Payments refunded: a refund asked again (after a crash before its commit) is answered
+    /// from here, as a provider's idempotent refund API does.
+    refunds: Mutex<std::collections::HashSet<PaymentId>>,
     pub charged: AtomicU64,
     pub refunded: AtomicU64,
 }
@@ -151,18 +154,21 @@ impl PaymentGateway for Simulator {
         Ok(outcome)
     }
 
-    async fn refund(
-        &self,
-        _payment_id: &PaymentId,
-        _amount_minor: i64,
-    ) -> Result<(), GatewayError> {
+    async fn refund(&self, payment_id: &PaymentId, _amount_minor: i64) -> Result<(), GatewayError> {
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
         if self.outage.load(Ordering::SeqCst) {
             return Err(GatewayError::Unavailable("simulated outage".into()));
         }
-        self.refunded.fetch_add(1, Ordering::Relaxed);
+        if self
+            .refunds
+            .lock()
+            .expect("refunds lock")
+            .insert(payment_id.clone())
+        {
+            self.refunded.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 }

@@ -28,6 +28,12 @@ impl std::fmt::Debug for VaultKeyText {
     }
 }
 
+/// The payment gateway to charge through, when the deployment brings its own: one that outlives
+/// restarts of the service, as a real provider does (the simulator's). Without it the service
+/// makes a [`Simulator`] with [`GatewayLatency`].
+#[derive(Clone, Debug)]
+pub struct SharedGateway(pub Arc<Simulator>);
+
 /// The payment service: charges orders through the payment gateway (behind a circuit breaker)
 /// and refunds them when they are compensated.
 pub static SERVICE: Service<Facts> = Service {
@@ -42,7 +48,10 @@ pub static SERVICE: Service<Facts> = Service {
 
 async fn start(ctx: Context) -> Result<Started> {
     let latency = ctx.settings.get::<GatewayLatency>().unwrap_or_default();
-    let gateway = Arc::new(Simulator::new(latency.0));
+    let gateway = match ctx.settings.get::<SharedGateway>() {
+        Some(SharedGateway(g)) => g,
+        None => Arc::new(Simulator::new(latency.0)),
+    };
     let keys = match ctx.settings.get::<VaultKeyText>() {
         Some(VaultKeyText(text)) => VaultKeys::parse(&text),
         None => VaultKeys::load_or_create(&ctx.settings.data_dir.join(NAME).join("vault.keys")),

@@ -32,7 +32,7 @@ impl Stage for DeadLetter {
                     HandlerError::Permanent(reason)
                     | HandlerError::Transient(reason)
                     | HandlerError::Dependency { reason, .. },
-                ) => (reason, Failures::first(Utc::now())),
+                ) => (reason, Failures::first(shopflow_envelope::sim::now())),
                 Outcome::Failed(HandlerError::Unavailable {
                     reason,
                     retry_after,
@@ -205,7 +205,7 @@ mod tests {
             .push(("dlq-error".into(), Bytes::from_static(b"old")));
         rec.headers
             .push(("correlation-id".into(), Bytes::from_static(b"c-1")));
-        let t = Utc::now();
+        let t = shopflow_envelope::sim::now();
         let m = dead_letter_message(&rec, "payment", "boom", 3, t, t);
         assert_eq!(m.topic, "in.dlq");
         assert_eq!(m.value, rec.value);

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
 use shopflow_envelope::Registry;
 
 use super::{Ctx, Failures, Next, Outcome, Stage, StageResult};
@@ -32,7 +31,7 @@ impl Stage for Decode {
                 }
                 Err(e) => Ok(Outcome::GiveUp {
                     reason: e.to_string(),
-                    failures: Failures::first(Utc::now()),
+                    failures: Failures::first(shopflow_envelope::sim::now()),
                 }),
             }
         })

@@ -20,6 +20,9 @@ impl Stage for Inbox {
                     "no envelope: the inbox stage needs the decode stage outside it".into(),
                 )));
             };
+            if shopflow_envelope::sim::planted(shopflow_envelope::sim::Bug::EffectWithoutInbox) {
+                return next.run(ctx).await;
+            }
             if !inbox::record(ctx.tx, ctx.consumer, &id).await? {
                 return Ok(Outcome::Duplicate);
             }

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use chrono::Utc;
 use shopflow_bus::TopicPartition;
 
 use super::{Ctx, Failures, Next, Outcome, Stage, StageResult};
@@ -76,6 +75,10 @@ impl Jitter {
 
     /// Seeded from the clock and a fresh UUID, so that two processes differ.
     pub fn from_entropy() -> Self {
+        // In a simulation, the world's seeded generator decides.
+        if let Some(seed) = shopflow_envelope::sim::with_world(|w| w.next_u64()) {
+            return Self::new(seed);
+        }
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -127,7 +130,7 @@ impl Retry {
 
     /// Counts one more failure of the record at `key`.
     fn count(&self, key: &(TopicPartition, u64)) -> Failures {
-        let now = Utc::now();
+        let now = shopflow_envelope::sim::now();
         self.state()
             .attempts
             .entry(key.clone())
