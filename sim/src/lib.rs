@@ -74,6 +74,8 @@ pub struct Faults {
     pub poison: f64,
     /// Per step: the payment gateway goes down, or comes back.
     pub outage: f64,
+    /// Per step: message delivery (the mailer) goes down, or comes back.
+    pub mailer_outage: f64,
     /// The payment gateway's answer time.
     pub gateway_latency: Duration,
 }
@@ -114,6 +116,7 @@ impl Options {
             duplicate: p(0.05),
             poison: p(0.02),
             outage: p(0.03),
+            mailer_outage: p(0.03),
             gateway_latency: Duration::ZERO,
         };
         let mut r = Rng::fork(seed, 0x5e7);
@@ -306,6 +309,7 @@ struct Sim {
     settings: Arc<Settings>,
     registry: Arc<Registry>,
     gateway: Arc<Simulator>,
+    mailer: shopflow_notification::MailerOutage,
     nodes: Vec<Node>,
     router: Router,
     customers: Vec<String>,
@@ -315,6 +319,8 @@ struct Sim {
     /// Poison records: topic and key.
     poisons: Vec<(String, String)>,
     outage: bool,
+    /// What the schedule places (drawn up front, so that both saga styles get the same).
+    plan: Rng,
     /// Whether faults may happen now.
     faulty: bool,
 }
@@ -330,8 +336,10 @@ impl Sim {
         }
         .map_err(|e| format!("temporary directory: {e}"))?;
         let gateway = Arc::new(Simulator::new(opts.faults.gateway_latency));
+        let mailer = shopflow_notification::MailerOutage::default();
         let settings = Settings::new(dir.path(), opts.style, BreakerConfig::default())
             .with(shopflow_payment::SharedGateway(gateway.clone()))
+            .with(mailer.clone())
             .with(shopflow_payment::VaultKeyText(VAULT_KEYS.to_owned()));
         let bus = SimBus::default();
         bus.set_now(EPOCH_MS);
@@ -346,6 +354,8 @@ impl Sim {
         }
         let mut sim = Sim {
             rng: Rng::fork(opts.seed, 0xd21e),
+            plan: Rng::fork(opts.seed, 0x91a4),
+            mailer,
             opts,
             shared,
             bus,
@@ -544,6 +554,10 @@ impl Sim {
         if self.outage {
             self.set_outage(false).await;
         }
+        if self.mailer.is_down() {
+            self.mailer.set(false);
+            self.trace("mailer up");
+        }
         self.trace("faults off; settling");
         let settled = self.settle().await?;
         let mut report = Report {
@@ -560,7 +574,7 @@ impl Sim {
     }
 
     async fn setup(&mut self) -> Result<(), SimError> {
-        let customers = self.rng.range(1, 3);
+        let customers = self.plan.range(1, 3);
         for i in 0..customers {
             let (s, b) = self
                 .call(
@@ -575,12 +589,12 @@ impl Sim {
             }
             self.customers.push(id);
         }
-        let skus = self.rng.range(1, 3);
+        let skus = self.plan.range(1, 3);
         for k in 0..skus {
             let stock = if self.opts.ample_stock {
                 1000
             } else {
-                self.rng.range(0, 6)
+                self.plan.range(0, 6)
             };
             let sku = format!("SIM-{k}");
             let (s, b) = self
@@ -618,6 +632,7 @@ impl Sim {
             (f.duplicate * 1000.0) as u32,
             (f.poison * 1000.0) as u32,
             (f.outage * 1000.0) as u32,
+            (f.mailer_outage * 1000.0) as u32,
         ];
         // The faults' probabilities are per step: the 24 parts of the rest make up the thousand.
         let scaled: Vec<u32> = weights
@@ -646,6 +661,11 @@ impl Sim {
             5 => self.redeliver(),
             6 => self.duplicate(),
             7 => self.poison().await?,
+            9 => {
+                let down = !self.mailer.is_down();
+                self.mailer.set(down);
+                self.trace(format!("mailer {}", if down { "DOWN" } else { "up" }));
+            }
             _ => {
                 let down = !self.outage;
                 self.set_outage(down).await;
@@ -665,15 +685,16 @@ impl Sim {
     }
 
     async fn place(&mut self) -> Result<(), SimError> {
-        let customer = self.customers[self.rng.below(self.customers.len() as u64) as usize].clone();
-        let lines = self.rng.range(1, 2);
+        let customer =
+            self.customers[self.plan.below(self.customers.len() as u64) as usize].clone();
+        let lines = self.plan.range(1, 2);
         let items: Vec<Value> = (0..lines)
             .map(|_| {
-                let sku = &self.skus[self.rng.below(self.skus.len() as u64) as usize];
-                json!({"sku": sku, "quantity": self.rng.range(1, 3)})
+                let sku = &self.skus[self.plan.below(self.skus.len() as u64) as usize];
+                json!({"sku": sku, "quantity": self.plan.range(1, 3)})
             })
             .collect();
-        let card = if self.rng.chance(0.2) {
+        let card = if self.plan.chance(0.2) {
             DECLINED_CARD
         } else {
             GOOD_CARD

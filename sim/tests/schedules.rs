@@ -118,3 +118,55 @@ fn catches_a_relay_that_deletes_before_it_publishes() {
 fn catches_an_order_that_drops_a_late_fact() {
     catches(shopflow_sim::PlantedBug::OrderDropsLateFact, 400);
 }
+
+/// With stock for every order and the gateway up, an order's fate is its card's: both saga
+/// styles must come to it, whatever else the schedule does (crashes, redeliveries, duplicates,
+/// reordering, poison, mailer outages).
+#[test]
+fn both_saga_styles_reach_the_same_business_outcome() {
+    use shopflow_service::SagaStyle;
+    let n = env_u64("SHOPFLOW_SIM_STYLE_SCHEDULES").unwrap_or(60);
+    let seeds: Vec<u64> = (0..n).collect();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let bad = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(seed) = seeds.get(i) else { break };
+                    let mut o = Options::from_seed(*seed);
+                    o.ample_stock = true;
+                    o.faults.outage = 0.0;
+                    let choreo = run(&Options {
+                        style: SagaStyle::Choreography,
+                        ..o.clone()
+                    });
+                    let orch = run(&Options {
+                        style: SagaStyle::Orchestration,
+                        ..o
+                    });
+                    let fates = |r: &Report| -> Vec<String> {
+                        r.outcomes.iter().map(|(_, s)| s.clone()).collect()
+                    };
+                    if !choreo.ok() || !orch.ok() || fates(&choreo) != fates(&orch) {
+                        bad.lock().unwrap().push((*seed, choreo, orch));
+                    }
+                }
+            });
+        }
+    });
+    let bad = bad.into_inner().unwrap();
+    if let Some((seed, c, o)) = bad.first() {
+        eprintln!(
+            "choreography:\n{}\norchestration:\n{}",
+            c.explain(),
+            o.explain()
+        );
+        panic!(
+            "{} of {n} seeds differ between the saga styles (first: {seed})",
+            bad.len()
+        );
+    }
+}

@@ -57,6 +57,22 @@ pub trait Mailer: Send + Sync + 'static {
 pub enum Delivery {
     Spool(Spool),
     Smtp(Smtp),
+    /// Another delivery behind an outage switch (see [`MailerOutage`]).
+    Switched(Box<Delivery>, MailerOutage),
+}
+
+/// A switch that takes message delivery down while it is on, for reliability drills and the
+/// simulator: every delivery fails as a mail server's outage would (the breaker counts it).
+#[derive(Debug, Clone, Default)]
+pub struct MailerOutage(pub std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl MailerOutage {
+    pub fn set(&self, down: bool) {
+        self.0.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+    pub fn is_down(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl Mailer for Delivery {
@@ -64,18 +80,53 @@ impl Mailer for Delivery {
         match self {
             Delivery::Spool(s) => s.deliver(m),
             Delivery::Smtp(s) => s.deliver(m),
+            Delivery::Switched(_, outage) if outage.is_down() => Err(std::io::Error::other(
+                "message delivery is down (outage switch)",
+            )),
+            Delivery::Switched(d, _) => d.deliver(m),
         }
     }
     fn sync(&self) -> std::io::Result<()> {
         match self {
             Delivery::Spool(s) => s.sync(),
             Delivery::Smtp(s) => s.sync(),
+            Delivery::Switched(d, _) => d.sync(),
         }
     }
     fn blocks(&self) -> bool {
         match self {
             Delivery::Spool(s) => s.blocks(),
             Delivery::Smtp(s) => s.blocks(),
+            Delivery::Switched(d, _) => d.blocks(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outage_switch_fails_deliveries_only_while_it_is_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let switch = MailerOutage::default();
+        let d = Delivery::Switched(
+            Box::new(Delivery::Spool(Spool::new(dir.path()))),
+            switch.clone(),
+        );
+        let m = Outbound {
+            id: "n1".into(),
+            channel: "email",
+            to: "ada@example.com".into(),
+            subject: "hello".into(),
+            body: "body".into(),
+        };
+        switch.set(true);
+        let e = d.deliver(&m).expect_err("down");
+        assert!(e.to_string().contains("outage switch"), "{e}");
+        switch.set(false);
+        let at = d.deliver(&m).expect("up again");
+        d.sync().expect("sync");
+        assert!(spool::read_spooled(&at).expect("spooled").contains("hello"));
     }
 }

@@ -37,6 +37,10 @@ async fn start(ctx: Context) -> Result<Started> {
         }
         None => Delivery::Spool(Spool::new(dir)),
     };
+    let delivery = match ctx.settings.get::<crate::MailerOutage>() {
+        Some(switch) => Delivery::Switched(Box::new(delivery), switch),
+        None => delivery,
+    };
     let notifications = Notifications::open(ctx.db, Arc::new(delivery))
         .await?
         .with_breaker(ctx.settings.breaker.clone());
