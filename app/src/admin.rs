@@ -365,6 +365,26 @@ pub(crate) fn dlq(cmd: Dlq) -> anyhow::Result<()> {
                 letters.len(),
                 v["counts"]
             );
+            let parked = v["parked"].as_array().cloned().unwrap_or_default();
+            if !parked.is_empty() {
+                println!(
+                    "\nparked keys (later records wait behind the head until it is redriven and handled, or discarded):"
+                );
+                println!(
+                    "{:<16} {:<40} {:>5} {:<36} ERROR",
+                    "CONSUMER", "KEY", "DEPTH", "HEAD"
+                );
+                for p in &parked {
+                    println!(
+                        "{:<16} {:<40} {:>5} {:<36} {}",
+                        clip(&s(&p["consumer"]), 16),
+                        clip(&s(&p["key"]), 40),
+                        s(&p["depth"]),
+                        clip(&s(&p["head"]), 36),
+                        clip(&s(&p["headError"]), 60)
+                    );
+                }
+            }
             Ok(())
         }
         Dlq::Show { id, common } => {

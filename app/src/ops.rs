@@ -154,6 +154,9 @@ pub(crate) struct DiscardBody {
 pub(crate) struct DeadLetters {
     dead_letters: Vec<dlq::DeadLetter>,
     counts: BTreeMap<String, i64>,
+    /// Keys parked behind a dead letter, per consumer group of this process's services: their
+    /// later records wait until the head is redriven and handled, or discarded.
+    parked: Vec<dlq::Parked>,
 }
 
 /// What a redrive of one dead letter did.
@@ -205,6 +208,18 @@ impl Ops {
             .with_state(Arc::new(self))
     }
 
+    /// Every key parked behind a dead letter in the consumer groups of this process's services.
+    pub async fn parked(&self) -> Result<Vec<dlq::Parked>, ApiError> {
+        let mut out = Vec::new();
+        for (owner, db) in &self.outboxes {
+            if *owner != crate::services::OPS {
+                out.extend(dlq::parked(db).await.map_err(dlq_error)?);
+            }
+        }
+        out.sort_by(|a, b| (&a.consumer, &a.key).cmp(&(&b.consumer, &b.key)));
+        Ok(out)
+    }
+
     /// Lag of every group on every partition, and the outbox backlogs.
     pub async fn lag(&self) -> Result<LagReport, ApiError> {
         let mut partitions = Vec::new();
@@ -253,9 +268,11 @@ pub(crate) async fn list_dlq(
 ) -> Result<Json<DeadLetters>, ApiError> {
     let dead_letters = dlq::list(&ops.db, &filter).await.map_err(dlq_error)?;
     let counts = dlq::counts(&ops.db).await.map_err(dlq_error)?;
+    let parked = ops.parked().await?;
     Ok(Json(DeadLetters {
         dead_letters,
         counts,
+        parked,
     }))
 }
 
@@ -410,6 +427,20 @@ pub(crate) async fn metrics(State(ops): State<Arc<Ops>>) -> Result<Response, Api
         let n = counts.get(status).copied().unwrap_or(0);
         metrics::gauge!("shopflow_dead_letters", "status" => status).set(n as f64);
     }
+    let mut parked: BTreeMap<String, (u64, u64)> = ops
+        .groups
+        .iter()
+        .map(|g| ((*g).to_owned(), (0, 0)))
+        .collect();
+    for p in ops.parked().await? {
+        let e = parked.entry(p.consumer).or_default();
+        e.0 += 1;
+        e.1 += p.depth;
+    }
+    for (group, (keys, records)) in parked {
+        metrics::gauge!("shopflow_dlq_parked_keys", "consumer" => group.clone()).set(keys as f64);
+        metrics::gauge!("shopflow_dlq_parked_records", "consumer" => group).set(records as f64);
+    }
     for b in &ops.breakers {
         metrics::gauge!("shopflow_breaker_state", "breaker" => b.name().to_owned())
             .set(b.state().gauge());
@@ -445,6 +476,7 @@ pub(crate) async fn metrics(State(ops): State<Arc<Ops>>) -> Result<Response, Api
         dlq::DeadLetterDetail,
         dlq::Redriven,
         dlq::BulkRedrive,
+        dlq::Parked,
         RedrivenOne,
         DiscardBody,
         LagReport,

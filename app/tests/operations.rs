@@ -172,13 +172,15 @@ async fn poison_on_the_bus_is_dead_lettered_while_orders_flow() {
     let topic = "orders.order-created";
     shop.log
         .publish(vec![
-            Message::new(topic, "poison", "this is not json"),
-            Message::new(topic, "poison", r#"{"just": "json"}"#),
-            Message::new(topic, "poison", envelope("OrderTeleported", 1, json!({}))),
-            Message::new(topic, "poison", envelope("OrderCreated", 99, json!({}))),
+            // One key each: records of one key would wait behind the first dead letter
+            // (sequenced dead letters, tested below).
+            Message::new(topic, "poison-1", "this is not json"),
+            Message::new(topic, "poison-2", r#"{"just": "json"}"#),
+            Message::new(topic, "poison-3", envelope("OrderTeleported", 1, json!({}))),
+            Message::new(topic, "poison-4", envelope("OrderCreated", 99, json!({}))),
             Message::new(
                 topic,
-                "poison",
+                "poison-5",
                 envelope("OrderCreated", 2, json!({"orderId": 42})),
             ),
         ])
@@ -287,6 +289,97 @@ async fn poison_on_the_bus_is_dead_lettered_while_orders_flow() {
 
 /// Lag and metrics after the shop drained: every group at zero lag, and the metric families an
 /// operator alerts on are exported.
+/// Sequenced dead letters through the API: a dead letter of key K parks K's later records in
+/// the group (visible in `/admin/dlq` and the metrics) while orders flow; discarding the head
+/// releases them, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_parks_its_key_until_its_head_is_discarded() {
+    let (shop, c, _dir) = start(|_| {}).await;
+    let topic = "orders.order-created";
+    shop.log
+        .publish(vec![
+            Message::new(topic, "stuck", "this is not json"),
+            Message::new(topic, "stuck", r#"{"just": "json"}"#),
+        ])
+        .await
+        .unwrap();
+    let c2 = c.clone();
+    blocking(move || {
+        let parked = |c: &Client| {
+            let (s, v) = c.get("/admin/dlq");
+            assert_eq!(s, 200, "{v}");
+            v["parked"].as_array().unwrap().clone()
+        };
+        // payment and notification read the topic: each dead-letters the first record and
+        // parks the key, with the second behind it.
+        wait_until("the key parked in payment and notification", || {
+            parked(&c2).len() == 2 && dead_letters(&c2, &format!("topic={topic}")).len() == 2
+        });
+        let p = parked(&c2);
+        for (row, group) in p.iter().zip(["notification", "payment"]) {
+            assert_eq!(row["consumer"], group, "{p:#?}");
+            assert_eq!(row["key"], "stuck");
+            assert_eq!(row["depth"], 1);
+            assert!(
+                row["headError"]
+                    .as_str()
+                    .unwrap()
+                    .contains("expected ident"),
+                "{row}"
+            );
+        }
+        let (_, text) = c2.get("/metrics");
+        let text = text.as_str().unwrap().to_owned();
+        for line in [
+            "shopflow_dlq_parked_keys{consumer=\"payment\"} 1",
+            "shopflow_dlq_parked_records{consumer=\"payment\"} 1",
+            "shopflow_dlq_parked_keys{consumer=\"order\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from /metrics");
+        }
+        // Orders of other keys flow meanwhile.
+        c2.put_product("P1", 500, 100);
+        let user = c2.register("kim@example.com", None);
+        let id = c2.place_ok(&order(&user, "P1", 1, GOOD_CARD, "DE"));
+        assert_eq!(c2.wait_final(&id)["status"], "SHIPPED");
+
+        // The operator discards payment's head: payment takes the record that waited, which is
+        // poison too: it is dead-lettered now and heads the key in its turn.
+        let head = dead_letters(&c2, &format!("topic={topic}&consumer=payment"));
+        assert_eq!(head.len(), 1);
+        let (s, d) = c2.send(
+            "POST",
+            &format!("/admin/dlq/{}/discard", head[0]["id"].as_str().unwrap()),
+            r#"{"reason": "a broken producer's test record"}"#,
+            &[],
+        );
+        assert_eq!(s, 200, "{d}");
+        wait_until("the waiting record dead-lettered by payment", || {
+            dead_letters(&c2, &format!("topic={topic}&consumer=payment")).len() == 1
+                && dead_letters(&c2, &format!("topic={topic}&consumer=payment"))[0]["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("unknown field `just`")
+        });
+        let p = parked(&c2);
+        let payment = p.iter().find(|r| r["consumer"] == "payment").unwrap();
+        assert_eq!(payment["depth"], 0, "{p:#?}");
+        assert!(
+            payment["headError"]
+                .as_str()
+                .unwrap()
+                .contains("unknown field")
+        );
+        let notification = p.iter().find(|r| r["consumer"] == "notification").unwrap();
+        assert_eq!(
+            notification["depth"], 1,
+            "notification's key is untouched: {p:#?}"
+        );
+    })
+    .await;
+    shop.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_and_metrics_report_a_drained_shop() {
     let (shop, c, _dir) = start(|_| {}).await;

@@ -70,8 +70,11 @@ pub struct Faults {
     pub redeliver: f64,
     /// Per step: a record on the bus is appended again (a producer's retry).
     pub duplicate: f64,
-    /// Per step: a record that is no envelope lands on a topic.
+    /// Per step: a record that is no envelope lands on a topic (under an order's key half the
+    /// time, so that the order's later records wait behind its dead letter).
     pub poison: f64,
+    /// Per step: the operator redrives or discards the open dead letters.
+    pub operator: f64,
     /// Per step: the payment gateway goes down, or comes back.
     pub outage: f64,
     /// Per step: message delivery (the mailer) goes down, or comes back.
@@ -115,6 +118,7 @@ impl Options {
             redeliver: p(0.05),
             duplicate: p(0.05),
             poison: p(0.02),
+            operator: p(0.02),
             outage: p(0.03),
             mailer_outage: p(0.03),
             gateway_latency: Duration::ZERO,
@@ -151,6 +155,8 @@ pub struct Report {
     /// What happened, step by step: the actions and the faults.
     pub trace: Vec<String>,
     pub steps: usize,
+    /// Records that waited behind a dead letter of their key (sequenced dead letters).
+    pub parked: u64,
 }
 
 impl Report {
@@ -316,13 +322,20 @@ struct Sim {
     skus: Vec<String>,
     /// Orders accepted (202), in placement order.
     placed: Vec<String>,
-    /// Poison records: topic and key.
-    poisons: Vec<(String, String)>,
+    /// Poison records: topic, key and value.
+    poisons: Vec<(String, String, bytes::Bytes)>,
+    /// The operations database (the dead-letter index) and its relay.
+    ops: Db,
+    ops_relay: Relay<SimBus>,
+    /// How far the dead-letter index has read each `.dlq` partition.
+    indexed: BTreeMap<TopicPartition, u64>,
     outage: bool,
     /// What the schedule places (drawn up front, so that both saga styles get the same).
     plan: Rng,
     /// Whether faults may happen now.
     faulty: bool,
+    /// Records parked behind a dead letter during the schedule.
+    report_parked: u64,
 }
 
 impl Sim {
@@ -352,7 +365,17 @@ impl Sim {
                 .await
                 .map_err(|e| e.to_string())?;
         }
+        let ops = DbUrl::Sqlite
+            .open(dir.path(), shopflow::services::OPS)
+            .await
+            .map_err(|e| format!("opening ops: {e}"))?;
+        ops.migrate_service(shopflow::services::OPS, shopflow_runtime::dlq::MIGRATIONS)
+            .await
+            .map_err(|e| format!("migrating ops: {e}"))?;
         let mut sim = Sim {
+            ops_relay: Relay::new(ops.clone(), bus.clone(), RelayConfig::default()),
+            ops,
+            indexed: BTreeMap::new(),
             rng: Rng::fork(opts.seed, 0xd21e),
             plan: Rng::fork(opts.seed, 0x91a4),
             mailer,
@@ -371,6 +394,7 @@ impl Sim {
             poisons: Vec::new(),
             outage: false,
             faulty: false,
+            report_parked: 0,
         };
         for s in SERVICES {
             let node = sim.start(s).await?;
@@ -562,6 +586,7 @@ impl Sim {
         let settled = self.settle().await?;
         let mut report = Report {
             steps: step,
+            parked: self.report_parked,
             ..Report::default()
         };
         if !settled {
@@ -633,6 +658,7 @@ impl Sim {
             (f.poison * 1000.0) as u32,
             (f.outage * 1000.0) as u32,
             (f.mailer_outage * 1000.0) as u32,
+            (f.operator * 1000.0) as u32,
         ];
         // The faults' probabilities are per step: the 24 parts of the rest make up the thousand.
         let scaled: Vec<u32> = weights
@@ -661,6 +687,9 @@ impl Sim {
             5 => self.redeliver(),
             6 => self.duplicate(),
             7 => self.poison().await?,
+            10 => {
+                self.operate().await?;
+            }
             9 => {
                 let down = !self.mailer.is_down();
                 self.mailer.set(down);
@@ -807,7 +836,25 @@ impl Sim {
             .collect();
         self.trace(format!("deliver {name}: {}", what.join(" ")));
         let n = records.len();
+        let stats = self.nodes[i].groups[g].runner.stats();
+        let (parked, dead) = (
+            stats.parked.load(std::sync::atomic::Ordering::Relaxed),
+            stats
+                .dead_lettered
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
         let result = self.nodes[i].groups[g].runner.deliver(&records).await;
+        let parked = stats.parked.load(std::sync::atomic::Ordering::Relaxed) - parked;
+        let dead = stats
+            .dead_lettered
+            .load(std::sync::atomic::Ordering::Relaxed)
+            - dead;
+        if parked + dead > 0 {
+            self.trace(format!(
+                "  {name}: {dead} dead-lettered, {parked} parked behind a dead letter"
+            ));
+            self.report_parked += parked;
+        }
         match result {
             Err(shopflow_store::Error::Crashed(at)) => {
                 self.crash(i, at).await?;
@@ -886,15 +933,68 @@ impl Sim {
     async fn poison(&mut self) -> Result<(), SimError> {
         let topics: Vec<String> = shopflow_contracts::all_topics();
         let t = topics[self.rng.below(topics.len() as u64) as usize].clone();
-        let key = format!("poison-{}", self.poisons.len());
+        let orders: Vec<&String> = self.placed.iter().filter(|o| !o.is_empty()).collect();
+        let key = if !orders.is_empty() && self.rng.chance(0.5) {
+            orders[self.rng.below(orders.len() as u64) as usize].clone()
+        } else {
+            format!("poison-{}", self.poisons.len())
+        };
         let value = bus::poison_value(self.poisons.len() as u64);
         self.bus
-            .publish(vec![Message::new(t.clone(), key.clone(), value)])
+            .publish(vec![Message::new(t.clone(), key.clone(), value.clone())])
             .await
             .map_err(|e| e.to_string())?;
         self.trace(format!("POISON {t} key {key}"));
-        self.poisons.push((t, key));
+        self.poisons.push((t, key, value));
         Ok(())
+    }
+
+    /// The operator: indexes new dead letters, then discards the poison among the open ones
+    /// (it can never be handled) and redrives the rest. Returns how many it acted on.
+    async fn operate(&mut self) -> Result<usize, SimError> {
+        use shopflow_runtime::dlq;
+        let dlq_topics: Vec<String> = shopflow::services::topics()
+            .iter()
+            .map(|t| shopflow_envelope::dlq_topic(t))
+            .collect();
+        let mut records = Vec::new();
+        for (tp, end) in self.bus.ends(&dlq_topics) {
+            let from = self.indexed.get(&tp).copied().unwrap_or(0);
+            records.extend(self.bus.slice(&tp, from, end));
+            self.indexed.insert(tp, end);
+        }
+        let mut tx = self.ops.begin().await.map_err(|e| e.to_string())?;
+        dlq::index(&mut tx, &records)
+            .await
+            .map_err(|e| e.to_string())?;
+        tx.commit().await.map_err(|e| e.to_string())?;
+        let open = dlq::list(&self.ops, &dlq::Filter::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        for letter in &open {
+            let detail = dlq::show(&self.ops, &letter.id)
+                .await
+                .map_err(|e| e.to_string())?;
+            let poison = letter.event_type == "(undecodable)" || letter.event_id.is_none();
+            if poison {
+                self.trace(format!(
+                    "operator discards {} ({} of {:?})",
+                    letter.id, letter.consumer, detail.key
+                ));
+                dlq::discard(&self.ops, &letter.id, "poison: no event")
+                    .await
+                    .map_err(|e| e.to_string())?;
+            } else {
+                self.trace(format!(
+                    "operator redrives {} ({}: {})",
+                    letter.id, letter.consumer, letter.error
+                ));
+                dlq::redrive(&self.ops, &letter.id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(open.len())
     }
 
     /// Runs every relay and consumer until nothing moves, moving the clock on when only
@@ -910,6 +1010,17 @@ impl Sim {
                     if n == 0 {
                         break;
                     }
+                }
+            }
+            loop {
+                let n = self
+                    .ops_relay
+                    .drain_once()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                moved += n;
+                if n == 0 {
+                    break;
                 }
             }
             for i in 0..self.nodes.len() {
@@ -934,7 +1045,12 @@ impl Sim {
                 self.tick(ms).await;
                 continue;
             }
-            // Nothing left to deliver: let the projector catch up and saga deadlines pass.
+            // Nothing left to deliver: the operator deals with the dead letters (as one would
+            // after a fix), then the projector catches up and saga deadlines pass.
+            if self.operate().await? > 0 {
+                idle = 0;
+                continue;
+            }
             idle += 1;
             if idle > 4 {
                 return Ok(true);
@@ -1021,12 +1137,13 @@ impl Sim {
             .iter()
             .flat_map(|n| n.groups.iter().map(|g| (g.name, g.topics.clone())))
             .collect();
-        for (topic, key) in &self.poisons {
+        for (topic, key, value) in &self.poisons {
             let dlq = shopflow_envelope::dlq_topic(topic);
             let mut by: BTreeSet<String> = BTreeSet::new();
             for (tp, end) in self.bus.ends(std::slice::from_ref(&dlq)) {
                 for r in self.bus.slice(&tp, 0, end) {
                     if r.key.as_deref() == Some(key.as_bytes())
+                        && r.value == *value
                         && let Some(c) = r.header(shopflow_runtime::headers::DLQ_CONSUMER)
                     {
                         by.insert(String::from_utf8_lossy(c).into_owned());
@@ -1039,6 +1156,18 @@ impl Sim {
                         "poison record {key} on {topic}: never dead-lettered by {group}"
                     ));
                 }
+            }
+        }
+        // Nothing waits behind a dead letter once the operator has dealt with them all.
+        for n in &self.nodes {
+            for p in shopflow_runtime::dlq::parked(&n.db)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                report.violations.push(format!(
+                    "{}: key {} still parked behind {} ({} waiting) after the operator dealt with every dead letter",
+                    p.consumer, p.key, p.head, p.depth
+                ));
             }
         }
         Ok(())

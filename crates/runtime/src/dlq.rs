@@ -121,6 +121,44 @@ pub struct DeadLetterDetail {
     pub headers: BTreeMap<String, String>,
 }
 
+/// A key parked behind a dead letter in a consumer group (sequenced dead letters): its later
+/// records wait until the head is redriven and handled, or discarded.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Parked {
+    pub consumer: String,
+    pub key: String,
+    /// The head's event id, when it could be decoded.
+    pub head_event_id: Option<String>,
+    /// Where the head was read: `<topic>/<partition>/<offset>` (its dead letter's original
+    /// position).
+    pub head: String,
+    pub head_error: String,
+    /// Records waiting behind the head.
+    pub depth: u64,
+    /// When the key was parked (RFC 3339, UTC).
+    pub parked_at: String,
+}
+
+/// The keys parked in the consumer groups of `db` (a service's database).
+pub async fn parked(db: &Db) -> Result<Vec<Parked>, Error> {
+    Ok(shopflow_store::parked::list(db)
+        .await?
+        .into_iter()
+        .map(|k| Parked {
+            consumer: k.consumer,
+            key: k.key,
+            head_event_id: k.head_event_id,
+            head: format!("{}/{}/{}", k.head_topic, k.head_partition, k.head_offset),
+            head_error: k.head_error,
+            depth: k.depth,
+            parked_at: chrono::DateTime::from_timestamp_millis(k.parked_at)
+                .unwrap_or_default()
+                .to_rfc3339(),
+        })
+        .collect())
+}
+
 /// Which dead letters to list or redrive (the query of `GET /admin/dlq`).
 #[derive(Clone, Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -422,13 +460,14 @@ pub struct Redriven {
 async fn redrive_in(tx: &mut Tx, id: &str) -> Result<Redriven, Error> {
     let rows = tx
         .query(
-            "SELECT status, original_topic, record_key, record_value, headers, consumer FROM dead_letters WHERE id = $1",
+            "SELECT status, original_topic, record_key, record_value, headers, consumer, original_partition, original_offset FROM dead_letters WHERE id = $1",
             params![id],
         )
         .await?;
     let r = rows.first().ok_or_else(|| Error::NotFound(id.to_owned()))?;
     let status = r.str(0)?;
     let consumer = r.str(5)?.to_owned();
+    let topic = r.str(1)?.to_owned();
     if status == "redriven" {
         // Once is enough: a second redrive (a retried call, two operators) sends nothing.
         return Ok(Redriven {
@@ -444,18 +483,25 @@ async fn redrive_in(tx: &mut Tx, id: &str) -> Result<Redriven, Error> {
             status: status.to_owned(),
         });
     }
-    let topic = r.str(1)?.to_owned();
     let stored: BTreeMap<String, String> = serde_json::from_str(r.str(4)?).unwrap_or_default();
     let mut hdrs: Vec<(String, Bytes)> = stored
         .into_iter()
         .filter(|(k, _)| {
-            !k.starts_with("dlq-") && k != headers::REDRIVEN_FROM && k != headers::REDRIVEN_FOR
+            !k.starts_with("dlq-")
+                && k != headers::REDRIVEN_FROM
+                && k != headers::REDRIVEN_FOR
+                && k != headers::REDRIVEN_ORIGIN
         })
         .map(|(k, v)| (k, Bytes::from(v.into_bytes())))
         .collect();
     hdrs.push((
         headers::REDRIVEN_FROM.to_owned(),
         Bytes::copy_from_slice(id.as_bytes()),
+    ));
+    // The group that parked the record's key behind it knows its head by this.
+    hdrs.push((
+        headers::REDRIVEN_ORIGIN.to_owned(),
+        Bytes::from(format!("{topic}/{}/{}", r.i64(6)?, r.i64(7)?).into_bytes()),
     ));
     // Only the group that dead-lettered it handles it again (see `stage::redrive`); a dead
     // letter of unknown origin goes to every group, as it came.
@@ -561,25 +607,55 @@ pub async fn redrive_matching(db: &Db, filter: &Filter) -> Result<BulkRedrive, E
     })
 }
 
-/// Closes an open dead letter without redriving it; the reason is kept.
+/// Closes an open dead letter without redriving it; the reason is kept. The group that
+/// dead-lettered it is told (a discard marker on the original topic, under the record's key), so
+/// that it releases the records it parked behind it (see `stage::park`).
 pub async fn discard(db: &Db, id: &str, reason: &str) -> Result<DeadLetter, Error> {
     if reason.trim().is_empty() {
         return Err(Error::Invalid("a discard needs a reason".into()));
     }
     let mut tx = db.begin().await?;
     let rows = tx
-        .query("SELECT status FROM dead_letters WHERE id = $1", params![id])
+        .query(
+            "SELECT status, original_topic, original_partition, original_offset, consumer, record_key FROM dead_letters WHERE id = $1",
+            params![id],
+        )
         .await?;
-    let status = rows
-        .first()
-        .ok_or_else(|| Error::NotFound(id.to_owned()))?
-        .str(0)?
-        .to_owned();
+    let row = rows.first().ok_or_else(|| Error::NotFound(id.to_owned()))?;
+    let status = row.str(0)?.to_owned();
     if status != "open" {
         return Err(Error::NotOpen {
             id: id.to_owned(),
             status,
         });
+    }
+    let topic = row.str(1)?.to_owned();
+    let consumer = row.str(4)?.to_owned();
+    if let Some(key) = row.opt_bytes(5)? {
+        let mut hdrs = vec![
+            (
+                headers::DISCARDED_FROM.to_owned(),
+                Bytes::copy_from_slice(id.as_bytes()),
+            ),
+            (
+                headers::REDRIVEN_ORIGIN.to_owned(),
+                Bytes::from(format!("{topic}/{}/{}", row.i64(2)?, row.i64(3)?).into_bytes()),
+            ),
+        ];
+        if consumer != "unknown" {
+            hdrs.push((
+                headers::REDRIVEN_FOR.to_owned(),
+                Bytes::copy_from_slice(consumer.as_bytes()),
+            ));
+        }
+        let marker = Message {
+            topic,
+            key: Some(Bytes::copy_from_slice(key)),
+            value: Bytes::new(),
+            headers: hdrs,
+            timestamp_ms: None,
+        };
+        outbox::enqueue(&mut tx, &[marker]).await?;
     }
     tx.execute(
         "UPDATE dead_letters SET status = 'discarded', status_reason = $2, status_at = $3 WHERE id = $1",

@@ -93,6 +93,13 @@ pub trait Handler: Send + Sync + 'static {
     fn lanes(&self) -> usize {
         1
     }
+    /// Whether a dead letter of key K parks K's later records in this group until it is
+    /// redriven and handled, or discarded (see `stage::park`). On by default: effects that
+    /// depend on the order of a key's events must not see them out of order. A handler whose
+    /// effects for each event stand alone opts out, and its later records flow on.
+    fn sequenced_dead_letters(&self) -> bool {
+        true
+    }
     /// Handles one event inside the runtime's transaction: write state through `tx`, return what
     /// to publish (the runtime puts it in the outbox of the same transaction). Events of types it
     /// does not handle should return `Ok(vec![])`.
@@ -148,6 +155,9 @@ impl Handler for BoxHandler {
     fn lanes(&self) -> usize {
         self.0.lanes()
     }
+    fn sequenced_dead_letters(&self) -> bool {
+        self.0.sequenced_dead_letters()
+    }
     fn handle<'a>(
         &'a self,
         tx: &'a mut Tx,
@@ -164,6 +174,7 @@ trait ErasedHandler: Send + Sync {
     fn breakers(&self) -> Vec<Arc<CircuitBreaker>>;
     fn complete_sources(&self) -> Vec<&'static str>;
     fn lanes(&self) -> usize;
+    fn sequenced_dead_letters(&self) -> bool;
     fn call<'a>(
         &'a self,
         tx: &'a mut Tx,
@@ -186,6 +197,9 @@ impl<H: Handler> ErasedHandler for H {
     }
     fn lanes(&self) -> usize {
         Handler::lanes(self)
+    }
+    fn sequenced_dead_letters(&self) -> bool {
+        Handler::sequenced_dead_letters(self)
     }
     fn call<'a>(
         &'a self,

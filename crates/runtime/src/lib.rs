@@ -34,6 +34,13 @@ pub mod headers {
     /// Set on a redriven record: the one consumer group it is for (the one that dead-lettered
     /// it); the other groups of the topic pass it by.
     pub const REDRIVEN_FOR: &str = "redriven-for";
+    /// Set on a redriven record and on a discard marker: where the dead letter's record was
+    /// read (`<topic>/<partition>/<offset>`), so the group that parked its key behind it
+    /// recognises its head.
+    pub const REDRIVEN_ORIGIN: &str = "redriven-origin";
+    /// A discard marker (no event): the id of the dead letter an operator discarded, sent to
+    /// the group that dead-lettered it so that it releases the records parked behind it.
+    pub const DISCARDED_FROM: &str = "discarded-from";
 }
 
 /// A signal that tells long-running tasks to stop.

@@ -56,6 +56,8 @@ pub struct RunnerStats {
     pub handled: AtomicU64,
     pub duplicates: AtomicU64,
     pub dead_lettered: AtomicU64,
+    /// Records kept behind their key's dead letter.
+    pub parked: AtomicU64,
     pub transient_failures: AtomicU64,
     /// Times the consumer paused because a dependency was unavailable.
     pub paused: AtomicU64,
@@ -67,6 +69,7 @@ struct Meters {
     consumed: metrics::Counter,
     duplicates: metrics::Counter,
     dead_lettered: metrics::Counter,
+    parked: metrics::Counter,
     failed_transient: metrics::Counter,
     failed_unavailable: metrics::Counter,
     /// Transactions committed (one per polled batch): events per batch = consumed / batches.
@@ -80,6 +83,7 @@ impl Meters {
             consumed: metrics::counter!("shopflow_events_consumed_total", "consumer" => consumer),
             duplicates: metrics::counter!("shopflow_events_duplicate_total", "consumer" => consumer),
             dead_lettered: metrics::counter!("shopflow_events_dead_lettered_total", "consumer" => consumer),
+            parked: metrics::counter!("shopflow_events_parked_total", "consumer" => consumer),
             failed_transient: failed("transient"),
             failed_unavailable: failed("unavailable"),
             batches: metrics::counter!("shopflow_consumer_batches_total", "consumer" => consumer),
@@ -359,6 +363,7 @@ impl<B: Bus> Runner<B> {
                     tx: &mut tx,
                     record: r,
                     envelope: None,
+                    failure: None,
                 };
                 self.stack.handle(&mut ctx).await?
             };
@@ -394,6 +399,10 @@ impl<B: Bus> Runner<B> {
             }
             Outcome::DeadLettered => {
                 tally(&self.stats.dead_lettered, &self.meters.dead_lettered);
+                None
+            }
+            Outcome::Parked => {
+                tally(&self.stats.parked, &self.meters.parked);
                 None
             }
             Outcome::Retry { delay, reason } => Some(Stop::Retry { delay, reason }),

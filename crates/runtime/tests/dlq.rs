@@ -247,3 +247,178 @@ async fn dead_letters_are_listed_discarded_and_redriven_once() {
     }
     log.close().await.unwrap();
 }
+
+fn keyed(n: i64, key: &str, offset: u64) -> shopflow_bus::Record {
+    let m = {
+        let env = Envelope::from_parts(
+            "Numbered",
+            1,
+            Kind::Integration,
+            serde_json::json!({"n": n}),
+            Meta::new("test", key, n as u64),
+        )
+        .unwrap();
+        Message::new("in", key.to_owned(), env.encode().unwrap())
+    };
+    shopflow_bus::Record {
+        topic: Arc::from("in"),
+        partition: 0,
+        offset,
+        timestamp_ms: 0,
+        key: m.key,
+        value: m.value,
+        headers: m.headers,
+    }
+}
+
+/// What `consumer` handled, in the order it handled it.
+async fn handled(db: &Db, consumer: &str) -> Vec<i64> {
+    db.query(
+        "SELECT n FROM seen WHERE consumer = $1 ORDER BY rowid",
+        params![consumer],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.i64(0).unwrap())
+    .collect()
+}
+
+/// Relays `from`'s outbox to the log and returns what landed on `topic` since `after` (per
+/// partition end seen before).
+async fn relay_and_read(from: &Db, log: &Log, topic: &str) -> Vec<shopflow_bus::Record> {
+    let mut before = Vec::new();
+    for p in 0..2 {
+        let tp = shopflow_bus::TopicPartition::new(topic, p);
+        before.push((tp.clone(), log.watermarks(&tp).await.unwrap().1));
+    }
+    Relay::new(from.clone(), log.clone(), RelayConfig::default())
+        .drain_once()
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for (tp, end) in before {
+        out.extend(Bus::read(log, &tp, end, 100).await.unwrap());
+    }
+    out
+}
+
+/// Sequenced dead letters: a dead letter of key K parks K's later records in the group; other
+/// keys flow on; redriving the head (handled now) or discarding it releases them, in order.
+#[tokio::test]
+async fn a_dead_letter_parks_its_key_until_redriven_or_discarded() {
+    use shopflow_envelope::Event as _;
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path().join("log"), shopflow_log::Config::default()).unwrap();
+    for t in [
+        "in".to_owned(),
+        "in.dlq".to_owned(),
+        shopflow_runtime::system::EventDeadLettered::topic(),
+    ] {
+        log.create_topic(&t, &TopicSpec::new(2)).await.unwrap();
+    }
+    let svc = Db::open_sqlite(dir.path().join("svc.db")).unwrap();
+    svc.migrate_building_blocks().await.unwrap();
+    let mut tx = svc.begin().await.unwrap();
+    tx.batch("CREATE TABLE seen (consumer TEXT NOT NULL, n INTEGER NOT NULL)")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let ops = Db::open_sqlite(dir.path().join("ops.db")).unwrap();
+    ops.migrate_service("ops", dlq::MIGRATIONS).await.unwrap();
+    let mut registry = Registry::new();
+    registry.register_type("Numbered", 1, Kind::Integration);
+    let broken = Arc::new(AtomicBool::new(true));
+    let runner = Runner::new(
+        log.clone(),
+        svc.clone(),
+        Arc::new(Recorder {
+            name: "fragile",
+            broken: broken.clone(),
+        }),
+        Arc::new(registry),
+        RunnerConfig::default(),
+    );
+
+    // 3 fails for good: its key K is parked, and K's 4 and 6 wait; L's 5 flows on.
+    let batch = vec![
+        keyed(1, "K", 0),
+        keyed(3, "K", 1),
+        keyed(4, "K", 2),
+        keyed(5, "L", 3),
+        keyed(6, "K", 4),
+    ];
+    let d = runner.deliver(&batch).await.unwrap();
+    assert_eq!(
+        d.commit,
+        vec![(shopflow_bus::TopicPartition::new("in", 0), 5)]
+    );
+    assert_eq!(handled(&svc, "fragile").await, vec![1, 5]);
+    let stats = runner.stats();
+    assert_eq!(stats.parked.load(Ordering::Relaxed), 2);
+    assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 1);
+    let parked = dlq::parked(&svc).await.unwrap();
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!(
+        (
+            parked[0].key.as_str(),
+            parked[0].depth,
+            parked[0].head.as_str()
+        ),
+        ("K", 2, "in/0/1")
+    );
+    assert!(parked[0].head_error.contains("no tax rate"), "{parked:?}");
+    // A redelivery of the batch parks nothing twice and handles nothing twice.
+    runner.deliver(&batch).await.unwrap();
+    assert_eq!(handled(&svc, "fragile").await, vec![1, 5]);
+    assert_eq!(dlq::parked(&svc).await.unwrap()[0].depth, 2);
+
+    // The dead letter reaches the index; the fix ships; the operator redrives it.
+    let letters = relay_and_read(&svc, &log, "in.dlq").await;
+    let mut tx = ops.begin().await.unwrap();
+    dlq::index(&mut tx, &letters).await.unwrap();
+    tx.commit().await.unwrap();
+    let open = dlq::list(&ops, &Filter::default()).await.unwrap();
+    assert_eq!(open.len(), 1);
+    broken.store(false, Ordering::SeqCst);
+    dlq::redrive(&ops, &open[0].id).await.unwrap();
+    let redriven = relay_and_read(&ops, &log, "in").await;
+    assert_eq!(redriven.len(), 1);
+    runner.deliver(&redriven).await.unwrap();
+    assert_eq!(
+        handled(&svc, "fragile").await,
+        vec![1, 5, 3, 4, 6],
+        "the head, then what waited behind it, in order"
+    );
+    assert!(dlq::parked(&svc).await.unwrap().is_empty());
+    // Later records of K flow again.
+    runner.deliver(&[keyed(7, "K", 5)]).await.unwrap();
+    assert_eq!(handled(&svc, "fragile").await, vec![1, 5, 3, 4, 6, 7]);
+
+    // Discarding a head releases its key too, without handling the head.
+    broken.store(true, Ordering::SeqCst);
+    runner
+        .deliver(&[keyed(3, "M", 6), keyed(8, "M", 7)])
+        .await
+        .unwrap();
+    assert_eq!(dlq::parked(&svc).await.unwrap()[0].depth, 1);
+    let letters = relay_and_read(&svc, &log, "in.dlq").await;
+    let mut tx = ops.begin().await.unwrap();
+    dlq::index(&mut tx, &letters).await.unwrap();
+    tx.commit().await.unwrap();
+    let open = dlq::list(&ops, &Filter::default()).await.unwrap();
+    assert_eq!(open.len(), 1);
+    dlq::discard(&ops, &open[0].id, "order was withdrawn")
+        .await
+        .unwrap();
+    let marker = relay_and_read(&ops, &log, "in").await;
+    assert_eq!(marker.len(), 1);
+    assert!(marker[0].value.is_empty());
+    let d = runner.deliver(&marker).await.unwrap();
+    assert!(d.stop.is_none(), "{d:?}");
+    assert_eq!(handled(&svc, "fragile").await, vec![1, 5, 3, 4, 6, 7, 8]);
+    assert!(dlq::parked(&svc).await.unwrap().is_empty());
+    // A second delivery of the marker changes nothing.
+    runner.deliver(&marker).await.unwrap();
+    assert_eq!(handled(&svc, "fragile").await, vec![1, 5, 3, 4, 6, 7, 8]);
+}

@@ -239,12 +239,21 @@ async fn a_panicking_handler_is_dead_lettered_with_its_message() {
         "{reason}"
     );
     assert_eq!(header(&dead[0], headers::DLQ_ATTEMPTS), "1");
-    // Events around it are handled; the panicking handler's own write is rolled back.
+    // Events before it are handled; the panicking handler's own write is rolled back; the
+    // later events of its key (every event here has one key) wait behind it: sequenced dead
+    // letters (stage::park).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while rig.seen().await.len() < 6 && tokio::time::Instant::now() < deadline {
+    while rig.stats.parked.load(Ordering::Relaxed) < 2 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(rig.seen().await, vec![1, 2, 3, 4, 6, 7]);
+    assert_eq!(rig.seen().await, vec![1, 2, 3, 4]);
+    let parked = shopflow_runtime::dlq::parked(&rig.db).await.unwrap();
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!((parked[0].key.as_str(), parked[0].depth), ("one-key", 2));
+    assert!(
+        parked[0].head_error.contains("handler panicked"),
+        "{parked:?}"
+    );
     rig.stop().await;
 }
 

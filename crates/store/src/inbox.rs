@@ -28,6 +28,17 @@ pub async fn contains(db: &Db, consumer: &str, message_id: &str) -> Result<bool>
     Ok(!rows.is_empty())
 }
 
+/// Whether `consumer` has handled `message_id`, within the transaction `tx`.
+pub async fn contains_in(tx: &mut Tx, consumer: &str, message_id: &str) -> Result<bool> {
+    let rows = tx
+        .query(
+            "SELECT 1 FROM inbox WHERE consumer = $1 AND message_id = $2",
+            params![consumer, message_id],
+        )
+        .await?;
+    Ok(!rows.is_empty())
+}
+
 /// Deletes records handled before `before_ms` (ms since the epoch). Keep them longer than any
 /// message can be redelivered: the bus's retention is the natural bound.
 pub async fn purge_before(db: &Db, before_ms: i64) -> Result<u64> {

@@ -9,6 +9,7 @@ mod headers;
 pub mod inbox;
 mod migrate;
 pub mod outbox;
+pub mod parked;
 pub mod sequence;
 mod value;
 
@@ -46,6 +47,7 @@ pub const MIGRATIONS: &[Migration] = &[
         "positions_by_transaction",
         "006_positions_by_transaction.sql"
     ),
+    migration!(7, "parked", "007_parked.sql"),
 ];
 
 /// The environment variable naming the PostgreSQL server that tests use

@@ -61,6 +61,7 @@ impl Stage for DeadLetter {
             if !inbox::record(ctx.tx, ctx.consumer, &marker).await? {
                 return Ok(Outcome::Duplicate);
             }
+            ctx.failure = Some(reason.clone());
             let r = ctx.record;
             match &ctx.envelope {
                 Some(env) => tracing::error!(

@@ -2,12 +2,14 @@
 //! rest of the stack (tower's middleware, watermill's handler middleware):
 //!
 //! ```text
-//!  redrive ─ dead_letter ─ decode ─ retry ─ savepoint ─ inbox ─ sequence ─ breaker ─ catch
-//!  (outermost)                                              ─ [timeout] ─ handler (innermost)
+//!  redrive ─ park ─ dead_letter ─ decode ─ retry ─ savepoint ─ inbox ─ sequence ─ breaker
+//!  (outermost)                                       ─ catch ─ [timeout] ─ handler (innermost)
 //! ```
 //!
 //! - [`redrive`]: a record redriven from a dead-letter queue goes to the one group it names;
 //!   the other groups of its topic pass it by.
+//! - [`park`]: sequenced dead letters — a key with a dead letter in this group is parked, and
+//!   its later records wait behind it until the head is redriven and handled, or discarded.
 //! - [`dead_letter`]: turns a given-up record into a dead letter on `<topic>.dlq` (once).
 //! - [`decode`]: decodes the envelope through the registry (upcasting); a record that is not a
 //!   valid, known event is given up at once.
@@ -33,6 +35,7 @@ pub mod catch;
 pub mod dead_letter;
 pub mod decode;
 pub mod inbox;
+pub mod park;
 pub mod redrive;
 pub mod retry;
 pub mod savepoint;
@@ -61,6 +64,8 @@ pub struct Ctx<'a> {
     pub record: &'a Record,
     /// Set by the decode stage.
     pub envelope: Option<Envelope>,
+    /// Why the record was dead-lettered (set by the dead-letter stage).
+    pub failure: Option<String>,
 }
 
 /// Failures of one record so far (kept in memory: a restart starts counting again).
@@ -91,6 +96,8 @@ pub enum Outcome {
     Duplicate,
     /// Written to the dead-letter topic (through the outbox).
     DeadLettered,
+    /// Kept behind its key's dead letter in this group (see [`park`]).
+    Parked,
     /// The handler or an inner stage failed; an outer stage decides what it means.
     Failed(HandlerError),
     /// Give the record up: the dead-letter stage writes it to `<topic>.dlq`.
@@ -109,7 +116,7 @@ impl Outcome {
     pub fn is_done(&self) -> bool {
         matches!(
             self,
-            Outcome::Handled | Outcome::Duplicate | Outcome::DeadLettered
+            Outcome::Handled | Outcome::Duplicate | Outcome::DeadLettered | Outcome::Parked
         )
     }
 }
@@ -199,7 +206,7 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// The runtime's stack for `handler`: redrive, dead-letter, decode, retry (by `retry`), savepoint,
+    /// The runtime's stack for `handler`: redrive, park (sequenced dead letters), dead-letter, decode, retry (by `retry`), savepoint,
     /// inbox, the handler's breakers (when it declares any), panic catching, and a timeout when
     /// `timeout` sets one.
     pub fn for_handler(
@@ -210,6 +217,7 @@ impl Stack {
     ) -> Self {
         let mut stages: Vec<Arc<dyn Stage>> = vec![
             Arc::new(redrive::Redrive),
+            Arc::new(park::Park::new(handler.sequenced_dead_letters())),
             Arc::new(dead_letter::DeadLetter),
             Arc::new(decode::Decode::new(registry)),
             Arc::new(retry::Retry::new(retry)),
@@ -344,6 +352,7 @@ pub(crate) mod testing {
                 tx: &mut tx,
                 record,
                 envelope: decoded,
+                failure: None,
             };
             stack.handle(&mut ctx).await.unwrap()
         };
