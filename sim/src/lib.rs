@@ -98,6 +98,9 @@ pub struct Options {
     pub ample_stock: bool,
     /// A known bug to plant (to prove the simulator finds its class).
     pub planted: Option<Bug>,
+    /// Transactions a consumer keeps in flight at once (`RunnerConfig::lanes`; the handlers cap
+    /// it as they do in production).
+    pub lanes: usize,
 }
 
 impl Options {
@@ -140,8 +143,167 @@ impl Options {
             faults,
             ample_stock: r.chance(0.5),
             planted: None,
+            lanes: if r.chance(0.5) {
+                1
+            } else {
+                PARTITIONS as usize
+            },
         }
     }
+}
+
+impl Options {
+    /// The schedule as one line (`SHOPFLOW_SIM_SPEC` replays it): every choice spelled out, so
+    /// that a shrunk schedule replays as exactly as a seed does.
+    pub fn spec(&self) -> String {
+        let f = &self.faults;
+        format!(
+            "seed={} style={} orders={} steps={} lanes={} stock={} latency_ms={} crash={} crash_point={} after_commit={} redeliver={} duplicate={} poison={} operator={} outage={} mailer={} planted={}",
+            self.seed,
+            self.style,
+            self.orders,
+            self.steps,
+            self.lanes,
+            if self.ample_stock { "ample" } else { "scarce" },
+            f.gateway_latency.as_millis(),
+            f.crash,
+            f.crash_point,
+            f.crash_after_commit,
+            f.redeliver,
+            f.duplicate,
+            f.poison,
+            f.operator,
+            f.outage,
+            f.mailer_outage,
+            match self.planted {
+                None => "none",
+                Some(Bug::EffectWithoutInbox) => "effect-without-inbox",
+                Some(Bug::RelayDeletesFirst) => "relay-deletes-first",
+                Some(Bug::OrderDropsLateFact) => "order-drops-late-fact",
+            }
+        )
+    }
+
+    /// Reads a [`spec`](Self::spec): `seed=` first; every other field overrides what the seed
+    /// would choose.
+    pub fn from_spec(spec: &str) -> Result<Options, String> {
+        let mut o: Option<Options> = None;
+        for part in spec.split_whitespace() {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}` is not key=value"))?;
+            let num = |v: &str| v.parse::<u64>().map_err(|e| format!("{k}: {e}"));
+            let p = |v: &str| v.parse::<f64>().map_err(|e| format!("{k}: {e}"));
+            if k == "seed" {
+                o = Some(Options::from_seed(num(v)?));
+                continue;
+            }
+            let o = o.as_mut().ok_or("a spec starts with seed=")?;
+            match k {
+                "style" => o.style = v.parse()?,
+                "orders" => o.orders = num(v)? as usize,
+                "steps" => o.steps = num(v)? as usize,
+                "lanes" => o.lanes = num(v)?.max(1) as usize,
+                "stock" => o.ample_stock = v == "ample",
+                "latency_ms" => o.faults.gateway_latency = Duration::from_millis(num(v)?),
+                "crash" => o.faults.crash = p(v)?,
+                "crash_point" => o.faults.crash_point = p(v)?,
+                "after_commit" => o.faults.crash_after_commit = p(v)?,
+                "redeliver" => o.faults.redeliver = p(v)?,
+                "duplicate" => o.faults.duplicate = p(v)?,
+                "poison" => o.faults.poison = p(v)?,
+                "operator" => o.faults.operator = p(v)?,
+                "outage" => o.faults.outage = p(v)?,
+                "mailer" => o.faults.mailer_outage = p(v)?,
+                "planted" => {
+                    o.planted = match v {
+                        "none" => None,
+                        "effect-without-inbox" => Some(Bug::EffectWithoutInbox),
+                        "relay-deletes-first" => Some(Bug::RelayDeletesFirst),
+                        "order-drops-late-fact" => Some(Bug::OrderDropsLateFact),
+                        other => return Err(format!("unknown planted bug `{other}`")),
+                    }
+                }
+                other => return Err(format!("unknown spec field `{other}`")),
+            }
+        }
+        o.ok_or_else(|| "a spec starts with seed=".to_owned())
+    }
+
+    /// How big the schedule is: orders, steps and the kinds of fault switched on.
+    pub fn size(&self) -> (usize, usize, usize) {
+        let f = &self.faults;
+        let on = [
+            f.crash,
+            f.crash_point,
+            f.crash_after_commit,
+            f.redeliver,
+            f.duplicate,
+            f.poison,
+            f.operator,
+            f.outage,
+            f.mailer_outage,
+        ]
+        .iter()
+        .filter(|p| **p > 0.0)
+        .count()
+            + usize::from(!f.gateway_latency.is_zero())
+            + usize::from(self.lanes > 1);
+        (self.orders, self.steps, on)
+    }
+
+    /// Smaller schedules to try when this one fails: fewer orders, fewer steps, one kind of
+    /// fault fewer.
+    fn smaller(&self) -> Vec<Options> {
+        let mut out = Vec::new();
+        let mut with = |f: &dyn Fn(&mut Options)| {
+            let mut o = self.clone();
+            f(&mut o);
+            if o.size() != self.size() {
+                out.push(o);
+            }
+        };
+        with(&|o| o.orders = (o.orders / 2).max(1));
+        with(&|o| o.orders = o.orders.saturating_sub(1).max(1));
+        with(&|o| o.steps = (o.steps / 2).max(5));
+        with(&|o| o.faults.crash = 0.0);
+        with(&|o| o.faults.crash_point = 0.0);
+        with(&|o| o.faults.crash_after_commit = 0.0);
+        with(&|o| o.faults.redeliver = 0.0);
+        with(&|o| o.faults.duplicate = 0.0);
+        with(&|o| o.faults.poison = 0.0);
+        with(&|o| o.faults.operator = 0.0);
+        with(&|o| o.faults.outage = 0.0);
+        with(&|o| o.faults.mailer_outage = 0.0);
+        with(&|o| o.faults.gateway_latency = Duration::ZERO);
+        with(&|o| o.lanes = 1);
+        out
+    }
+}
+
+/// Shrinks a failing schedule: tries smaller ones (fewer orders, steps and kinds of fault)
+/// and keeps any that still fails, until none does or `budget` runs are spent. Returns the
+/// smallest failing schedule found and its report.
+pub fn shrink(failing: &Options, budget: usize) -> (Options, Report) {
+    let mut best = failing.clone();
+    let mut report = run(&best);
+    let mut runs = 1;
+    'outer: while runs < budget {
+        for candidate in best.smaller() {
+            if runs >= budget {
+                break 'outer;
+            }
+            runs += 1;
+            let r = run(&candidate);
+            if !r.ok() {
+                best = candidate;
+                report = r;
+                continue 'outer;
+            }
+        }
+        break;
+    }
+    (best, report)
 }
 
 /// What a schedule came to.
@@ -452,7 +614,7 @@ impl Sim {
             )));
         }
         let config = RunnerConfig {
-            lanes: Some(1),
+            lanes: Some(self.opts.lanes),
             ..RunnerConfig::default()
         };
         let mut groups = Vec::new();

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use shopflow_sim::{Options, Report, run};
+use shopflow_sim::{Options, Report, run, shrink};
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
@@ -48,6 +48,13 @@ fn run_counting(
 
 #[test]
 fn seeded_schedules_keep_every_invariant() {
+    if let Ok(spec) = std::env::var("SHOPFLOW_SIM_SPEC") {
+        let o = Options::from_spec(&spec).expect("SHOPFLOW_SIM_SPEC");
+        let r = run(&o);
+        eprintln!("{}", r.explain());
+        assert!(r.ok(), "schedule `{spec}` failed (trace above)");
+        return;
+    }
     if let Some(seed) = env_u64("SHOPFLOW_SIM_SEED") {
         let r = run(&Options::from_seed(seed));
         eprintln!("{}", r.explain());
@@ -70,6 +77,14 @@ fn seeded_schedules_keep_every_invariant() {
     );
     if let Some(r) = failed.first() {
         eprintln!("{}", r.explain());
+        if std::env::var("SHOPFLOW_SIM_SHRINK").as_deref() != Ok("0") {
+            let (small, sr) = shrink(&Options::from_seed(r.seed), 150);
+            eprintln!(
+                "shrunk to: SHOPFLOW_SIM_SPEC='{}'\n{}",
+                small.spec(),
+                sr.explain()
+            );
+        }
         let seeds: Vec<u64> = failed.iter().map(|r| r.seed).collect();
         panic!("{} schedules failed: seeds {seeds:?}", failed.len());
     }
@@ -114,6 +129,35 @@ fn catches(bug: shopflow_sim::PlantedBug, budget: u64) {
                 started.elapsed(),
                 seed + threads * 4,
                 r.violations.first().map_or("", String::as_str)
+            );
+            // Shrinking keeps it failing and makes it no bigger.
+            let original = Options {
+                planted: Some(bug),
+                ..Options::from_seed(r.seed)
+            };
+            let (small, report) = shrink(&original, 60);
+            assert!(!report.ok(), "the shrunk schedule must still fail");
+            let (o, s, f) = original.size();
+            let (o2, s2, f2) = small.size();
+            assert!(
+                o2 <= o && s2 <= s && f2 <= f,
+                "{:?} → {:?}",
+                original.size(),
+                small.size()
+            );
+            let again = run(&Options::from_spec(&small.spec()).unwrap());
+            assert_eq!(
+                again.fingerprint(),
+                report.fingerprint(),
+                "a spec replays exactly"
+            );
+            eprintln!(
+                "{bug:?}: shrunk from {:?} to {:?} (orders, steps, kinds of fault): {}; trace {} lines, was {}",
+                original.size(),
+                small.size(),
+                small.spec(),
+                report.trace.len(),
+                r.trace.len()
             );
             return;
         }
