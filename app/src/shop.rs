@@ -226,16 +226,7 @@ impl Shop {
                 .collect();
             // Each breaker announces when the consumers that depend on it pause and resume.
             for b in &started.breakers {
-                let dependents: Vec<String> = started
-                    .handlers
-                    .iter()
-                    .filter(|h| {
-                        shopflow_runtime::Handler::breakers(*h)
-                            .iter()
-                            .any(|d| d.name() == b.name())
-                    })
-                    .map(|h| shopflow_runtime::Handler::name(h).to_owned())
-                    .collect();
+                let dependents = system::dependents(b, &started.handlers);
                 tasks.push(tokio::spawn(system::watch_breaker(
                     b.clone(),
                     dependents,

@@ -83,6 +83,30 @@ pub struct Faults {
     pub gateway_latency: Duration,
 }
 
+impl Faults {
+    /// The name (in a spec) of every probability, and where it is.
+    fn probabilities(&mut self) -> [(&'static str, &mut f64); 9] {
+        [
+            ("crash", &mut self.crash),
+            ("crash_point", &mut self.crash_point),
+            ("after_commit", &mut self.crash_after_commit),
+            ("redeliver", &mut self.redeliver),
+            ("duplicate", &mut self.duplicate),
+            ("poison", &mut self.poison),
+            ("operator", &mut self.operator),
+            ("outage", &mut self.outage),
+            ("mailer", &mut self.mailer_outage),
+        ]
+    }
+}
+
+/// The bugs that can be planted, by their names in a spec.
+const BUGS: [(&str, Bug); 3] = [
+    ("effect-without-inbox", Bug::EffectWithoutInbox),
+    ("relay-deletes-first", Bug::RelayDeletesFirst),
+    ("order-drops-late-fact", Bug::OrderDropsLateFact),
+];
+
 /// One schedule.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -156,32 +180,22 @@ impl Options {
     /// The schedule as one line (`SHOPFLOW_SIM_SPEC` replays it): every choice spelled out, so
     /// that a shrunk schedule replays as exactly as a seed does.
     pub fn spec(&self) -> String {
-        let f = &self.faults;
-        format!(
-            "seed={} style={} orders={} steps={} lanes={} stock={} latency_ms={} crash={} crash_point={} after_commit={} redeliver={} duplicate={} poison={} operator={} outage={} mailer={} planted={}",
+        let mut out = format!(
+            "seed={} style={} orders={} steps={} lanes={} stock={} latency_ms={}",
             self.seed,
             self.style,
             self.orders,
             self.steps,
             self.lanes,
             if self.ample_stock { "ample" } else { "scarce" },
-            f.gateway_latency.as_millis(),
-            f.crash,
-            f.crash_point,
-            f.crash_after_commit,
-            f.redeliver,
-            f.duplicate,
-            f.poison,
-            f.operator,
-            f.outage,
-            f.mailer_outage,
-            match self.planted {
-                None => "none",
-                Some(Bug::EffectWithoutInbox) => "effect-without-inbox",
-                Some(Bug::RelayDeletesFirst) => "relay-deletes-first",
-                Some(Bug::OrderDropsLateFact) => "order-drops-late-fact",
-            }
-        )
+            self.faults.gateway_latency.as_millis(),
+        );
+        for (name, p) in self.faults.clone().probabilities() {
+            out.push_str(&format!(" {name}={p}"));
+        }
+        let bug = BUGS.iter().find(|(_, b)| Some(*b) == self.planted);
+        out.push_str(&format!(" planted={}", bug.map_or("none", |(n, _)| n)));
+        out
     }
 
     /// Reads a [`spec`](Self::spec): `seed=` first; every other field overrides what the seed
@@ -206,25 +220,23 @@ impl Options {
                 "lanes" => o.lanes = num(v)?.max(1) as usize,
                 "stock" => o.ample_stock = v == "ample",
                 "latency_ms" => o.faults.gateway_latency = Duration::from_millis(num(v)?),
-                "crash" => o.faults.crash = p(v)?,
-                "crash_point" => o.faults.crash_point = p(v)?,
-                "after_commit" => o.faults.crash_after_commit = p(v)?,
-                "redeliver" => o.faults.redeliver = p(v)?,
-                "duplicate" => o.faults.duplicate = p(v)?,
-                "poison" => o.faults.poison = p(v)?,
-                "operator" => o.faults.operator = p(v)?,
-                "outage" => o.faults.outage = p(v)?,
-                "mailer" => o.faults.mailer_outage = p(v)?,
+                "planted" if v == "none" => o.planted = None,
                 "planted" => {
-                    o.planted = match v {
-                        "none" => None,
-                        "effect-without-inbox" => Some(Bug::EffectWithoutInbox),
-                        "relay-deletes-first" => Some(Bug::RelayDeletesFirst),
-                        "order-drops-late-fact" => Some(Bug::OrderDropsLateFact),
-                        other => return Err(format!("unknown planted bug `{other}`")),
-                    }
+                    let (_, bug) = BUGS
+                        .iter()
+                        .find(|(n, _)| *n == v)
+                        .ok_or_else(|| format!("unknown planted bug `{v}`"))?;
+                    o.planted = Some(*bug);
                 }
-                other => return Err(format!("unknown spec field `{other}`")),
+                other => {
+                    let value = p(v)?;
+                    let mut faults = o.faults.probabilities();
+                    let (_, slot) = faults
+                        .iter_mut()
+                        .find(|(n, _)| *n == other)
+                        .ok_or_else(|| format!("unknown spec field `{other}`"))?;
+                    **slot = value;
+                }
             }
         }
         o.ok_or_else(|| "a spec starts with seed=".to_owned())
@@ -233,20 +245,12 @@ impl Options {
     /// How big the schedule is: orders, steps and the kinds of fault switched on.
     pub fn size(&self) -> (usize, usize, usize) {
         let f = &self.faults;
-        let on = [
-            f.crash,
-            f.crash_point,
-            f.crash_after_commit,
-            f.redeliver,
-            f.duplicate,
-            f.poison,
-            f.operator,
-            f.outage,
-            f.mailer_outage,
-        ]
-        .iter()
-        .filter(|p| **p > 0.0)
-        .count()
+        let on = f
+            .clone()
+            .probabilities()
+            .iter()
+            .filter(|(_, p)| **p > 0.0)
+            .count()
             + usize::from(!f.gateway_latency.is_zero())
             + usize::from(self.lanes > 1);
         (self.orders, self.steps, on)
@@ -266,15 +270,9 @@ impl Options {
         with(&|o| o.orders = (o.orders / 2).max(1));
         with(&|o| o.orders = o.orders.saturating_sub(1).max(1));
         with(&|o| o.steps = (o.steps / 2).max(5));
-        with(&|o| o.faults.crash = 0.0);
-        with(&|o| o.faults.crash_point = 0.0);
-        with(&|o| o.faults.crash_after_commit = 0.0);
-        with(&|o| o.faults.redeliver = 0.0);
-        with(&|o| o.faults.duplicate = 0.0);
-        with(&|o| o.faults.poison = 0.0);
-        with(&|o| o.faults.operator = 0.0);
-        with(&|o| o.faults.outage = 0.0);
-        with(&|o| o.faults.mailer_outage = 0.0);
+        for i in 0..9 {
+            with(&|o| *o.faults.probabilities()[i].1 = 0.0);
+        }
         with(&|o| o.faults.gateway_latency = Duration::ZERO);
         with(&|o| o.lanes = 1);
         out
@@ -596,16 +594,7 @@ impl Sim {
         .map_err(|e| format!("starting {}: {e}", service.name))?;
         let mut tasks = Vec::new();
         for b in &started.breakers {
-            let dependents = started
-                .handlers
-                .iter()
-                .filter(|h| {
-                    shopflow_runtime::Handler::breakers(*h)
-                        .iter()
-                        .any(|d| d.name() == b.name())
-                })
-                .map(|h| shopflow_runtime::Handler::name(h).to_owned())
-                .collect();
+            let dependents = system::dependents(b, &started.handlers);
             tasks.push(tokio::spawn(system::watch_breaker(
                 b.clone(),
                 dependents,

@@ -9,41 +9,46 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
 
-/// Runs `seeds` on every core; returns how many ran, the failed reports, and how many of the
-/// schedules parked records behind a dead letter.
-fn run_all(seeds: Vec<u64>, options: impl Fn(u64) -> Options + Sync) -> (usize, Vec<Report>) {
-    let (n, failed, _) = run_counting(seeds, options);
-    (n, failed)
-}
-
-fn run_counting(
-    seeds: Vec<u64>,
-    options: impl Fn(u64) -> Options + Sync,
-) -> (usize, Vec<Report>, usize) {
-    let parking = std::sync::atomic::AtomicUsize::new(0);
+/// `f` of every seed, on every core, in seed order.
+fn par_map<T: Send>(seeds: &[u64], f: impl Fn(u64) -> T + Sync) -> Vec<T> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let failed = std::sync::Mutex::new(Vec::new());
+    let out = std::sync::Mutex::new(Vec::with_capacity(seeds.len()));
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(seed) = seeds.get(i) else { break };
-                    let r = run(&options(*seed));
-                    if r.parked > 0 {
-                        parking.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    if !r.ok() {
-                        failed.lock().unwrap().push(r);
-                    }
+                    let v = f(*seed);
+                    out.lock().unwrap().push((i, v));
                 }
             });
         }
     });
-    let mut failed = failed.into_inner().unwrap();
-    failed.sort_by_key(|r| r.seed);
-    (seeds.len(), failed, parking.into_inner())
+    let mut out = out.into_inner().unwrap();
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, v)| v).collect()
+}
+
+/// Runs `seeds` on every core; returns how many ran and the failed reports.
+fn run_all(seeds: Vec<u64>, options: impl Fn(u64) -> Options + Sync) -> (usize, Vec<Report>) {
+    let (n, failed, _) = run_counting(seeds, options);
+    (n, failed)
+}
+
+/// Like [`run_all`], and counts the schedules that parked records behind a dead letter.
+fn run_counting(
+    seeds: Vec<u64>,
+    options: impl Fn(u64) -> Options + Sync,
+) -> (usize, Vec<Report>, usize) {
+    let results = par_map(&seeds, |seed| {
+        let r = run(&options(seed));
+        (r.parked > 0, (!r.ok()).then_some(r))
+    });
+    let parking = results.iter().filter(|(p, _)| *p).count();
+    let failed = results.into_iter().filter_map(|(_, f)| f).collect();
+    (seeds.len(), failed, parking)
 }
 
 #[test]
@@ -189,37 +194,26 @@ fn both_saga_styles_reach_the_same_business_outcome() {
     use shopflow_service::SagaStyle;
     let n = env_u64("SHOPFLOW_SIM_STYLE_SCHEDULES").unwrap_or(60);
     let seeds: Vec<u64> = (0..n).collect();
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let bad = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(seed) = seeds.get(i) else { break };
-                    let mut o = Options::from_seed(*seed);
-                    o.ample_stock = true;
-                    o.faults.outage = 0.0;
-                    let choreo = run(&Options {
-                        style: SagaStyle::Choreography,
-                        ..o.clone()
-                    });
-                    let orch = run(&Options {
-                        style: SagaStyle::Orchestration,
-                        ..o
-                    });
-                    let fates = |r: &Report| -> Vec<String> {
-                        r.outcomes.iter().map(|(_, s)| s.clone()).collect()
-                    };
-                    if !choreo.ok() || !orch.ok() || fates(&choreo) != fates(&orch) {
-                        bad.lock().unwrap().push((*seed, choreo, orch));
-                    }
-                }
-            });
-        }
-    });
-    let bad = bad.into_inner().unwrap();
+    let bad: Vec<(u64, Report, Report)> = par_map(&seeds, |seed| {
+        let mut o = Options::from_seed(seed);
+        o.ample_stock = true;
+        o.faults.outage = 0.0;
+        let choreo = run(&Options {
+            style: SagaStyle::Choreography,
+            ..o.clone()
+        });
+        let orch = run(&Options {
+            style: SagaStyle::Orchestration,
+            ..o
+        });
+        let fates =
+            |r: &Report| -> Vec<String> { r.outcomes.iter().map(|(_, s)| s.clone()).collect() };
+        (!choreo.ok() || !orch.ok() || fates(&choreo) != fates(&orch))
+            .then_some((seed, choreo, orch))
+    })
+    .into_iter()
+    .flatten()
+    .collect();
     if let Some((seed, c, o)) = bad.first() {
         eprintln!(
             "choreography:\n{}\norchestration:\n{}",

@@ -136,6 +136,20 @@ pub async fn publish(db: &Db, outgoing: Outgoing) -> shopflow_store::Result<()> 
     tx.commit().await
 }
 
+/// The consumer groups among `handlers` that depend on `breaker` (they pause while it is open):
+/// what [`watch_breaker`] names in its announcements.
+pub fn dependents(breaker: &CircuitBreaker, handlers: &[crate::BoxHandler]) -> Vec<String> {
+    handlers
+        .iter()
+        .filter(|h| {
+            crate::Handler::breakers(*h)
+                .iter()
+                .any(|d| d.name() == breaker.name())
+        })
+        .map(|h| crate::Handler::name(h).to_owned())
+        .collect()
+}
+
 /// Watches a breaker until shutdown: ConsumerPaused when it opens, ConsumerResumed when it
 /// closes again, published through `db`'s outbox.
 pub async fn watch_breaker(

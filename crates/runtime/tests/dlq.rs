@@ -70,6 +70,20 @@ async fn seen(db: &Db, consumer: &str) -> Vec<i64> {
     .collect()
 }
 
+/// A service's database (with the `seen` table the handlers write) and an operations database.
+async fn databases(dir: &std::path::Path) -> (Db, Db) {
+    let svc = Db::open_sqlite(dir.join("svc.db")).unwrap();
+    svc.migrate_building_blocks().await.unwrap();
+    let mut tx = svc.begin().await.unwrap();
+    tx.batch("CREATE TABLE seen (consumer TEXT NOT NULL, n INTEGER NOT NULL)")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let ops = Db::open_sqlite(dir.join("ops.db")).unwrap();
+    ops.migrate_service("ops", dlq::MIGRATIONS).await.unwrap();
+    (svc, ops)
+}
+
 async fn wait_for<F, Fut>(what: &str, mut f: F)
 where
     F: FnMut() -> Fut,
@@ -89,15 +103,7 @@ async fn dead_letters_are_listed_discarded_and_redriven_once() {
     for t in ["in", "in.dlq"] {
         log.create_topic(t, &TopicSpec::new(2)).await.unwrap();
     }
-    let svc = Db::open_sqlite(dir.path().join("svc.db")).unwrap();
-    svc.migrate_building_blocks().await.unwrap();
-    let mut tx = svc.begin().await.unwrap();
-    tx.batch("CREATE TABLE seen (consumer TEXT NOT NULL, n INTEGER NOT NULL)")
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    let ops = Db::open_sqlite(dir.path().join("ops.db")).unwrap();
-    ops.migrate_service("ops", dlq::MIGRATIONS).await.unwrap();
+    let (svc, ops) = databases(dir.path()).await;
 
     let mut registry = Registry::new();
     registry.register_type("Numbered", 1, Kind::Integration);
@@ -317,15 +323,7 @@ async fn a_dead_letter_parks_its_key_until_redriven_or_discarded() {
     ] {
         log.create_topic(&t, &TopicSpec::new(2)).await.unwrap();
     }
-    let svc = Db::open_sqlite(dir.path().join("svc.db")).unwrap();
-    svc.migrate_building_blocks().await.unwrap();
-    let mut tx = svc.begin().await.unwrap();
-    tx.batch("CREATE TABLE seen (consumer TEXT NOT NULL, n INTEGER NOT NULL)")
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    let ops = Db::open_sqlite(dir.path().join("ops.db")).unwrap();
-    ops.migrate_service("ops", dlq::MIGRATIONS).await.unwrap();
+    let (svc, ops) = databases(dir.path()).await;
     let mut registry = Registry::new();
     registry.register_type("Numbered", 1, Kind::Integration);
     let broken = Arc::new(AtomicBool::new(true));
