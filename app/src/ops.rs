@@ -205,6 +205,7 @@ impl Ops {
             .route("/admin/events", get(crate::tail::handler))
             .route("/admin/breakers", get(breakers))
             .route("/metrics", get(metrics))
+            .merge(crate::dashboard::admin_routes())
             .with_state(Arc::new(self))
     }
 
@@ -468,7 +469,11 @@ pub(crate) async fn metrics(State(ops): State<Arc<Ops>>) -> Result<Response, Api
         lag,
         breakers,
         metrics,
-        crate::tail::handler
+        crate::tail::handler,
+        crate::dashboard::index,
+        crate::dashboard::asset,
+        crate::dashboard::topics,
+        crate::dashboard::records
     ),
     components(schemas(
         DeadLetters,
@@ -486,6 +491,9 @@ pub(crate) async fn metrics(State(ops): State<Arc<Ops>>) -> Result<Response, Api
         Health,
         crate::tail::Tail,
         crate::tail::TailedEvent,
+        crate::dashboard::TopicView,
+        crate::dashboard::PartitionView,
+        crate::dashboard::PartitionRecords,
         shopflow_http::ErrorBody
     ))
 )]

@@ -314,6 +314,7 @@ impl Shop {
         let app = app
             .merge(ops.clone().router())
             .route("/health", get(crate::ops::health))
+            .merge(crate::dashboard::router())
             .route(
                 "/openapi.json",
                 get(|| async { axum::Json(crate::openapi::document()) }),

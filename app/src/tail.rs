@@ -63,7 +63,7 @@ pub(crate) struct Tail {
     cursor: String,
 }
 
-fn decoded(r: Record) -> TailedEvent {
+pub(crate) fn decoded(r: Record) -> TailedEvent {
     let mut e = TailedEvent {
         topic: r.topic.to_string(),
         partition: r.partition,

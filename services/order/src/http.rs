@@ -21,6 +21,7 @@ pub(crate) fn router(orders: Orders) -> Router {
         .route("/orders/{id}", get(get_order))
         .route("/orders/{id}/events", get(events))
         .route("/admin/projections/orders/rebuild", post(rebuild))
+        .route("/admin/orders/stats", get(stats))
         .with_state(Arc::new(orders))
 }
 
@@ -155,6 +156,30 @@ pub(crate) async fn events(
 }
 
 /// Which orders, and where the page starts.
+/// How many orders are in each status, as the read model has them.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct OrderStats {
+    total: u64,
+    #[schema(value_type = std::collections::BTreeMap<String, u64>)]
+    by_status: std::collections::BTreeMap<String, u64>,
+}
+
+#[utoipa::path(get, path = "/admin/orders/stats", tag = "orders", operation_id = "orderStats",
+    security(("adminToken" = [])),
+    responses(
+        shopflow_http::responses::NeedsAdmin,
+        shopflow_http::responses::Unavailable,
+        (status = 200, description = "Orders by status", body = OrderStats),
+    ))]
+pub(crate) async fn stats(State(s): State<Arc<Orders>>) -> Result<Json<OrderStats>, ApiError> {
+    let by_status = s.counts_by_status().await?;
+    Ok(Json(OrderStats {
+        total: by_status.values().sum(),
+        by_status,
+    }))
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[into_params(parameter_in = Query)]

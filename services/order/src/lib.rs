@@ -99,6 +99,23 @@ impl Orders {
         http::router(self.clone())
     }
 
+    /// How many orders the read model has in each status.
+    pub async fn counts_by_status(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, u64>, ApiError> {
+        let rows = self
+            .db
+            .query(
+                "SELECT status, COUNT(*) FROM order_view GROUP BY status",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.str(0)?.to_owned(), r.u64(1)?)))
+            .collect::<Result<_, shopflow_store::Error>>()
+            .map_err(ApiError::from)
+    }
+
     /// Folds new events into the read model until shutdown, waking on commits.
     pub async fn run_projector(&self, shutdown: Shutdown) {
         self.projector.run(shutdown).await
@@ -136,6 +153,7 @@ impl Orders {
         http::get_order,
         http::events,
         http::rebuild,
+        http::stats,
         saga_api::list,
         saga_api::show,
         saga_api::cancel
@@ -152,6 +170,7 @@ impl Orders {
         view::Page,
         http::EventItem,
         http::Rebuilt,
+        http::OrderStats,
         aggregate::Status,
         shopflow_contracts::OrderLine,
         shopflow_contracts::Address,
