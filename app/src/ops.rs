@@ -67,6 +67,8 @@ pub struct Ops {
     pub outboxes: Vec<(&'static str, Db)>,
     /// The services' hooks that set their gauges before `/metrics` renders.
     pub hooks: Vec<MetricsHook>,
+    /// The consumers this process runs, with what they have done and what they wait for.
+    pub consumers: Vec<(&'static str, Arc<shopflow_runtime::RunnerStats>)>,
 }
 
 impl std::fmt::Debug for Ops {
@@ -99,6 +101,9 @@ pub struct LagReport {
     /// Rows of the outbox not yet published, per owner.
     pub outbox_backlog: BTreeMap<String, i64>,
     pub partitions: Vec<LagRow>,
+    /// The groups (of this process's consumers) that wait before they go on, and why.
+    #[serde(default)]
+    pub waiting: BTreeMap<String, shopflow_runtime::Waiting>,
 }
 
 /// Which open dead letters to redrive (a bulk redrive takes open ones only).
@@ -246,10 +251,16 @@ impl Ops {
             let n = shopflow_store::outbox::backlog(db).await?;
             outbox_backlog.insert((*owner).to_owned(), n as i64);
         }
+        let waiting = self
+            .consumers
+            .iter()
+            .filter_map(|(g, s)| s.waiting().map(|w| ((*g).to_owned(), w)))
+            .collect();
         Ok(LagReport {
             groups,
             outbox_backlog,
             partitions,
+            waiting,
         })
     }
 }
@@ -486,6 +497,7 @@ pub(crate) async fn metrics(State(ops): State<Arc<Ops>>) -> Result<Response, Api
         DiscardBody,
         LagReport,
         LagRow,
+        shopflow_runtime::Waiting,
         BreakerView,
         shopflow_runtime::BreakerState,
         Health,

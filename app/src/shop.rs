@@ -200,6 +200,7 @@ impl Shop {
         let mut app = Router::new();
         let mut groups = Vec::new();
         let mut consumers = Vec::new();
+        let mut runner_stats = Vec::new();
         let mut breakers = Vec::new();
         let mut hooks = Vec::new();
         let mut vault = None;
@@ -245,6 +246,7 @@ impl Shop {
                     registry.clone(),
                     runner_config.clone(),
                 );
+                runner_stats.push((name, runner.stats()));
                 tasks.push(tokio::spawn(runner.run(shutdown.clone())));
             }
             tasks.extend(started.tasks.into_iter().map(tokio::spawn));
@@ -309,6 +311,7 @@ impl Shop {
             breakers,
             outboxes: dbs.clone(),
             hooks,
+            consumers: runner_stats,
         };
 
         let app = app

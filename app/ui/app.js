@@ -83,29 +83,33 @@ function flash(text, bad) {
 
 // ---- charts (inline SVG) ---------------------------------------------------------------------
 
-const history = { at: [], out: [], groups: {} };
+// Samples kept while the page is open: events on the bus, and each group's handled and lag.
+const series = () => ({ at: [], v: [] });
+const history = { out: series(), done: {}, lag: {} };
 
-function sample(topics, lag) {
-  const now = Date.now();
-  history.at.push(now);
-  history.out.push(topics.reduce((n, t) => n + t.partitions.reduce((m, p) => m + p.end, 0), 0));
+function record(s, value) {
+  s.at.push(Date.now());
+  s.v.push(value);
+  while (s.v.length > HISTORY) { s.at.shift(); s.v.shift(); }
+}
+
+function sampleTopics(topics) {
+  record(history.out, topics.reduce((n, t) => n + t.partitions.reduce((m, p) => m + p.end, 0), 0));
+}
+
+function sampleLag(lag) {
   const committed = {};
   for (const p of lag.partitions) committed[p.group] = (committed[p.group] || 0) + (p.committed ?? 0);
-  for (const [g, n] of Object.entries(committed)) {
-    const h = (history.groups[g] ||= { done: [], lag: [] });
-    h.done.push(n);
-    h.lag.push(lag.groups[g] ?? 0);
-  }
-  for (const a of [history.at, history.out, ...Object.values(history.groups).flatMap((h) => [h.done, h.lag])]) {
-    while (a.length > HISTORY) a.shift();
+  for (const g of Object.keys(lag.groups)) {
+    record((history.done[g] ||= series()), committed[g] || 0);
+    record((history.lag[g] ||= series()), lag.groups[g]);
   }
 }
 
-// Per second, from counters sampled at `history.at`.
-function rates(counter) {
-  const at = history.at.slice(-counter.length);
+// Per second, from a sampled counter.
+function rates(s) {
   const out = [];
-  for (let i = 1; i < counter.length; i++) out.push(Math.max(0, (counter[i] - counter[i - 1]) / Math.max(0.001, (at[i] - at[i - 1]) / 1000)));
+  for (let i = 1; i < s.v.length; i++) out.push(Math.max(0, (s.v[i] - s.v[i - 1]) / Math.max(0.001, (s.at[i] - s.at[i - 1]) / 1000)));
   return out;
 }
 
@@ -119,6 +123,11 @@ function spark(series, cls = '') {
 
 const last = (a) => (a.length ? a[a.length - 1] : 0);
 
+function waitingCell(w) {
+  if (!w) return '<span class="pill ok">running</span>';
+  return `<span class="pill ${w.kind === 'paused' ? 'bad' : 'warn'}">${esc(w.kind)}</span> <span class="muted">until ${fmtTime(w.until)}: ${esc(w.reason)}</span>`;
+}
+
 // ---- pages -----------------------------------------------------------------------------------
 
 async function overview() {
@@ -130,7 +139,8 @@ async function overview() {
     getOr('/admin/orders/stats', null),
     get('/admin/events?limit=200'),
   ]);
-  sample(topics, lag);
+  sampleTopics(topics);
+  sampleLag(lag);
   const out = rates(history.out);
   const groups = Object.keys(lag.groups).sort();
   const byStatus = stats ? Object.entries(stats.byStatus).map(([s, n]) => `<div>${pill(s)} <b>${n}</b></div>`).join('') : '<span class="muted">no order service here</span>';
@@ -138,18 +148,17 @@ async function overview() {
   const gateway = breakers.find((b) => b.name === 'payment-gateway');
   byId('main').innerHTML = `<h1>Overview</h1>
   <div class="cards">
-    <div class="card"><h3>Events published</h3><div class="num" data-testid="events-out-rate">${Math.round(last(out))}/s</div>${spark(out)}<div class="muted">${last(history.out)} records on the bus</div></div>
+    <div class="card"><h3>Events published</h3><div class="num" data-testid="events-out-rate">${Math.round(last(out))}/s</div>${spark(out)}<div class="muted">${last(history.out.v)} records on the bus</div></div>
     <div class="card"><h3>Orders</h3><div class="num" data-testid="orders-total">${stats ? stats.total : '–'}</div>${byStatus}</div>
     <div class="card"><h3>Dead letters</h3><div class="num" data-testid="dlq-open">${dlq.counts.open || 0}</div><div class="muted">open · ${dlq.parked.length} keys parked behind them</div><a href="#/dlq">inspect</a></div>
     <div class="card"><h3>Outbox backlog</h3>${Object.entries(lag.outboxBacklog).map(([o, n]) => `<div>${esc(o)} <b class="${n > 0 ? 'warn' : ''}">${n}</b></div>`).join('')}</div>
   </div>
   <h2>Services and their consumers</h2>
-  <div class="scroll"><table data-testid="groups"><thead><tr><th>Consumer group</th><th class="n">Lag</th><th>Handled per second</th></tr></thead><tbody>
+  <div class="scroll"><table data-testid="groups"><thead><tr><th>Consumer group</th><th class="n">Lag</th><th>Handled per second</th><th>State</th></tr></thead><tbody>
   ${groups.map((g) => {
-    const h = history.groups[g] || { done: [] };
-    const r = rates(h.done);
+    const r = rates(history.done[g] || series());
     const paused = lag.groups[g] > 0 && last(r) === 0;
-    return `<tr><td><a href="#/consumers/${enc(g)}">${esc(g)}</a></td><td class="n ${lag.groups[g] > 0 ? 'warn' : ''}">${lag.groups[g]}</td><td>${spark(r, 'in')}<span class="muted">${Math.round(last(r))}/s${paused ? ' · not moving' : ''}</span></td></tr>`;
+    return `<tr><td><a href="#/consumers/${enc(g)}">${esc(g)}</a></td><td class="n ${lag.groups[g] > 0 ? 'warn' : ''}">${lag.groups[g]}</td><td>${spark(r, 'in')}<span class="muted">${Math.round(last(r))}/s${paused ? ' · not moving' : ''}</span></td><td>${waitingCell(lag.waiting && lag.waiting[g])}</td></tr>`;
   }).join('')}
   </tbody></table></div>
   <h2>Circuit breakers</h2>
@@ -195,13 +204,14 @@ async function partitionPage(topic, partition) {
 
 async function consumersPage() {
   const lag = await get('/admin/lag');
+  sampleLag(lag);
   const groups = Object.keys(lag.groups).sort();
   byId('main').innerHTML = `<h1>Consumers</h1>
   ${groups.map((g) => {
     const rows = lag.partitions.filter((p) => p.group === g && (p.lag > 0 || p.committed !== null));
-    const h = history.groups[g];
-    return `<h2><a href="#/consumers/${enc(g)}">${esc(g)}</a> <span class="muted">lag ${lag.groups[g]}</span></h2>
-    ${h ? spark(h.lag) : ''}
+    const h = history.lag[g];
+    return `<h2><a href="#/consumers/${enc(g)}">${esc(g)}</a> <span class="muted">lag ${lag.groups[g]}</span> ${waitingCell(lag.waiting && lag.waiting[g])}</h2>
+    ${h ? spark(h.v) : ''}
     <div class="scroll"><table><thead><tr><th>Topic</th><th class="n">Partition</th><th class="n">Committed</th><th class="n">End</th><th class="n">Lag</th></tr></thead><tbody>
     ${rows.map((p) => `<tr><td><a href="#/topics/${enc(p.topic)}/${p.partition}">${esc(p.topic)}</a></td><td class="n">${p.partition}</td><td class="n">${p.committed ?? '–'}</td><td class="n">${p.endOffset}</td><td class="n ${p.lag > 0 ? 'warn' : ''}">${p.lag}</td></tr>`).join('')}
     </tbody></table></div>`;
@@ -215,11 +225,12 @@ async function consumerPage(group) {
   const parked = dlq.parked.filter((p) => p.consumer === group);
   const stuckOrders = new Set(parked.map((p) => p.key).filter((k) => k.startsWith('ord_')));
   const waiting = sagas.sagas.filter((s) => s.state === 'running' || s.state === 'compensating');
+  sampleLag(lag);
   const rows = lag.partitions.filter((p) => p.group === group);
-  const h = history.groups[group];
+  const h = history.lag[group];
   byId('main').innerHTML = `<h1>${esc(group)}</h1>
   <div class="cards">
-    <div class="card"><h3>Lag</h3><div class="num" data-testid="group-lag">${lag.groups[group] ?? 0}</div>${h ? spark(h.lag) : ''}</div>
+    <div class="card"><h3>Lag</h3><div class="num" data-testid="group-lag">${lag.groups[group] ?? 0}</div>${h ? spark(h.v) : ''}<div data-testid="group-state">${waitingCell(lag.waiting && lag.waiting[group])}</div></div>
     <div class="card"><h3>Open dead letters</h3><div class="num" data-testid="group-dlq">${dlq.deadLetters.length}</div><a href="#/dlq?consumer=${enc(group)}">inspect</a></div>
     <div class="card"><h3>Keys parked</h3><div class="num">${parked.length}</div><div class="muted">${parked.reduce((n, p) => n + p.depth, 0)} records waiting</div></div>
     <div class="card"><h3>Sagas at work</h3><div class="num">${waiting.length}</div><a href="#/sagas">all sagas</a></div>

@@ -202,6 +202,11 @@ const phases = {
     await page.screenshot({ path: `${SHOTS}/outage-breaker.png`, fullPage: true });
     await show(page, '#/consumers/payment');
     await until('lag in the linked view', async () => Number(await text(page, '[data-testid=group-lag]')) > 0);
+    await until('the group shown paused, and why', async () => {
+      const state = await text(page, '[data-testid=group-state]');
+      if (!state.includes('paused')) throw new Error(`state: ${state}`);
+      return true;
+    });
     await page.screenshot({ path: `${SHOTS}/outage-lag.png`, fullPage: true });
     await show(page, '#/');
     await page.click('#outage-off');

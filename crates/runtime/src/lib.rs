@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 pub use breaker::{BreakerConfig, BreakerError, BreakerState, CircuitBreaker};
 pub use handler::{BoxFuture, BoxHandler, Handler, HandlerError};
-pub use runner::{Delivery, Runner, RunnerConfig, RunnerStats};
+pub use runner::{Delivery, Runner, RunnerConfig, RunnerStats, Waiting};
 pub use shopflow_store::Outgoing;
 pub use stage::dead_letter::dead_letter_message;
 pub use stage::retry::{self as retry, RetryPolicy};

@@ -61,6 +61,33 @@ pub struct RunnerStats {
     pub transient_failures: AtomicU64,
     /// Times the consumer paused because a dependency was unavailable.
     pub paused: AtomicU64,
+    /// What the consumer waits for right now, if it waits (for operators: the dashboard's
+    /// "paused, and why").
+    pub waiting: std::sync::Mutex<Option<Waiting>>,
+}
+
+/// A consumer that waits before it goes on.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Waiting {
+    /// `paused` (a dependency is down) or `retrying` (a transient failure's backoff).
+    pub kind: String,
+    pub reason: String,
+    /// Until when (RFC 3339, UTC).
+    pub until: String,
+}
+
+impl RunnerStats {
+    /// What the consumer waits for now.
+    pub fn waiting(&self) -> Option<Waiting> {
+        self.waiting.lock().map(|w| w.clone()).unwrap_or(None)
+    }
+
+    fn set_waiting(&self, w: Option<Waiting>) {
+        if let Ok(mut slot) = self.waiting.lock() {
+            *slot = w;
+        }
+    }
 }
 
 /// The consumer's metric handles, registered once (not looked up per event).
@@ -254,13 +281,13 @@ impl<B: Bus> Runner<B> {
                     Err(e) => return Err(e.to_string()),
                 }
             }
-            let (wait, reason, what) = match why {
+            let (wait, reason, what, kind) = match why {
                 Stop::Retry { delay, reason } => {
                     tally(
                         &self.stats.transient_failures,
                         &self.meters.failed_transient,
                     );
-                    (delay, reason, "transient failure; retrying")
+                    (delay, reason, "transient failure; retrying", "retrying")
                 }
                 Stop::Pause {
                     retry_after,
@@ -271,14 +298,23 @@ impl<B: Bus> Runner<B> {
                         retry_after,
                         reason,
                         "dependency unavailable; consumer paused",
+                        "paused",
                     )
                 }
             };
             tracing::warn!(consumer = name, reason, wait = ?wait, "{what}");
+            let until = shopflow_envelope::sim::now()
+                + chrono::Duration::from_std(wait).unwrap_or_else(|_| chrono::Duration::zero());
+            self.stats.set_waiting(Some(Waiting {
+                kind: kind.to_owned(),
+                reason,
+                until: until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            }));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = &mut stop => return Ok(()),
             }
+            self.stats.set_waiting(None);
         }
     }
 
