@@ -93,6 +93,11 @@ pub(crate) struct TopicView {
     name: String,
     /// Records readable now (sum over partitions of end − start).
     records: u64,
+    /// Bytes on disk, when the backend can tell (the embedded log can, Kafka's client cannot).
+    size_bytes: Option<u64>,
+    /// Retention by size per partition, and by age (none: kept until deleted by hand).
+    retention_bytes: Option<u64>,
+    retention_ms: Option<u64>,
     partitions: Vec<PartitionView>,
 }
 
@@ -120,8 +125,14 @@ pub(crate) async fn topics(State(ops): State<Arc<Ops>>) -> Result<Json<Vec<Topic
                 end,
             });
         }
+        // What a backend cannot tell (or a broker does not answer) stays unknown; the topic is
+        // listed anyway.
+        let details = ops.log.topic_details(&t.name).await.unwrap_or_default();
         out.push(TopicView {
             records: partitions.iter().map(|p| p.end - p.start).sum(),
+            size_bytes: details.size_bytes,
+            retention_bytes: details.retention_bytes,
+            retention_ms: details.retention.map(|d| d.as_millis() as u64),
             name: t.name,
             partitions,
         });

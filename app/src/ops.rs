@@ -122,6 +122,24 @@ pub(crate) struct RedriveFilter {
     pub limit: Option<u32>,
 }
 
+/// Which open dead letters to discard, and why (a bulk discard takes open ones only).
+#[derive(Clone, Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct DiscardFilter {
+    /// The original topic.
+    pub topic: Option<String>,
+    pub event_type: Option<String>,
+    pub consumer: Option<String>,
+    /// A substring of the error.
+    pub error: Option<String>,
+    /// 1 to 1000 (default 100).
+    #[schema(minimum = 1, maximum = 1000)]
+    #[serde(default, deserialize_with = "shopflow_http::int::opt_u32")]
+    pub limit: Option<u32>,
+    #[schema(schema_with = shopflow_http::text200)]
+    pub reason: String,
+}
+
 impl From<RedriveFilter> for dlq::Filter {
     fn from(f: RedriveFilter) -> Self {
         dlq::Filter {
@@ -203,6 +221,7 @@ impl Ops {
         Router::new()
             .route("/admin/dlq", get(list_dlq))
             .route("/admin/dlq/redrive", post(redrive_matching))
+            .route("/admin/dlq/discard", post(discard_matching))
             .route("/admin/dlq/{id}", get(show_dlq))
             .route("/admin/dlq/{id}/redrive", post(redrive_one))
             .route("/admin/dlq/{id}/discard", post(discard))
@@ -344,6 +363,36 @@ pub(crate) async fn redrive_matching(
         .map_err(dlq_error)
 }
 
+/// Close the oldest open dead letters matching the filter without redriving them (at most
+/// `limit`, default 100, at most 1000); the reason is kept on each, and each group that parked
+/// keys behind them is told to release what waited.
+#[utoipa::path(post, path = "/admin/dlq/discard", tag = "operations", operation_id = "discardDeadLetters",
+    request_body = DiscardFilter, security(("adminToken" = [])),
+    responses(
+        shopflow_http::responses::JsonBody,
+        shopflow_http::responses::NeedsAdmin,
+        shopflow_http::responses::Unavailable,
+        (status = 200, description = "What was discarded", body = dlq::BulkDiscard),
+        (status = 400, description = "Not JSON, a bad filter, or no reason", body = shopflow_http::ErrorBody),
+    ))]
+pub(crate) async fn discard_matching(
+    State(ops): State<Arc<Ops>>,
+    Json(f): Json<DiscardFilter>,
+) -> Result<Json<dlq::BulkDiscard>, ApiError> {
+    let filter = dlq::Filter {
+        topic: f.topic,
+        event_type: f.event_type,
+        consumer: f.consumer,
+        error: f.error,
+        status: None,
+        limit: f.limit,
+    };
+    dlq::discard_matching(&ops.db, &filter, &f.reason)
+        .await
+        .map(Json)
+        .map_err(dlq_error)
+}
+
 /// Close an open dead letter without redriving it; the reason is kept.
 #[utoipa::path(post, path = "/admin/dlq/{id}/discard", tag = "operations", operation_id = "discardDeadLetter",
     params(("id" = String, Path, description = "The dead letter (`<dlq topic>:<partition>:<offset>`)")), request_body = DiscardBody, security(("adminToken" = [])),
@@ -476,6 +525,7 @@ pub(crate) async fn metrics(State(ops): State<Arc<Ops>>) -> Result<Response, Api
         show_dlq,
         redrive_one,
         redrive_matching,
+        discard_matching,
         discard,
         lag,
         breakers,
@@ -492,6 +542,8 @@ pub(crate) async fn metrics(State(ops): State<Arc<Ops>>) -> Result<Response, Api
         dlq::DeadLetterDetail,
         dlq::Redriven,
         dlq::BulkRedrive,
+        dlq::BulkDiscard,
+        DiscardFilter,
         dlq::Parked,
         RedrivenOne,
         DiscardBody,

@@ -375,6 +375,32 @@ async fn a_dead_letter_parks_its_key_until_its_head_is_discarded() {
             notification["depth"], 1,
             "notification's key is untouched: {p:#?}"
         );
+
+        // A bulk discard (by filter, with one reason) releases notification's key the same way.
+        let (s, e) = c2.post(
+            "/admin/dlq/discard",
+            &json!({"consumer": "notification", "topic": topic}),
+            &[],
+        );
+        assert_eq!(s, 422, "a discard needs a reason: {e}");
+        let (s, e) = c2.post(
+            "/admin/dlq/discard",
+            &json!({"consumer": "notification", "topic": topic, "reason": "  "}),
+            &[],
+        );
+        assert_eq!(s, 400, "a blank reason is none: {e}");
+        let (s, d) = c2.post(
+            "/admin/dlq/discard",
+            &json!({"consumer": "notification", "topic": topic, "reason": "a broken producer's test record"}),
+            &[],
+        );
+        assert_eq!(s, 200, "{d}");
+        assert_eq!((d["count"].as_u64(), d["remaining"].as_i64()), (Some(1), Some(0)), "{d}");
+        wait_until("notification's waiting record dead-lettered in turn", || {
+            dead_letters(&c2, &format!("topic={topic}&consumer=notification"))
+                .iter()
+                .any(|l| l["error"].as_str().unwrap().contains("unknown field `just`"))
+        });
     })
     .await;
     shop.stop().await.unwrap();

@@ -176,10 +176,18 @@ async function overview() {
   byId('rebuild').onclick = () => act('Rebuild the order read model from the event store (it keeps serving meanwhile)?', () => api('POST', '/admin/projections/orders/rebuild'));
 }
 
+const bytes = (n) => (n === null || n === undefined ? '–' : n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / 1048576).toFixed(1)} MiB`);
+function retention(t) {
+  const parts = [];
+  if (t.retentionMs) parts.push(`${(t.retentionMs / 3600000).toFixed(t.retentionMs % 3600000 ? 1 : 0)} h`);
+  if (t.retentionBytes) parts.push(`${bytes(t.retentionBytes)} per partition`);
+  return parts.length ? parts.join(', ') : '<span class="muted">kept</span>';
+}
+
 async function topicsPage() {
   const topics = await get('/admin/topics');
-  byId('main').innerHTML = `<h1>Topics</h1><div class="scroll"><table data-testid="topics"><thead><tr><th>Topic</th><th class="n">Partitions</th><th class="n">Records</th><th>End offsets</th></tr></thead><tbody>
-  ${topics.map((t) => `<tr><td><a href="#/topics/${enc(t.name)}/0">${esc(t.name)}</a></td><td class="n">${t.partitions.length}</td><td class="n">${t.records}</td><td>${t.partitions.map((p) => `<a href="#/topics/${enc(t.name)}/${p.partition}">${p.partition}:${p.end}</a>`).join(' ')}</td></tr>`).join('')}
+  byId('main').innerHTML = `<h1>Topics</h1><div class="scroll"><table data-testid="topics"><thead><tr><th>Topic</th><th class="n">Partitions</th><th class="n">Records</th><th class="n">Size</th><th>Retention</th><th>End offsets</th></tr></thead><tbody>
+  ${topics.map((t) => `<tr><td><a href="#/topics/${enc(t.name)}/0">${esc(t.name)}</a></td><td class="n">${t.partitions.length}</td><td class="n">${t.records}</td><td class="n">${bytes(t.sizeBytes)}</td><td>${retention(t)}</td><td>${t.partitions.map((p) => `<a href="#/topics/${enc(t.name)}/${p.partition}">${p.partition}:${p.end}</a>`).join(' ')}</td></tr>`).join('')}
   </tbody></table></div>`;
 }
 
@@ -350,18 +358,38 @@ async function sagaPage(id) {
 }
 
 function letterTable(letters) {
-  return `<div class="scroll"><table data-testid="letters"><thead><tr><th>Dead letter</th><th>Event</th><th>Consumer</th><th class="n">Tries</th><th>Error</th><th></th></tr></thead><tbody>
-  ${letters.map((l) => `<tr><td><a href="#/dlq/${enc(l.id)}">${esc(l.id)}</a></td><td>${esc(l.eventType)}</td><td><a href="#/consumers/${enc(l.consumer)}">${esc(l.consumer)}</a></td><td class="n">${l.attempts}</td><td>${esc(l.error)}</td><td>${l.status === 'open' ? `<button data-redrive="${esc(l.id)}">Redrive</button> <button class="danger" data-discard="${esc(l.id)}">Discard</button>` : pill(l.status)}</td></tr>`).join('') || '<tr><td colspan="6" class="muted">none</td></tr>'}
+  return `<div class="scroll"><table data-testid="letters"><thead><tr><th><span class="sr">Select</span></th><th>Dead letter</th><th>Event</th><th>Consumer</th><th class="n">Tries</th><th>Error</th><th></th></tr></thead><tbody>
+  ${letters.map((l) => `<tr><td>${l.status === 'open' ? `<input type="checkbox" data-select="${esc(l.id)}" aria-label="select ${esc(l.id)}" ${selected.has(l.id) ? 'checked' : ''}>` : ''}</td><td><a href="#/dlq/${enc(l.id)}">${esc(l.id)}</a></td><td>${esc(l.eventType)}</td><td><a href="#/consumers/${enc(l.consumer)}">${esc(l.consumer)}</a></td><td class="n">${l.attempts}</td><td>${esc(l.error)}</td><td>${l.status === 'open' ? `<button data-redrive="${esc(l.id)}">Redrive</button> <button class="danger" data-discard="${esc(l.id)}">Discard</button>` : pill(l.status)}</td></tr>`).join('') || '<tr><td colspan="7" class="muted">none</td></tr>'}
   </tbody></table></div>`;
 }
 
+// Dead letters ticked for an action on a selection (kept across the page's refreshes).
+const selected = new Set();
+
 function wireLetterButtons() {
+  for (const c of document.querySelectorAll('[data-select]')) {
+    c.onchange = () => { if (c.checked) selected.add(c.dataset.select); else selected.delete(c.dataset.select); updateSelection(); };
+  }
+  updateSelection();
   for (const b of document.querySelectorAll('[data-redrive]')) {
     b.onclick = () => act(`Redrive ${b.dataset.redrive} to the group that dead-lettered it?`, () => api('POST', `/admin/dlq/${enc(b.dataset.redrive)}/redrive`));
   }
   for (const b of document.querySelectorAll('[data-discard]')) {
     b.onclick = () => act(`Discard ${b.dataset.discard}? What waited behind it is released.`, (reason) => api('POST', `/admin/dlq/${enc(b.dataset.discard)}/discard`, { reason }), { reason: true });
   }
+}
+
+function updateSelection() {
+  const bar = byId('selection');
+  if (!bar) return;
+  const ids = [...selected].filter((id) => document.querySelector(`[data-select="${CSS.escape(id)}"]`));
+  bar.hidden = ids.length === 0;
+  byId('selection-count').textContent = String(ids.length);
+}
+
+async function each(ids, call) {
+  for (const id of ids) await call(id);
+  for (const id of ids) selected.delete(id);
 }
 
 async function dlqPage(params) {
@@ -374,12 +402,13 @@ async function dlqPage(params) {
     groups.get(k).push(l);
   }
   byId('main').innerHTML = `<h1>Dead letters</h1>
+  <div id="selection" class="row" hidden><span><b id="selection-count">0</b> selected:</span> <button id="redrive-selected">Redrive</button> <button id="discard-selected" class="danger">Discard</button></div>
   <p class="muted" data-testid="dlq-counts">${Object.entries(r.counts).map(([s, n]) => `${s} ${n}`).join(' · ')}${consumer ? ` · consumer ${esc(consumer)} (<a href="#/dlq">all</a>)` : ''}</p>
   ${[...groups.entries()].map(([k, letters], i) => {
     const [topic, group, error] = JSON.parse(k);
     return `<h2>${esc(topic)} · <a href="#/consumers/${enc(group)}">${esc(group)}</a> · ${letters.length}</h2>
     <p class="muted">${esc(error)}</p>
-    <div class="row"><button data-group="${i}">Redrive these ${letters.length}</button></div>
+    <div class="row"><button data-group="${i}">Redrive these ${letters.length}</button> <button class="danger" data-discard-group="${i}">Discard these ${letters.length}</button></div>
     ${letterTable(letters)}`;
   }).join('') || '<p class="muted">No open dead letters.</p>'}
   <h2>Parked keys</h2>
@@ -391,7 +420,11 @@ async function dlqPage(params) {
     const l = letters[0];
     const btn = document.querySelector(`[data-group="${i}"]`);
     btn.onclick = () => act(`Redrive ${letters.length} dead letters of ${l.consumer} on ${l.originalTopic}?`, () => api('POST', '/admin/dlq/redrive', { topic: l.originalTopic, consumer: l.consumer, error: l.error, limit: 1000 }));
+    document.querySelector(`[data-discard-group="${i}"]`).onclick = () => act(`Discard ${letters.length} dead letters of ${l.consumer} on ${l.originalTopic}? What waited behind them is released.`, (reason) => api('POST', '/admin/dlq/discard', { topic: l.originalTopic, consumer: l.consumer, error: l.error, limit: 1000, reason }), { reason: true });
   });
+  const chosen = () => [...selected].filter((id) => document.querySelector(`[data-select="${CSS.escape(id)}"]`));
+  byId('redrive-selected').onclick = () => { const ids = chosen(); act(`Redrive the ${ids.length} selected dead letters?`, () => each(ids, (id) => api('POST', `/admin/dlq/${enc(id)}/redrive`))); };
+  byId('discard-selected').onclick = () => { const ids = chosen(); act(`Discard the ${ids.length} selected dead letters?`, (reason) => each(ids, (id) => api('POST', `/admin/dlq/${enc(id)}/discard`, { reason })), { reason: true }); };
 }
 
 async function letterPage(id) {
@@ -438,7 +471,11 @@ async function render(fresh) {
   if (busy) return;
   const [page, show] = view(parse());
   for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', a.dataset.page === page);
-  const editing = !fresh && (byId('confirm').open || (document.activeElement && ['INPUT', 'SELECT', 'TEXTAREA'].includes(document.activeElement.tagName)) || document.querySelector('details[open]'));
+  // Not while the reader types, picks, confirms or reads an opened detail (a ticked checkbox
+  // or the time-travel slider re-render themselves).
+  const el = document.activeElement;
+  const typing = el && (['SELECT', 'TEXTAREA'].includes(el.tagName) || (el.tagName === 'INPUT' && !['checkbox', 'range'].includes(el.type)));
+  const editing = !fresh && (byId('confirm').open || typing || document.querySelector('details[open]'));
   if (!token.get()) {
     loginForm(false);
     return;

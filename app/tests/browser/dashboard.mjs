@@ -93,6 +93,7 @@ const phases = {
     const topics = await api('GET', '/admin/topics');
     await show(page, '#/topics');
     check((await page.$$('[data-testid=topics] tbody tr')).length === topics.length, 'one row per topic');
+    check(/\d+(\.\d)? (B|KiB|MiB)/.test(await text(page, '[data-testid=topics]')), 'topic sizes are shown');
     await page.screenshot({ path: `${SHOTS}/topics.png`, fullPage: true });
     await show(page, '#/topics/orders.order-created/0');
     const records = await api('GET', '/admin/topics/orders.order-created/0?limit=50');
@@ -176,10 +177,18 @@ const phases = {
     await confirm(page);
     await until('the count to fall', async () => ((await api('GET', '/admin/dlq?limit=1')).counts.open || 0) === open0 - n);
     await until('the page to follow', async () => (await text(page, '[data-testid=dlq-counts]')).includes(`open ${open0 - n}`));
-    // Discard one of what is left, with a reason.
-    await page.click('[data-discard]');
+    await until('the redriven group gone from the page', async () => (await page.$$('[data-select]')).length === open0 - n);
+    // Discard what is left as a selection, with a reason.
+    const boxes = await page.$$('[data-select]');
+    check(boxes.length === open0 - n, `one checkbox per open letter (${boxes.length})`);
+    for (const b of boxes) await b.check();
+    await until('the selection bar', async () => (await text(page, '#selection-count')) === String(open0 - n));
+    await page.click('#discard-selected');
     await confirm(page, 'test data from a broken producer');
-    await until('the discard', async () => ((await api('GET', '/admin/dlq?limit=1')).counts.open || 0) === open0 - n - 1);
+    await until('the discard', async () => ((await api('GET', '/admin/dlq?limit=1')).counts.open || 0) === 0);
+    await until('the page to follow', async () => (await text(page, '[data-testid=dlq-counts]')).includes('discarded'));
+    const discarded = await api('GET', '/admin/dlq?status=discarded');
+    check(discarded.deadLetters.every((l) => l.statusReason === 'test data from a broken producer'), 'the reason is kept');
     await page.screenshot({ path: `${SHOTS}/dead-letters-after.png`, fullPage: true });
   },
 

@@ -110,6 +110,10 @@ impl Bus for AnyBus {
         each!(self, b => b.watermarks(tp).await)
     }
 
+    async fn topic_details(&self, topic: &str) -> Result<shopflow_bus::TopicDetails> {
+        each!(self, b => b.topic_details(topic).await)
+    }
+
     async fn read(&self, tp: &TopicPartition, from: u64, max: usize) -> Result<Vec<Record>> {
         each!(self, b => Bus::read(b, tp, from, max).await)
     }

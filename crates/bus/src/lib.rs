@@ -9,7 +9,8 @@ mod types;
 pub use error::{Error, Result};
 pub use partitioner::{murmur2, partition_for_key};
 pub use types::{
-    Ack, Capabilities, Headers, Message, PartitionLag, Record, TopicInfo, TopicPartition, TopicSpec,
+    Ack, Capabilities, Headers, Message, PartitionLag, Record, TopicDetails, TopicInfo,
+    TopicPartition, TopicSpec,
 };
 
 use std::future::Future;
@@ -91,6 +92,13 @@ pub trait Bus: Clone + Send + Sync + 'static {
 
     /// Every user topic with its partition count, sorted by name.
     fn topics(&self) -> impl Future<Output = Result<Vec<TopicInfo>>> + Send;
+
+    /// Retention and size of `topic`, for operators. A backend that cannot tell says `None`
+    /// (the default says nothing is known).
+    fn topic_details(&self, topic: &str) -> impl Future<Output = Result<TopicDetails>> + Send {
+        let _ = topic;
+        async { Ok(TopicDetails::default()) }
+    }
 
     /// Start and end offset of a partition: records `start..end` are readable.
     fn watermarks(&self, tp: &TopicPartition) -> impl Future<Output = Result<(u64, u64)>> + Send;

@@ -159,6 +159,18 @@ impl TopicSpec {
     }
 }
 
+/// Retention and size of a topic, as far as the backend knows them (`None`: not known, or no
+/// limit).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TopicDetails {
+    /// Oldest data is deleted once a partition holds more than this many bytes.
+    pub retention_bytes: Option<u64>,
+    /// Data older than this is deleted.
+    pub retention: Option<Duration>,
+    /// Bytes the topic takes now (every partition), when the backend can tell.
+    pub size_bytes: Option<u64>,
+}
+
 /// A topic as the backend knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopicInfo {

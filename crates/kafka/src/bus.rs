@@ -329,6 +329,42 @@ impl Bus for KafkaBus {
         self.inner.watermarks(tp).await
     }
 
+    async fn topic_details(&self, topic: &str) -> Result<shopflow_bus::TopicDetails> {
+        self.check_open()?;
+        let name = self.ns(topic);
+        let opts = AdminOptions::new().request_timeout(Some(self.inner.config.request_timeout));
+        let results = self
+            .inner
+            .admin
+            .describe_configs([&rdkafka::admin::ResourceSpecifier::Topic(&name)], &opts)
+            .await
+            .map_err(kerr)?;
+        let mut details = shopflow_bus::TopicDetails::default();
+        for r in results {
+            let config = r.map_err(|code| match code {
+                RDKafkaErrorCode::UnknownTopicOrPartition => Error::UnknownTopic {
+                    topic: topic.to_owned(),
+                },
+                code => Error::Backend {
+                    reason: format!("describing topic `{topic}`: {code}"),
+                    transient: false,
+                },
+            })?;
+            // Kafka says -1 for "no limit".
+            let num = |k: &str| {
+                config
+                    .get(k)
+                    .and_then(|e| e.value.as_deref())
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .and_then(|v| u64::try_from(v).ok())
+            };
+            details.retention_bytes = num("retention.bytes");
+            details.retention = num("retention.ms").map(Duration::from_millis);
+        }
+        // The size on the brokers' disks is not in librdkafka's admin API (no DescribeLogDirs).
+        Ok(details)
+    }
+
     async fn read(&self, tp: &TopicPartition, from: u64, max: usize) -> Result<Vec<Record>> {
         crate::reader::read(self.inner.clone(), tp, from, max).await
     }

@@ -414,6 +414,20 @@ impl Bus for Log {
         Ok((p.start(), p.end()))
     }
 
+    async fn topic_details(&self, topic: &str) -> Result<shopflow_bus::TopicDetails> {
+        let t = self
+            .shared
+            .topic(topic)
+            .ok_or_else(|| Error::UnknownTopic {
+                topic: topic.to_owned(),
+            })?;
+        Ok(shopflow_bus::TopicDetails {
+            retention_bytes: t.spec.retention_bytes,
+            retention: t.spec.retention,
+            size_bytes: Some(t.partitions.iter().map(|p| p.size_bytes()).sum()),
+        })
+    }
+
     async fn read(&self, tp: &TopicPartition, from: u64, max: usize) -> Result<Vec<Record>> {
         let start = self.shared.partition(tp)?.start();
         Log::read(self, tp, from.max(start), max)

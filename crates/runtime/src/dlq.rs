@@ -615,6 +615,12 @@ pub async fn discard(db: &Db, id: &str, reason: &str) -> Result<DeadLetter, Erro
         return Err(Error::Invalid("a discard needs a reason".into()));
     }
     let mut tx = db.begin().await?;
+    let out = discard_in(&mut tx, id, reason).await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+async fn discard_in(tx: &mut Tx, id: &str, reason: &str) -> Result<DeadLetter, Error> {
     let rows = tx
         .query(
             "SELECT status, original_topic, original_partition, original_offset, consumer, record_key FROM dead_letters WHERE id = $1",
@@ -655,7 +661,7 @@ pub async fn discard(db: &Db, id: &str, reason: &str) -> Result<DeadLetter, Erro
             headers: hdrs,
             timestamp_ms: None,
         };
-        outbox::enqueue(&mut tx, &[marker]).await?;
+        outbox::enqueue(tx, &[marker]).await?;
     }
     tx.execute(
         "UPDATE dead_letters SET status = 'discarded', status_reason = $2, status_at = $3 WHERE id = $1",
@@ -669,7 +675,72 @@ pub async fn discard(db: &Db, id: &str, reason: &str) -> Result<DeadLetter, Erro
         )
         .await?;
     let out = letter(&rows[0])?;
-    tx.commit().await?;
     tracing::info!(id, reason, "dead letter discarded");
     Ok(out)
+}
+
+/// What a bulk discard did.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BulkDiscard {
+    pub discarded: Vec<DeadLetter>,
+    pub count: usize,
+    /// Open dead letters matching the filter that this call left (past its limit).
+    pub remaining: i64,
+    pub limit: u32,
+}
+
+/// Discards the oldest open dead letters matching `filter`, with one reason, in one transaction
+/// (at most `limit`, as a bulk redrive): each group that parked keys behind them is told.
+pub async fn discard_matching(
+    db: &Db,
+    filter: &Filter,
+    reason: &str,
+) -> Result<BulkDiscard, Error> {
+    if reason.trim().is_empty() {
+        return Err(Error::Invalid("a discard needs a reason".into()));
+    }
+    if filter.status.as_deref().is_some_and(|s| s != "open") {
+        return Err(Error::Invalid(
+            "only open dead letters can be discarded".into(),
+        ));
+    }
+    let (clause, params) = where_clause(filter, Some("open"))?;
+    let limit = filter.limit.unwrap_or(DEFAULT_BULK_REDRIVE);
+    if !(1..=MAX_BULK_REDRIVE).contains(&limit) {
+        return Err(Error::Invalid(format!(
+            "limit must be between 1 and {MAX_BULK_REDRIVE}"
+        )));
+    }
+    let mut tx = db.begin().await?;
+    let ids: Vec<String> = tx
+        .query(
+            &format!("SELECT id FROM dead_letters{clause} ORDER BY indexed_at, id LIMIT {limit}"),
+            &params,
+        )
+        .await?
+        .iter()
+        .map(|r| r.str(0).map(str::to_owned))
+        .collect::<Result<_, _>>()?;
+    let mut discarded = Vec::with_capacity(ids.len());
+    for id in &ids {
+        discarded.push(discard_in(&mut tx, id, reason).await?);
+    }
+    let remaining = tx
+        .query(
+            &format!("SELECT COUNT(*) FROM dead_letters{clause}"),
+            &params,
+        )
+        .await?
+        .first()
+        .map(|r| r.i64(0))
+        .transpose()?
+        .unwrap_or(0);
+    tx.commit().await?;
+    Ok(BulkDiscard {
+        count: discarded.len(),
+        discarded,
+        remaining,
+        limit,
+    })
 }
