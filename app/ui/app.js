@@ -286,9 +286,11 @@ async function orderPage(id) {
   ]);
   // Ask each service only for what the order's own facts say exists (no 404s to log): a payment
   // once one was recorded or the order was cancelled (a declined card leaves a failed payment),
-  // a shipment once shipped or cancelled after its reservation, a saga under orchestration.
-  const [payment, shipment, saga] = await Promise.all([
+  // the reservation once reserved or cancelled after the charge (stock was tried), a shipment once shipped or cancelled after its
+  // reservation, a saga under orchestration.
+  const [payment, reservation, shipment, saga] = await Promise.all([
     now.paymentId || now.status === 'CANCELLED' ? getOr(`/orders/${enc(id)}/payment`, null) : null,
+    now.reserved || (now.status === 'CANCELLED' && now.paymentId) ? getOr(`/orders/${enc(id)}/reservation`, null) : null,
     now.shipmentId || (now.status === 'CANCELLED' && now.reserved) ? getOr(`/orders/${enc(id)}/shipment`, null) : null,
     style === 'orchestration' ? getOr(`/sagas/${enc(id)}`, null) : null,
   ]);
@@ -298,6 +300,7 @@ async function orderPage(id) {
   const items = [
     ...events.map((e) => ({ t: e.timestamp, what: `order v${e.version}: ${e.eventType}`, detail: e.data, cause: e.correlationId })),
     ...(payment ? [{ t: payment.updatedAt || payment.createdAt, what: `payment ${payment.status}`, detail: payment }] : []),
+    ...(reservation ? [{ t: reservation.updatedAt, what: `stock ${reservation.status}`, detail: reservation }] : []),
     ...(shipment ? [{ t: shipment.createdAt || shipment.updatedAt, what: `shipment ${shipment.status || ''}`, detail: shipment }] : []),
     ...(Array.isArray(notifications) ? notifications : notifications.notifications || []).map((n) => ({ t: n.sentAt || n.createdAt, what: `notification: ${n.channel} for ${n.eventType}`, detail: n })),
     ...(saga ? (saga.steps || []).map((s) => ({ t: s.updatedAt || saga.updatedAt, what: `saga step ${s.name}: ${s.state}`, detail: s })) : []),

@@ -131,7 +131,18 @@ const phases = {
       const shipped = (await text(page, 'main')).includes('OrderCompleted');
       return items > first && shipped;
     });
+    await until('the reservation in the timeline', async () => (await text(page, '[data-testid=timeline]')).includes('stock SHIPPED'));
     await page.screenshot({ path: `${SHOTS}/order-timeline.png`, fullPage: true });
+    // A declined order's page asks nothing that is not there (no failed request, checked at the end).
+    const declined = await api('POST', '/orders', {
+      customerId: env('CUSTOMER'),
+      items: [{ sku: env('SKU'), quantity: 1 }],
+      payment: { cardNumber: '4000000000000002' },
+      shippingAddress: { name: 'Ada', line1: '1 Main St', city: 'Berlin', postalCode: '10115', country: 'DE' },
+    });
+    const other = await open();
+    await show(other, `#/orders/${declined.orderId}`);
+    await until('the declined order cancelled', async () => (await text(other, 'main')).includes('payment FAILED'));
     // Back to its first version: the order as it was when placed.
     await page.$eval('#travel', (el) => { el.value = '1'; el.dispatchEvent(new Event('change')); });
     await until('version 1', async () => (await text(page, '[data-testid=travel-version]')) === '1');

@@ -92,6 +92,7 @@ impl Inventory {
         Router::new()
             .route("/products", get(list_products))
             .route("/products/{sku}", get(get_product).put(put_product))
+            .route("/orders/{id}/reservation", get(get_reservation))
             .with_state(Arc::new(self.clone()))
     }
 
@@ -247,6 +248,59 @@ async fn get_product(
     Path(sku): Path<String>,
 ) -> Result<Json<ProductView>, ApiError> {
     s.get(&sku).await.map(Json)
+}
+
+/// The stock an order holds: `RESERVED`, `SHIPPED`, `RELEASED` (given back, or a compensation
+/// that came first), or `FAILED` (not enough stock).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReservationView {
+    pub order_id: String,
+    pub status: String,
+    pub items: Vec<OrderLine>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// RFC 3339, UTC.
+    pub updated_at: String,
+}
+
+/// An order's reservation (the order id is the capability, as for its payment and shipment).
+#[utoipa::path(get, path = "/orders/{id}/reservation", tag = "inventory", operation_id = "getReservation",
+    params(("id" = String, Path, description = "The order id (`ord_…`)")),
+    responses(
+        shopflow_http::responses::Unavailable,
+        (status = 200, description = "The reservation", body = ReservationView),
+        (status = 404, description = "No reservation for this order (yet)", body = shopflow_http::ErrorBody),
+    ))]
+async fn get_reservation(
+    State(s): State<Arc<Inventory>>,
+    Path(id): Path<String>,
+) -> Result<Json<ReservationView>, ApiError> {
+    let rows = s
+        .db
+        .query(
+            "SELECT order_id, status, items, reason, updated_at FROM reservations WHERE order_id = $1",
+            params![id.as_str()],
+        )
+        .await?;
+    let r = rows
+        .first()
+        .ok_or_else(|| ApiError::not_found("reservation of order", &id))?;
+    let items: Vec<OrderLine> = serde_json::from_str(r.str(2)?).map_err(|e| {
+        ApiError::from(shopflow_store::Error::Corrupt {
+            what: "reservation items",
+            reason: e.to_string(),
+        })
+    })?;
+    Ok(Json(ReservationView {
+        order_id: r.str(0)?.to_owned(),
+        status: r.str(1)?.to_owned(),
+        items,
+        reason: r.opt_str(3)?.map(str::to_owned),
+        updated_at: chrono::DateTime::from_timestamp_millis(r.i64(4)?)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    }))
 }
 
 /// Create (201) or update (200) a product and set its stock: publishes `ProductUpdated` and
@@ -515,7 +569,7 @@ impl Handler for StockCommands {
 /// The inventory service's part of the OpenAPI document.
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(list_products, get_product, put_product),
-    components(schemas(PutProduct, ProductView, shopflow_http::ErrorBody))
+    paths(list_products, get_product, put_product, get_reservation),
+    components(schemas(PutProduct, ProductView, ReservationView, shopflow_http::ErrorBody))
 )]
 pub(crate) struct Api;
