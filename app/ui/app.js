@@ -298,7 +298,7 @@ async function orderPage(id) {
   const v = travel.version === null ? max : Math.min(travel.version, max);
   const then = v === max ? now : await get(`/orders/${enc(id)}?version=${v}`);
   const items = [
-    ...events.map((e) => ({ t: e.timestamp, what: `order v${e.version}: ${e.eventType}`, detail: e.data, cause: e.correlationId })),
+    ...events.map((e) => ({ t: e.timestamp, what: `order v${e.version}: ${e.eventType}`, detail: e.data, cause: e.causationId })),
     ...(payment ? [{ t: payment.updatedAt || payment.createdAt, what: `payment ${payment.status}`, detail: payment }] : []),
     ...(reservation ? [{ t: reservation.updatedAt, what: `stock ${reservation.status}`, detail: reservation }] : []),
     ...(shipment ? [{ t: shipment.createdAt || shipment.updatedAt, what: `shipment ${shipment.status || ''}`, detail: shipment }] : []),
@@ -315,7 +315,7 @@ async function orderPage(id) {
     <pre data-testid="order-state">${esc(JSON.stringify(then, null, 2))}</pre>
   </div><div>
     <h2>Timeline across the services</h2>
-    <ul class="timeline" data-testid="timeline">${items.map((i) => `<li><b>${esc(i.what)}</b> <span class="muted">${fmtTime(i.t)}</span><details><summary>details</summary><pre>${esc(JSON.stringify(i.detail, null, 2))}</pre></details></li>`).join('')}</ul>
+    <ul class="timeline" data-testid="timeline">${items.map((i) => `<li><b>${esc(i.what)}</b> <span class="muted">${fmtTime(i.t)}${i.cause ? ` · caused by ${esc(i.cause)}` : ''}</span><details><summary>details</summary><pre>${esc(JSON.stringify(i.detail, null, 2))}</pre></details></li>`).join('')}</ul>
     ${saga ? `<p><a href="#/sagas/${enc(id)}">its saga</a>: ${pill(saga.state)}</p>` : ''}
   </div></div>`;
   const slider = byId('travel');

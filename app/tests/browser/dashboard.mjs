@@ -132,6 +132,7 @@ const phases = {
       return items > first && shipped;
     });
     await until('the reservation in the timeline', async () => (await text(page, '[data-testid=timeline]')).includes('stock SHIPPED'));
+    check((await text(page, '[data-testid=timeline]')).includes('caused by'), 'the timeline says what caused each step');
     await page.screenshot({ path: `${SHOTS}/order-timeline.png`, fullPage: true });
     // A declined order's page asks nothing that is not there (no failed request, checked at the end).
     const declined = await api('POST', '/orders', {

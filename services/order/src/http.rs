@@ -115,6 +115,9 @@ pub(crate) struct EventItem {
     event_version: u32,
     timestamp: String,
     correlation_id: String,
+    /// The id of the message that caused it (none for a placement).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    causation_id: Option<String>,
     /// The event's data (its shape: the event's JSON Schema under `schemas/`).
     #[schema(value_type = Object)]
     data: serde_json::Value,
@@ -149,6 +152,7 @@ pub(crate) async fn events(
                     .timestamp()
                     .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 correlation_id: env.correlation_id().to_string(),
+                causation_id: env.causation_id().map(|c| c.to_string()),
                 data: env.data().clone(),
             })
             .collect(),
