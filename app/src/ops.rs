@@ -69,6 +69,93 @@ pub struct Ops {
     pub hooks: Vec<MetricsHook>,
     /// The consumers this process runs, with what they have done and what they wait for.
     pub consumers: Vec<(&'static str, Arc<shopflow_runtime::RunnerStats>)>,
+    /// Every outbox relay of this process, by owner: what it has published.
+    pub relays: Vec<(&'static str, Arc<shopflow_store::outbox::RelayStats>)>,
+    /// The services this process runs.
+    pub services: Vec<ServiceRun>,
+}
+
+/// A service as this process runs it.
+#[derive(Clone, Debug)]
+pub struct ServiceRun {
+    pub name: &'static str,
+    /// Its consumer groups.
+    pub groups: Vec<&'static str>,
+    /// The breakers around the external systems it calls.
+    pub breakers: Vec<Arc<CircuitBreaker>>,
+}
+
+/// One service of this process, for the dashboard's overview.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ServiceView {
+    name: String,
+    /// `ok`; `degraded` while one of its breakers is not closed or a consumer is paused.
+    health: String,
+    /// Events it consumed (handled, duplicates and dead letters), since this process started.
+    consumed: u64,
+    /// Events its relay published, since this process started.
+    published: u64,
+    outbox_backlog: u64,
+    consumers: Vec<String>,
+    breakers: Vec<BreakerView>,
+    /// Its consumers that wait, and why.
+    waiting: BTreeMap<String, shopflow_runtime::Waiting>,
+}
+
+/// The services of this process: health, what they consumed and published, outbox backlog,
+/// breakers.
+#[utoipa::path(get, path = "/admin/services", tag = "operations", operation_id = "listServices",
+    security(("adminToken" = [])),
+    responses(
+        shopflow_http::responses::NeedsAdmin,
+        shopflow_http::responses::Unavailable,
+        (status = 200, description = "The services", body = Vec<ServiceView>),
+    ))]
+pub(crate) async fn services(
+    State(ops): State<Arc<Ops>>,
+) -> Result<Json<Vec<ServiceView>>, ApiError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut out = Vec::new();
+    for s in &ops.services {
+        let mut consumed = 0;
+        let mut waiting = BTreeMap::new();
+        for (g, stats) in ops.consumers.iter().filter(|(g, _)| s.groups.contains(g)) {
+            consumed += stats.handled.load(Relaxed)
+                + stats.duplicates.load(Relaxed)
+                + stats.dead_lettered.load(Relaxed)
+                + stats.parked.load(Relaxed);
+            if let Some(w) = stats.waiting() {
+                waiting.insert((*g).to_owned(), w);
+            }
+        }
+        let published = ops
+            .relays
+            .iter()
+            .filter(|(o, _)| *o == s.name)
+            .map(|(_, r)| r.published.load(Relaxed))
+            .sum();
+        let outbox_backlog = match ops.outboxes.iter().find(|(o, _)| *o == s.name) {
+            Some((_, db)) => shopflow_store::outbox::backlog(db).await?,
+            None => 0,
+        };
+        let breakers: Vec<BreakerView> = s.breakers.iter().map(|b| breaker_view(b)).collect();
+        let degraded = breakers
+            .iter()
+            .any(|b| b.state != shopflow_runtime::BreakerState::Closed)
+            || waiting.values().any(|w| w.kind == "paused");
+        out.push(ServiceView {
+            name: s.name.to_owned(),
+            health: if degraded { "degraded" } else { "ok" }.to_owned(),
+            consumed,
+            published,
+            outbox_backlog,
+            consumers: s.groups.iter().map(|g| (*g).to_owned()).collect(),
+            breakers,
+            waiting,
+        });
+    }
+    Ok(Json(out))
 }
 
 impl std::fmt::Debug for Ops {
@@ -228,6 +315,7 @@ impl Ops {
             .route("/admin/lag", get(lag))
             .route("/admin/events", get(crate::tail::handler))
             .route("/admin/breakers", get(breakers))
+            .route("/admin/services", get(services))
             .route("/metrics", get(metrics))
             .merge(crate::dashboard::admin_routes())
             .with_state(Arc::new(self))
@@ -442,17 +530,16 @@ pub(crate) async fn lag(State(ops): State<Arc<Ops>>) -> Result<Json<LagReport>, 
         (status = 200, description = "Breakers", body = Vec<BreakerView>),
     ))]
 pub(crate) async fn breakers(State(ops): State<Arc<Ops>>) -> Json<Vec<BreakerView>> {
-    Json(
-        ops.breakers
-            .iter()
-            .map(|b| BreakerView {
-                name: b.name().to_owned(),
-                state: b.state(),
-                failure_threshold: b.config().failure_threshold,
-                open_for_ms: u64::try_from(b.config().open_for.as_millis()).unwrap_or(u64::MAX),
-            })
-            .collect(),
-    )
+    Json(ops.breakers.iter().map(|b| breaker_view(b)).collect())
+}
+
+fn breaker_view(b: &CircuitBreaker) -> BreakerView {
+    BreakerView {
+        name: b.name().to_owned(),
+        state: b.state(),
+        failure_threshold: b.config().failure_threshold,
+        open_for_ms: u64::try_from(b.config().open_for.as_millis()).unwrap_or(u64::MAX),
+    }
 }
 
 /// Prometheus metrics (text format 0.0.4).
@@ -529,6 +616,7 @@ pub(crate) async fn metrics(State(ops): State<Arc<Ops>>) -> Result<Response, Api
         discard,
         lag,
         breakers,
+        services,
         metrics,
         crate::tail::handler,
         crate::dashboard::index,
@@ -547,6 +635,7 @@ pub(crate) async fn metrics(State(ops): State<Arc<Ops>>) -> Result<Response, Api
         dlq::Parked,
         RedrivenOne,
         DiscardBody,
+        ServiceView,
         LagReport,
         LagRow,
         shopflow_runtime::Waiting,

@@ -201,6 +201,8 @@ impl Shop {
         let mut groups = Vec::new();
         let mut consumers = Vec::new();
         let mut runner_stats = Vec::new();
+        let mut relays = Vec::new();
+        let mut services_run = Vec::new();
         let mut breakers = Vec::new();
         let mut hooks = Vec::new();
         let mut vault = None;
@@ -225,6 +227,15 @@ impl Shop {
                 .iter()
                 .map(|h| shopflow_runtime::Handler::name(h).to_owned())
                 .collect();
+            services_run.push(crate::ops::ServiceRun {
+                name: service.name,
+                groups: started
+                    .handlers
+                    .iter()
+                    .map(shopflow_runtime::Handler::name)
+                    .collect(),
+                breakers: started.breakers.clone(),
+            });
             // Each breaker announces when the consumers that depend on it pause and resume.
             for b in &started.breakers {
                 let dependents = system::dependents(b, &started.handlers);
@@ -285,13 +296,14 @@ impl Shop {
             .migrate_service(OPS, shopflow_runtime::dlq::MIGRATIONS)
             .await?;
         dbs.push((OPS, ops_db.clone()));
-        for (_, db) in &dbs {
+        for (owner, db) in &dbs {
             tasks.push(tokio::spawn(shopflow_runtime::retention::run(
                 db.clone(),
                 config.inbox_retention,
                 shutdown.clone(),
             )));
             let relay = Relay::new(db.clone(), log.clone(), RelayConfig::default());
+            relays.push((*owner, relay.stats()));
             let s = shutdown.clone();
             tasks.push(tokio::spawn(async move {
                 let _ = relay.run(s.wait()).await;
@@ -312,6 +324,8 @@ impl Shop {
             outboxes: dbs.clone(),
             hooks,
             consumers: runner_stats,
+            relays,
+            services: services_run,
         };
 
         let app = app

@@ -9,7 +9,7 @@ const esc = (s) => String(s ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '
 const enc = encodeURIComponent;
 const byId = (id) => document.getElementById(id);
 const fmtTime = (t) => (t ? new Date(typeof t === 'number' ? t : Date.parse(t)).toLocaleString() : '');
-const statusClass = (s) => ({ SHIPPED: 'ok', completed: 'ok', closed: 'ok', open: 'bad', CANCELLED: 'warn', compensated: 'warn', failed: 'bad', 'half-open': 'warn' }[s] || '');
+const statusClass = (s) => ({ SHIPPED: 'ok', completed: 'ok', closed: 'ok', ok: 'ok', open: 'bad', degraded: 'bad', CANCELLED: 'warn', compensated: 'warn', failed: 'bad', 'half-open': 'warn' }[s] || '');
 const pill = (s) => `<span class="pill ${statusClass(s)}">${esc(s)}</span>`;
 
 // ---- the admin token -------------------------------------------------------------------------
@@ -85,7 +85,7 @@ function flash(text, bad) {
 
 // Samples kept while the page is open: events on the bus, and each group's handled and lag.
 const series = () => ({ at: [], v: [] });
-const history = { out: series(), done: {}, lag: {} };
+const history = { out: series(), done: {}, lag: {}, svcIn: {}, svcOut: {} };
 
 function record(s, value) {
   s.at.push(Date.now());
@@ -131,7 +131,8 @@ function waitingCell(w) {
 // ---- pages -----------------------------------------------------------------------------------
 
 async function overview() {
-  const [topics, lag, breakers, dlq, stats, events] = await Promise.all([
+  const [services, topics, lag, breakers, dlq, stats, events] = await Promise.all([
+    get('/admin/services'),
     get('/admin/topics'),
     get('/admin/lag'),
     get('/admin/breakers'),
@@ -141,6 +142,10 @@ async function overview() {
   ]);
   sampleTopics(topics);
   sampleLag(lag);
+  for (const s of services) {
+    record((history.svcIn[s.name] ||= series()), s.consumed);
+    record((history.svcOut[s.name] ||= series()), s.published);
+  }
   const out = rates(history.out);
   const groups = Object.keys(lag.groups).sort();
   const byStatus = stats ? Object.entries(stats.byStatus).map(([s, n]) => `<div>${pill(s)} <b>${n}</b></div>`).join('') : '<span class="muted">no order service here</span>';
@@ -153,7 +158,15 @@ async function overview() {
     <div class="card"><h3>Dead letters</h3><div class="num" data-testid="dlq-open">${dlq.counts.open || 0}</div><div class="muted">open · ${dlq.parked.length} keys parked behind them</div><a href="#/dlq">inspect</a></div>
     <div class="card"><h3>Outbox backlog</h3>${Object.entries(lag.outboxBacklog).map(([o, n]) => `<div>${esc(o)} <b class="${n > 0 ? 'warn' : ''}">${n}</b></div>`).join('')}</div>
   </div>
-  <h2>Services and their consumers</h2>
+  <h2>Services</h2>
+  <div class="scroll"><table data-testid="services"><thead><tr><th>Service</th><th>Health</th><th>Events in per second</th><th>Events out per second</th><th class="n">Outbox</th><th>Breakers</th></tr></thead><tbody>
+  ${services.map((s) => {
+    const rin = rates(history.svcIn[s.name]);
+    const rout = rates(history.svcOut[s.name]);
+    return `<tr><td>${esc(s.name)}</td><td>${pill(s.health)}</td><td>${spark(rin, 'in')}<span class="muted">${Math.round(last(rin))}/s · ${s.consumed} since start</span></td><td>${spark(rout)}<span class="muted">${Math.round(last(rout))}/s · ${s.published} since start</span></td><td class="n ${s.outboxBacklog > 0 ? 'warn' : ''}">${s.outboxBacklog}</td><td>${s.breakers.map((b) => `${esc(b.name)} ${pill(b.state)}`).join('<br>') || '<span class="muted">none</span>'}</td></tr>`;
+  }).join('')}
+  </tbody></table></div>
+  <h2>Consumer groups</h2>
   <div class="scroll"><table data-testid="groups"><thead><tr><th>Consumer group</th><th class="n">Lag</th><th>Handled per second</th><th>State</th></tr></thead><tbody>
   ${groups.map((g) => {
     const r = rates(history.done[g] || series());

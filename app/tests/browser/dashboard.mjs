@@ -88,6 +88,8 @@ const phases = {
     await show(page, '#/');
     await until('the order count', async () => (await text(page, '[data-testid=orders-total]')) === String((await api('GET', '/admin/orders/stats')).total));
     check(stats.total > 0, 'orders were placed before');
+    const services = await api('GET', '/admin/services');
+    check((await page.$$('[data-testid=services] tbody tr')).length === services.length && services.length === 6, 'one row per service');
     await page.screenshot({ path: `${SHOTS}/overview.png`, fullPage: true });
 
     const topics = await api('GET', '/admin/topics');
@@ -220,6 +222,7 @@ const phases = {
       });
     }
     await until('the breaker open on the page', async () => (await text(page, '[data-testid=breakers]')).includes('open'));
+    await until('payment degraded', async () => (await text(page, '[data-testid=services]')).includes('degraded'));
     await page.screenshot({ path: `${SHOTS}/outage-breaker.png`, fullPage: true });
     await show(page, '#/consumers/payment');
     await until('lag in the linked view', async () => Number(await text(page, '[data-testid=group-lag]')) > 0);
