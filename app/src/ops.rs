@@ -73,6 +73,137 @@ pub struct Ops {
     pub relays: Vec<(&'static str, Arc<shopflow_store::outbox::RelayStats>)>,
     /// The services this process runs.
     pub services: Vec<ServiceRun>,
+    /// The last minutes of what they did (sampled by [`Ops::sample_history`]).
+    pub history: Arc<History>,
+}
+
+/// Counters every [`HISTORY_EVERY`], lag every [`LAG_EVERY`], for [`HISTORY_KEEP`].
+pub const HISTORY_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+pub const LAG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+pub const HISTORY_KEEP: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The last minutes of the process's counters and lag.
+#[derive(Debug, Default)]
+pub struct History(std::sync::Mutex<HistoryView>);
+
+/// What the dashboard draws its charts from.
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct HistoryView {
+    /// Per service, events consumed and published since start, every two seconds.
+    #[schema(value_type = Vec<CounterSample>)]
+    counters: std::collections::VecDeque<CounterSample>,
+    /// Total lag per consumer group, every ten seconds.
+    #[schema(value_type = Vec<LagSample>)]
+    lag: std::collections::VecDeque<LagSample>,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CounterSample {
+    /// Milliseconds since the epoch.
+    at: i64,
+    /// Per service: `[consumed, published]`.
+    services: BTreeMap<String, [u64; 2]>,
+    /// Per consumer group: handled (with duplicates, dead letters and parked records).
+    groups: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct LagSample {
+    at: i64,
+    groups: BTreeMap<String, u64>,
+}
+
+impl History {
+    fn view(&self) -> HistoryView {
+        self.0.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+}
+
+fn trim<T>(q: &mut std::collections::VecDeque<T>, every: std::time::Duration) {
+    let keep = (HISTORY_KEEP.as_millis() / every.as_millis()) as usize;
+    while q.len() > keep {
+        q.pop_front();
+    }
+}
+
+impl Ops {
+    /// Samples the counters and the lag until shutdown (cheap: the counters are in memory, the
+    /// lag is asked of the bus every ten seconds).
+    pub async fn sample_history(self, shutdown: shopflow_runtime::Shutdown) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stop = shutdown.wait();
+        tokio::pin!(stop);
+        let mut ticks: u64 = 0;
+        let lag_every = (LAG_EVERY.as_millis() / HISTORY_EVERY.as_millis()) as u64;
+        loop {
+            let at = shopflow_envelope::sim::now().timestamp_millis();
+            let handled = |s: &shopflow_runtime::RunnerStats| {
+                s.handled.load(Relaxed)
+                    + s.duplicates.load(Relaxed)
+                    + s.dead_lettered.load(Relaxed)
+                    + s.parked.load(Relaxed)
+            };
+            let groups: BTreeMap<String, u64> = self
+                .consumers
+                .iter()
+                .map(|(g, s)| ((*g).to_owned(), handled(s)))
+                .collect();
+            let services = self
+                .services
+                .iter()
+                .map(|s| {
+                    let consumed = s.groups.iter().filter_map(|g| groups.get(*g)).sum();
+                    let published = self
+                        .relays
+                        .iter()
+                        .filter(|(o, _)| *o == s.name)
+                        .map(|(_, r)| r.published.load(Relaxed))
+                        .sum();
+                    (s.name.to_owned(), [consumed, published])
+                })
+                .collect();
+            let lag = if ticks.is_multiple_of(lag_every) {
+                self.lag().await.ok().map(|r| LagSample {
+                    at,
+                    groups: r.groups,
+                })
+            } else {
+                None
+            };
+            if let Ok(mut h) = self.history.0.lock() {
+                h.counters.push_back(CounterSample {
+                    at,
+                    services,
+                    groups,
+                });
+                trim(&mut h.counters, HISTORY_EVERY);
+                if let Some(l) = lag {
+                    h.lag.push_back(l);
+                    trim(&mut h.lag, LAG_EVERY);
+                }
+            }
+            ticks += 1;
+            tokio::select! {
+                _ = tokio::time::sleep(HISTORY_EVERY) => {}
+                _ = &mut stop => return,
+            }
+        }
+    }
+}
+
+/// The last five minutes of each service's events in and out (every two seconds) and each
+/// group's lag (every ten seconds), as this process sampled them.
+#[utoipa::path(get, path = "/admin/history", tag = "operations", operation_id = "getHistory",
+    security(("adminToken" = [])),
+    responses(
+        shopflow_http::responses::NeedsAdmin,
+        (status = 200, description = "The samples, oldest first", body = HistoryView),
+    ))]
+pub(crate) async fn history(State(ops): State<Arc<Ops>>) -> Json<HistoryView> {
+    Json(ops.history.view())
 }
 
 /// A service as this process runs it.
@@ -316,6 +447,7 @@ impl Ops {
             .route("/admin/events", get(crate::tail::handler))
             .route("/admin/breakers", get(breakers))
             .route("/admin/services", get(services))
+            .route("/admin/history", get(history))
             .route("/metrics", get(metrics))
             .merge(crate::dashboard::admin_routes())
             .with_state(Arc::new(self))
@@ -617,6 +749,7 @@ pub(crate) async fn metrics(State(ops): State<Arc<Ops>>) -> Result<Response, Api
         lag,
         breakers,
         services,
+        history,
         metrics,
         crate::tail::handler,
         crate::dashboard::index,
@@ -636,6 +769,9 @@ pub(crate) async fn metrics(State(ops): State<Arc<Ops>>) -> Result<Response, Api
         RedrivenOne,
         DiscardBody,
         ServiceView,
+        HistoryView,
+        CounterSample,
+        LagSample,
         LagReport,
         LagRow,
         shopflow_runtime::Waiting,

@@ -326,7 +326,10 @@ impl Shop {
             consumers: runner_stats,
             relays,
             services: services_run,
+            history: Arc::new(crate::ops::History::default()),
         };
+        // The last minutes of throughput and lag, for the dashboard's charts.
+        tasks.push(tokio::spawn(ops.clone().sample_history(shutdown.clone())));
 
         let app = app
             .merge(ops.clone().router())

@@ -87,10 +87,25 @@ function flash(text, bad) {
 const series = () => ({ at: [], v: [] });
 const history = { out: series(), done: {}, lag: {}, svcIn: {}, svcOut: {} };
 
-function record(s, value) {
-  s.at.push(Date.now());
+function record(s, value, at = Date.now()) {
+  s.at.push(at);
   s.v.push(value);
   while (s.v.length > HISTORY) { s.at.shift(); s.v.shift(); }
+}
+
+// The charts start with the last minutes the server sampled, then go on with the page's own.
+async function seed() {
+  if (history.seeded) return;
+  const h = await get('/admin/history');
+  history.seeded = true;
+  for (const c of h.counters) {
+    for (const [name, [consumed, published]] of Object.entries(c.services)) {
+      record((history.svcIn[name] ||= series()), consumed, c.at);
+      record((history.svcOut[name] ||= series()), published, c.at);
+    }
+    for (const [g, n] of Object.entries(c.groups)) record((history.done[g] ||= series()), n, c.at);
+  }
+  for (const l of h.lag) for (const [g, n] of Object.entries(l.groups)) record((history.lag[g] ||= series()), n, l.at);
 }
 
 function sampleTopics(topics) {
@@ -131,6 +146,7 @@ function waitingCell(w) {
 // ---- pages -----------------------------------------------------------------------------------
 
 async function overview() {
+  await seed();
   const [services, topics, lag, breakers, dlq, stats, events] = await Promise.all([
     get('/admin/services'),
     get('/admin/topics'),
@@ -224,6 +240,7 @@ async function partitionPage(topic, partition) {
 }
 
 async function consumersPage() {
+  await seed();
   const lag = await get('/admin/lag');
   sampleLag(lag);
   const groups = Object.keys(lag.groups).sort();
@@ -242,6 +259,7 @@ async function consumersPage() {
 // One linked view: a group's lag, its dead letters, the keys (orders) stuck behind them, and the
 // sagas waiting.
 async function consumerPage(group) {
+  await seed();
   const [lag, dlq, sagas] = await Promise.all([get('/admin/lag'), get(`/admin/dlq?consumer=${enc(group)}&limit=200`), get('/sagas?limit=200')]);
   const parked = dlq.parked.filter((p) => p.consumer === group);
   const stuckOrders = new Set(parked.map((p) => p.key).filter((k) => k.startsWith('ord_')));

@@ -83,6 +83,11 @@ const phases = {
     await login.click('#login button');
     await until('the overview after the token', async () => (await login.$('[data-testid=orders-total]')) !== null);
 
+    // The charts start from the last minutes the server sampled.
+    const sampled = await api('GET', '/admin/history');
+    check(sampled.counters.length >= 2 && sampled.lag.length >= 1, `samples of the last minutes (${sampled.counters.length}, ${sampled.lag.length})`);
+    check(Object.keys(sampled.counters[sampled.counters.length - 1].services).length === 6, 'every service sampled');
+
     const page = await open();
     const stats = await api('GET', '/admin/orders/stats');
     await show(page, '#/');
