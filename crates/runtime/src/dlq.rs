@@ -562,12 +562,35 @@ pub struct BulkRedrive {
 /// in, in one transaction: at most `limit` (default [`DEFAULT_BULK_REDRIVE`], at most
 /// [`MAX_BULK_REDRIVE`]); says how many matching ones remain.
 pub async fn redrive_matching(db: &Db, filter: &Filter) -> Result<BulkRedrive, Error> {
-    let (clause, params) = where_clause(filter, Some("open"))?;
+    let (redriven, remaining, limit) = bulk(db, filter, "redriven", |tx, id| {
+        Box::pin(async move { redrive_in(tx, &id).await })
+    })
+    .await?;
+    Ok(BulkRedrive {
+        count: redriven.len(),
+        redriven,
+        remaining,
+        limit,
+    })
+}
+
+type BulkStep<'t, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, Error>> + Send + 't>>;
+
+/// Applies `step` to the oldest open dead letters matching `filter` (at most its limit), in one
+/// transaction; returns the results, how many matching ones remain, and the limit.
+async fn bulk<T>(
+    db: &Db,
+    filter: &Filter,
+    what: &str,
+    step: impl for<'t> Fn(&'t mut Tx, String) -> BulkStep<'t, T>,
+) -> Result<(Vec<T>, i64, u32), Error> {
     if filter.status.as_deref().is_some_and(|s| s != "open") {
-        return Err(Error::Invalid(
-            "only open dead letters can be redriven".into(),
-        ));
+        return Err(Error::Invalid(format!(
+            "only open dead letters can be {what}"
+        )));
     }
+    let (clause, params) = where_clause(filter, Some("open"))?;
     let limit = filter.limit.unwrap_or(DEFAULT_BULK_REDRIVE);
     if !(1..=MAX_BULK_REDRIVE).contains(&limit) {
         return Err(Error::Invalid(format!(
@@ -584,9 +607,9 @@ pub async fn redrive_matching(db: &Db, filter: &Filter) -> Result<BulkRedrive, E
         .iter()
         .map(|r| r.str(0).map(str::to_owned))
         .collect::<Result<_, _>>()?;
-    let mut redriven = Vec::with_capacity(ids.len());
-    for id in &ids {
-        redriven.push(redrive_in(&mut tx, id).await?);
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        out.push(step(&mut tx, id).await?);
     }
     let remaining = tx
         .query(
@@ -599,12 +622,7 @@ pub async fn redrive_matching(db: &Db, filter: &Filter) -> Result<BulkRedrive, E
         .transpose()?
         .unwrap_or(0);
     tx.commit().await?;
-    Ok(BulkRedrive {
-        count: redriven.len(),
-        redriven,
-        remaining,
-        limit,
-    })
+    Ok((out, remaining, limit))
 }
 
 /// Closes an open dead letter without redriving it; the reason is kept. The group that
@@ -700,43 +718,12 @@ pub async fn discard_matching(
     if reason.trim().is_empty() {
         return Err(Error::Invalid("a discard needs a reason".into()));
     }
-    if filter.status.as_deref().is_some_and(|s| s != "open") {
-        return Err(Error::Invalid(
-            "only open dead letters can be discarded".into(),
-        ));
-    }
-    let (clause, params) = where_clause(filter, Some("open"))?;
-    let limit = filter.limit.unwrap_or(DEFAULT_BULK_REDRIVE);
-    if !(1..=MAX_BULK_REDRIVE).contains(&limit) {
-        return Err(Error::Invalid(format!(
-            "limit must be between 1 and {MAX_BULK_REDRIVE}"
-        )));
-    }
-    let mut tx = db.begin().await?;
-    let ids: Vec<String> = tx
-        .query(
-            &format!("SELECT id FROM dead_letters{clause} ORDER BY indexed_at, id LIMIT {limit}"),
-            &params,
-        )
-        .await?
-        .iter()
-        .map(|r| r.str(0).map(str::to_owned))
-        .collect::<Result<_, _>>()?;
-    let mut discarded = Vec::with_capacity(ids.len());
-    for id in &ids {
-        discarded.push(discard_in(&mut tx, id, reason).await?);
-    }
-    let remaining = tx
-        .query(
-            &format!("SELECT COUNT(*) FROM dead_letters{clause}"),
-            &params,
-        )
-        .await?
-        .first()
-        .map(|r| r.i64(0))
-        .transpose()?
-        .unwrap_or(0);
-    tx.commit().await?;
+    let reason = reason.to_owned();
+    let (discarded, remaining, limit) = bulk(db, filter, "discarded", |tx, id| {
+        let reason = reason.clone();
+        Box::pin(async move { discard_in(tx, &id, &reason).await })
+    })
+    .await?;
     Ok(BulkDiscard {
         count: discarded.len(),
         discarded,
