@@ -183,9 +183,13 @@ pub(crate) struct PartitionRecords {
     ))]
 pub(crate) async fn records(
     State(ops): State<Arc<Ops>>,
-    Path((topic, partition)): Path<(String, u32)>,
+    Path((topic, partition)): Path<(String, String)>,
     Query(q): Query<RecordsQuery>,
 ) -> Result<Json<PartitionRecords>, ApiError> {
+    // Parsed here, so that a partition that is no number gets the JSON error shape.
+    let partition: u32 = partition
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("partition `{partition}` is not a number")))?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::bad_request("limit must be between 1 and 500"));

@@ -599,6 +599,13 @@ pub(crate) async fn discard_matching(
     State(ops): State<Arc<Ops>>,
     Json(f): Json<DiscardFilter>,
 ) -> Result<Json<dlq::BulkDiscard>, ApiError> {
+    // As for one discard: an empty reason is the store's 400; otherwise visible text of at most
+    // 200 characters.
+    let reason = if f.reason.trim().is_empty() {
+        f.reason
+    } else {
+        shopflow_http::text("reason", &f.reason, 200)?
+    };
     let filter = dlq::Filter {
         topic: f.topic,
         event_type: f.event_type,
@@ -607,7 +614,7 @@ pub(crate) async fn discard_matching(
         status: None,
         limit: f.limit,
     };
-    dlq::discard_matching(&ops.db, &filter, &f.reason)
+    dlq::discard_matching(&ops.db, &filter, &reason)
         .await
         .map(Json)
         .map_err(dlq_error)
