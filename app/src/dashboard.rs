@@ -162,8 +162,8 @@ pub(crate) struct PartitionRecords {
     start: u64,
     end: u64,
     records: Vec<TailedEvent>,
-    /// Headers of each record, by offset.
-    headers: BTreeMap<u64, BTreeMap<String, String>>,
+    /// Headers of each record, by its offset (as a string: JSON object keys are strings).
+    headers: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// Records of one partition from an offset, decoded (outside any consumer group).
@@ -214,7 +214,7 @@ pub(crate) async fn records(
     let mut records = Vec::with_capacity(raw.len());
     for r in raw {
         headers.insert(
-            r.offset,
+            r.offset.to_string(),
             r.headers
                 .iter()
                 .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
