@@ -84,8 +84,11 @@ const phases = {
     await until('the overview after the token', async () => (await login.$('[data-testid=orders-total]')) !== null);
 
     // The charts start from the last minutes the server sampled.
-    const sampled = await api('GET', '/admin/history');
-    check(sampled.counters.length >= 2 && sampled.lag.length >= 1, `samples of the last minutes (${sampled.counters.length}, ${sampled.lag.length})`);
+    // (every two seconds: wait for a second sample)
+    const sampled = await until('two samples of the last minutes', async () => {
+      const h = await api('GET', '/admin/history');
+      return h.counters.length >= 2 && h.lag.length >= 1 ? h : null;
+    });
     check(Object.keys(sampled.counters[sampled.counters.length - 1].services).length === 6, 'every service sampled');
 
     const page = await open();
