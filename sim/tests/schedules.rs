@@ -71,7 +71,7 @@ fn seeded_schedules_keep_every_invariant() {
     let started = Instant::now();
     let (ran, failed, parking) = run_counting((first..first + n).collect(), Options::from_seed);
     eprintln!(
-        "{ran} schedules from seed {first} in {:.1?}: {} failed; {parking} parked records behind a dead letter",
+        "{ran} schedules from seed {first} in {:.1?}: {} failed; {parking} of them parked records behind a dead letter",
         started.elapsed(),
         failed.len()
     );
