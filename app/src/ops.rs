@@ -130,38 +130,44 @@ fn trim<T>(q: &mut std::collections::VecDeque<T>, every: std::time::Duration) {
 }
 
 impl Ops {
+    /// What `service` consumed (its groups' records done with) and published (its relay's
+    /// rows), since this process started.
+    fn counters(&self, service: &ServiceRun) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let consumed = self
+            .consumers
+            .iter()
+            .filter(|(g, _)| service.groups.contains(g))
+            .map(|(_, s)| s.seen())
+            .sum();
+        let published = self
+            .relays
+            .iter()
+            .filter(|(o, _)| *o == service.name)
+            .map(|(_, r)| r.published.load(Relaxed))
+            .sum();
+        (consumed, published)
+    }
+
     /// Samples the counters and the lag until shutdown (cheap: the counters are in memory, the
     /// lag is asked of the bus every ten seconds).
     pub async fn sample_history(self, shutdown: shopflow_runtime::Shutdown) {
-        use std::sync::atomic::Ordering::Relaxed;
         let stop = shutdown.wait();
         tokio::pin!(stop);
         let mut ticks: u64 = 0;
         let lag_every = (LAG_EVERY.as_millis() / HISTORY_EVERY.as_millis()) as u64;
         loop {
             let at = shopflow_envelope::sim::now().timestamp_millis();
-            let handled = |s: &shopflow_runtime::RunnerStats| {
-                s.handled.load(Relaxed)
-                    + s.duplicates.load(Relaxed)
-                    + s.dead_lettered.load(Relaxed)
-                    + s.parked.load(Relaxed)
-            };
             let groups: BTreeMap<String, u64> = self
                 .consumers
                 .iter()
-                .map(|(g, s)| ((*g).to_owned(), handled(s)))
+                .map(|(g, s)| ((*g).to_owned(), s.seen()))
                 .collect();
             let services = self
                 .services
                 .iter()
                 .map(|s| {
-                    let consumed = s.groups.iter().filter_map(|g| groups.get(*g)).sum();
-                    let published = self
-                        .relays
-                        .iter()
-                        .filter(|(o, _)| *o == s.name)
-                        .map(|(_, r)| r.published.load(Relaxed))
-                        .sum();
+                    let (consumed, published) = self.counters(s);
                     (s.name.to_owned(), [consumed, published])
                 })
                 .collect();
@@ -246,26 +252,15 @@ pub(crate) struct ServiceView {
 pub(crate) async fn services(
     State(ops): State<Arc<Ops>>,
 ) -> Result<Json<Vec<ServiceView>>, ApiError> {
-    use std::sync::atomic::Ordering::Relaxed;
     let mut out = Vec::new();
     for s in &ops.services {
-        let mut consumed = 0;
-        let mut waiting = BTreeMap::new();
-        for (g, stats) in ops.consumers.iter().filter(|(g, _)| s.groups.contains(g)) {
-            consumed += stats.handled.load(Relaxed)
-                + stats.duplicates.load(Relaxed)
-                + stats.dead_lettered.load(Relaxed)
-                + stats.parked.load(Relaxed);
-            if let Some(w) = stats.waiting() {
-                waiting.insert((*g).to_owned(), w);
-            }
-        }
-        let published = ops
-            .relays
+        let (consumed, published) = ops.counters(s);
+        let waiting: BTreeMap<String, shopflow_runtime::Waiting> = ops
+            .consumers
             .iter()
-            .filter(|(o, _)| *o == s.name)
-            .map(|(_, r)| r.published.load(Relaxed))
-            .sum();
+            .filter(|(g, _)| s.groups.contains(g))
+            .filter_map(|(g, stats)| stats.waiting().map(|w| ((*g).to_owned(), w)))
+            .collect();
         let outbox_backlog = match ops.outboxes.iter().find(|(o, _)| *o == s.name) {
             Some((_, db)) => shopflow_store::outbox::backlog(db).await?,
             None => 0,

@@ -78,6 +78,14 @@ pub struct Waiting {
 }
 
 impl RunnerStats {
+    /// Records the consumer is done with: handled, duplicates, dead-lettered and parked.
+    pub fn seen(&self) -> u64 {
+        self.handled.load(Ordering::Relaxed)
+            + self.duplicates.load(Ordering::Relaxed)
+            + self.dead_lettered.load(Ordering::Relaxed)
+            + self.parked.load(Ordering::Relaxed)
+    }
+
     /// What the consumer waits for now.
     pub fn waiting(&self) -> Option<Waiting> {
         self.waiting.lock().map(|w| w.clone()).unwrap_or(None)
@@ -281,26 +289,10 @@ impl<B: Bus> Runner<B> {
                     Err(e) => return Err(e.to_string()),
                 }
             }
-            let (wait, reason, what, kind) = match why {
-                Stop::Retry { delay, reason } => {
-                    tally(
-                        &self.stats.transient_failures,
-                        &self.meters.failed_transient,
-                    );
-                    (delay, reason, "transient failure; retrying", "retrying")
-                }
-                Stop::Pause {
-                    retry_after,
-                    reason,
-                } => {
-                    tally(&self.stats.paused, &self.meters.failed_unavailable);
-                    (
-                        retry_after,
-                        reason,
-                        "dependency unavailable; consumer paused",
-                        "paused",
-                    )
-                }
+            let (wait, reason, kind) = self.count_stop(why);
+            let what = match kind {
+                "paused" => "dependency unavailable; consumer paused",
+                _ => "transient failure; retrying",
             };
             tracing::warn!(consumer = name, reason, wait = ?wait, "{what}");
             let until = shopflow_envelope::sim::now()
@@ -324,27 +316,36 @@ impl<B: Bus> Runner<B> {
     /// [`Delivery::resume`], as `run` does with its consumer.
     pub async fn deliver(&self, records: &[Record]) -> Result<Delivery, shopflow_store::Error> {
         let outcome = self.handle_batch(records).await?;
-        let stop = outcome.stop.map(|why| match why {
-            Stop::Retry { delay, reason } => {
-                tally(
-                    &self.stats.transient_failures,
-                    &self.meters.failed_transient,
-                );
-                (delay, reason)
-            }
-            Stop::Pause {
-                retry_after,
-                reason,
-            } => {
-                tally(&self.stats.paused, &self.meters.failed_unavailable);
-                (retry_after, reason)
-            }
+        let stop = outcome.stop.map(|why| {
+            let (wait, reason, _) = self.count_stop(why);
+            (wait, reason)
         });
         Ok(Delivery {
             commit: outcome.next.into_iter().collect(),
             resume: outcome.resume.into_iter().collect(),
             stop,
         })
+    }
+
+    /// Counts why a batch stopped; returns how long to wait, why, and the kind of wait
+    /// (`retrying` or `paused`, as [`Waiting::kind`] says).
+    fn count_stop(&self, why: Stop) -> (Duration, String, &'static str) {
+        match why {
+            Stop::Retry { delay, reason } => {
+                tally(
+                    &self.stats.transient_failures,
+                    &self.meters.failed_transient,
+                );
+                (delay, reason, "retrying")
+            }
+            Stop::Pause {
+                retry_after,
+                reason,
+            } => {
+                tally(&self.stats.paused, &self.meters.failed_unavailable);
+                (retry_after, reason, "paused")
+            }
+        }
     }
 
     /// Handles a batch: in one transaction, or with lanes in one transaction per lane, all
