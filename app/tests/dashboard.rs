@@ -11,12 +11,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use common::{Client, GOOD_CARD, blocking, order};
 use shopflow::shop::{Shop, ShopConfig};
 use shopflow_bus::{Bus, Message};
-use shopflow_runtime::{BreakerConfig, RetryPolicy, RunnerConfig};
 
 /// Chromium and playwright-core, or why the test cannot run.
 fn browser() -> Result<(PathBuf, PathBuf), String> {
@@ -140,21 +138,7 @@ async fn the_dashboard_in_a_real_chromium() {
     // Dead letters: a broken mail spool makes notification give up on registrations (retries
     // exhausted, the breaker held off), and poison lands on a topic.
     let tmp = tempfile::tempdir().unwrap();
-    let (shop, c) = start(tmp.path(), |cfg| {
-        cfg.runner = RunnerConfig {
-            retry: RetryPolicy {
-                max_attempts: 2,
-                initial: Duration::from_millis(10),
-                ..RetryPolicy::default()
-            },
-            ..RunnerConfig::default()
-        };
-        cfg.breaker = BreakerConfig {
-            failure_threshold: 1000,
-            ..BreakerConfig::default()
-        };
-    })
-    .await;
+    let (shop, c) = start(tmp.path(), common::give_up_fast).await;
     let mail = tmp.path().join("mail");
     let _ = std::fs::remove_dir_all(&mail);
     std::fs::write(&mail, b"not a directory").unwrap();
@@ -170,15 +154,12 @@ async fn the_dashboard_in_a_real_chromium() {
     blocking(move || {
         c2.register("ann@example.com", None);
         c2.register("bob@example.com", None);
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let (_, v) = c2.get("/admin/dlq");
-            if v["counts"]["open"].as_i64().unwrap_or(0) >= 4 {
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "dead letters: {v}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        common::wait_until("four dead letters", || {
+            c2.get("/admin/dlq").1["counts"]["open"]
+                .as_i64()
+                .unwrap_or(0)
+                >= 4
+        });
     })
     .await;
     // The fix: the spool is a directory again; the operator redrives from the dashboard.
@@ -200,14 +181,9 @@ async fn the_dashboard_in_a_real_chromium() {
     .await;
     // What the redrive sent is handled: the welcome mails went out.
     blocking(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::fs::read_dir(&mail).map(|d| d.count()).unwrap_or(0) == 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no mail after the redrive"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        common::wait_until("mail after the redrive", || {
+            std::fs::read_dir(&mail).map(|d| d.count()).unwrap_or(0) > 0
+        });
     })
     .await;
     std::sync::Arc::into_inner(shop)

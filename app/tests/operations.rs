@@ -5,11 +5,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Client, GOOD_CARD, blocking, order};
+use common::{Client, GOOD_CARD, blocking, give_up_fast, order, wait_until};
 use serde_json::{Value, json};
 use shopflow::shop::{Shop, ShopConfig};
 use shopflow_bus::{Bus, Message};
-use shopflow_runtime::{BreakerConfig, RetryPolicy, RunnerConfig};
+use shopflow_runtime::BreakerConfig;
 
 async fn start(tune: impl FnOnce(&mut ShopConfig)) -> (Shop, Client, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -18,14 +18,6 @@ async fn start(tune: impl FnOnce(&mut ShopConfig)) -> (Shop, Client, tempfile::T
     let shop = Shop::start(config).await.unwrap();
     let client = Client::new(format!("http://{}", shop.addr)).with_token(shop.admin_token.as_str());
     (shop, client, dir)
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn dead_letters(c: &Client, query: &str) -> Vec<Value> {
@@ -50,21 +42,7 @@ fn spooled_mails(dir: &std::path::Path) -> usize {
 /// each exactly once, and a second redrive sends nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_retries_are_dead_lettered_and_redriven_once() {
-    let (shop, c, dir) = start(|cfg| {
-        cfg.runner = RunnerConfig {
-            retry: RetryPolicy {
-                max_attempts: 2,
-                initial: Duration::from_millis(10),
-                ..RetryPolicy::default()
-            },
-            ..RunnerConfig::default()
-        };
-        cfg.breaker = BreakerConfig {
-            failure_threshold: 1000,
-            ..BreakerConfig::default()
-        };
-    })
-    .await;
+    let (shop, c, dir) = start(give_up_fast).await;
     let data = dir.path().to_owned();
     blocking(move || {
         let mail = data.join("mail");

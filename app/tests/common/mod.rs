@@ -312,3 +312,29 @@ pub fn wait_healthy(port: u16) -> Duration {
     }
     panic!("shopflow up did not become healthy");
 }
+
+/// Waits up to 30 s for `f` to hold, polling every 50 ms; panics naming `what`.
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A shop that gives events up quickly: two attempts 10 ms apart, and breakers that never open
+/// (so a failing dependency makes dead letters instead of pausing the consumer).
+pub fn give_up_fast(cfg: &mut shopflow::shop::ShopConfig) {
+    cfg.runner = shopflow_runtime::RunnerConfig {
+        retry: shopflow_runtime::RetryPolicy {
+            max_attempts: 2,
+            initial: Duration::from_millis(10),
+            ..shopflow_runtime::RetryPolicy::default()
+        },
+        ..shopflow_runtime::RunnerConfig::default()
+    };
+    cfg.breaker = shopflow_runtime::BreakerConfig {
+        failure_threshold: 1000,
+        ..shopflow_runtime::BreakerConfig::default()
+    };
+}
