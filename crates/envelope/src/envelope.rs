@@ -273,6 +273,14 @@ impl Envelope {
     pub fn sequence(&self) -> u64 {
         self.sequence
     }
+
+    /// The same event under a given id. For producers whose ids must be the same every time
+    /// they produce the same fact (change data capture derives them from the WAL position), so
+    /// that a repeat after a restart is dropped by every consumer's inbox.
+    pub fn with_event_id(mut self, id: EventId) -> Self {
+        self.event_id = id;
+        self
+    }
     pub fn correlation_id(&self) -> &CorrelationId {
         &self.correlation_id
     }
