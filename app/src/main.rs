@@ -34,6 +34,29 @@ enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Capture a PostgreSQL database's row changes onto the bus (change data capture), for the
+    /// distributed deployment: `shopflow cdc --cdc-source postgres://… --bus kafka://…`. (The
+    /// embedded shop runs it inside `up --cdc-source …`, since it owns the log.)
+    Cdc {
+        #[command(flatten)]
+        cdc: shopflow::cdc::CdcArgs,
+        /// Where the connector's own database lives (SQLite), unless --db says PostgreSQL.
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+        /// The bus: `embedded` (the log in <data-dir>/log) or `kafka://host:port[,…]`.
+        #[arg(long, default_value = "embedded", env = "SHOPFLOW_BUS")]
+        bus: shopflow::shop::BusConfig,
+        /// The connector's own database (whether its snapshot finished): `sqlite` or
+        /// `postgres://…` (schema `cdc`).
+        #[arg(long, default_value = "sqlite", env = "SHOPFLOW_DB")]
+        db: shopflow::shop::DbConfig,
+        /// Where /health and /metrics are served.
+        #[arg(long, default_value = "127.0.0.1:8091")]
+        listen: SocketAddr,
+        /// Partitions of each topic it creates.
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
+    },
     /// Place orders against a running shop and report throughput, latency and outcomes.
     Load {
         /// How many orders.
@@ -236,6 +259,13 @@ struct RunArgs {
     /// HTTP requests handled at once at most; beyond: 503 with Retry-After.
     #[arg(long, default_value_t = 1024)]
     max_in_flight: usize,
+    #[command(flatten)]
+    cdc: shopflow::cdc::CdcArgs,
+    /// The inventory follows a legacy catalog through change data capture: the changes of its
+    /// `products` and `stock` tables on `<prefix>.products` and `<prefix>.stock`
+    /// (docs/MIGRATING.md), e.g. `cdc.legacy`.
+    #[arg(long, env = "SHOPFLOW_LEGACY_CATALOG")]
+    legacy_catalog: Option<String>,
 }
 
 impl RunArgs {
@@ -300,6 +330,8 @@ impl RunArgs {
                 max_connections: self.max_connections.max(1),
                 max_in_flight: self.max_in_flight.max(1),
             },
+            cdc: self.cdc.config(self.partitions),
+            legacy_catalog: self.legacy_catalog,
             ..ShopConfig::new(&self.data_dir, self.listen)
         })
     }
@@ -438,6 +470,14 @@ fn run() -> anyhow::Result<()> {
                 })
                 .await
             }
+            Command::Cdc {
+                cdc,
+                data_dir,
+                bus,
+                db,
+                listen,
+                partitions,
+            } => run_cdc(cdc, data_dir, bus, db, listen, partitions).await,
             Command::Load {
                 orders,
                 rate,
@@ -507,6 +547,67 @@ async fn up(config: ShopConfig) -> anyhow::Result<()> {
     wait_for_signal().await;
     println!("stopping…");
     shop.stop().await?;
+    println!("stopped cleanly");
+    Ok(())
+}
+
+async fn run_cdc(
+    args: shopflow::cdc::CdcArgs,
+    data_dir: PathBuf,
+    bus: shopflow::shop::BusConfig,
+    db: shopflow::shop::DbConfig,
+    listen: SocketAddr,
+    partitions: u32,
+) -> anyhow::Result<()> {
+    let config = args
+        .config(partitions)
+        .ok_or_else(|| anyhow::anyhow!("--cdc-source (or SHOPFLOW_CDC_SOURCE) is required"))?;
+    let metrics = shopflow::ops::metrics_handle();
+    let state = shopflow::cdc::open_state(&db, &data_dir).await?;
+    let log = shopflow_anybus::AnyBus::open(&bus, &data_dir.join("log"), partitions)?;
+    if let shopflow_anybus::AnyBus::Kafka(k) = &log {
+        k.ping(std::time::Duration::from_secs(15)).await?;
+    }
+    let (trigger, shutdown) = shopflow_runtime::Shutdown::new();
+    let status = shopflow::cdc::CdcStatus::default();
+    let app = shopflow::cdc::router(status.clone(), metrics);
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    println!(
+        "change data capture: {} (publication {}, slot {}) → {}; health and metrics at http://{}",
+        config.db.split('@').next_back().unwrap_or(""),
+        config.publication,
+        config.slot,
+        match &bus {
+            shopflow::shop::BusConfig::Embedded =>
+                format!("the log in {}", data_dir.join("log").display()),
+            shopflow::shop::BusConfig::Kafka(k) => format!("Kafka at {}", k.brokers),
+        },
+        listener.local_addr()?
+    );
+    let s = shutdown.clone();
+    let server = tokio::spawn(async move {
+        shopflow_http::serve::serve(
+            listener,
+            app,
+            shopflow_http::serve::Limits::default(),
+            s.wait(),
+        )
+        .await;
+    });
+    let connector = tokio::spawn(shopflow::cdc::run(
+        config,
+        log.clone(),
+        state,
+        shutdown,
+        status,
+    ));
+    wait_for_signal().await;
+    println!("stopping…");
+    trigger.trigger();
+    connector.await?;
+    server.await?;
+    use shopflow_bus::Bus;
+    log.close().await?;
     println!("stopped cleanly");
     Ok(())
 }

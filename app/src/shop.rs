@@ -80,6 +80,11 @@ pub struct ShopConfig {
     pub admin_token: Option<String>,
     /// Timeouts and caps of the HTTP API's connections and requests.
     pub http_limits: shopflow_http::serve::Limits,
+    /// Capture a PostgreSQL database's row changes onto this shop's bus (`--cdc-source`).
+    pub cdc: Option<shopflow_cdc::Config>,
+    /// The inventory follows a legacy catalog's changes on `<prefix>.products` and
+    /// `<prefix>.stock` (`--legacy-catalog cdc.legacy`).
+    pub legacy_catalog: Option<String>,
 }
 
 impl ShopConfig {
@@ -103,6 +108,8 @@ impl ShopConfig {
             order_snapshots: shopflow_order::DEFAULT_SNAPSHOTS,
             admin_token: None,
             http_limits: shopflow_http::serve::Limits::default(),
+            cdc: None,
+            legacy_catalog: None,
         }
     }
 
@@ -117,6 +124,9 @@ impl ShopConfig {
         }
         if let Some(keys) = &self.vault_keys {
             s = s.with(shopflow_payment::VaultKeyText(keys.clone()));
+        }
+        if let Some(prefix) = &self.legacy_catalog {
+            s = s.with(shopflow_inventory::legacy::LegacyCatalog(prefix.clone()));
         }
         s
     }
@@ -137,6 +147,8 @@ pub struct Shop {
     pub admin_token: AdminToken,
     /// Where the token was written, when this start generated it (to be printed once).
     pub admin_token_created: Option<PathBuf>,
+    /// The change data capture connector, when this process runs one.
+    pub cdc: crate::cdc::CdcStatus,
     trigger: ShutdownTrigger,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -174,7 +186,7 @@ impl Shop {
             replication_factor: config.bus.replication_factor(),
             ..TopicSpec::new(config.partitions)
         };
-        let topics = services::topics();
+        let mut topics = services::topics();
         for topic in &topics {
             log.create_topic(topic, &spec)
                 .await
@@ -248,6 +260,19 @@ impl Shop {
             }
             for handler in started.handlers {
                 let name = shopflow_runtime::Handler::name(&handler);
+                // Topics a handler reads beyond the shop's own (a legacy catalog's changes):
+                // made here, with their dead-letter topics, so the consumer can start first.
+                for t in shopflow_runtime::Handler::topics(&handler) {
+                    if !topics.contains(&t) {
+                        log.create_topic(&t, &spec)
+                            .await
+                            .with_context(|| format!("creating topic {t}"))?;
+                        log.create_topic(&shopflow_envelope::dlq_topic(&t), &spec)
+                            .await
+                            .with_context(|| format!("creating topic {t}.dlq"))?;
+                        topics.push(t);
+                    }
+                }
                 groups.push(name);
                 consumers.push((name, shopflow_runtime::Handler::topics(&handler)));
                 let runner = Runner::new(
@@ -330,6 +355,17 @@ impl Shop {
         };
         // The last minutes of throughput and lag, for the dashboard's charts.
         tasks.push(tokio::spawn(ops.clone().sample_history(shutdown.clone())));
+        let cdc = crate::cdc::CdcStatus::default();
+        if let Some(c) = &config.cdc {
+            let db = config.db.open(dir, "cdc").await?;
+            tasks.push(tokio::spawn(crate::cdc::run(
+                c.clone(),
+                log.clone(),
+                db,
+                shutdown.clone(),
+                cdc.clone(),
+            )));
+        }
 
         let app = app
             .merge(ops.clone().router())
@@ -379,6 +415,7 @@ impl Shop {
             consumers,
             admin_token,
             admin_token_created,
+            cdc,
             trigger,
             tasks,
         })

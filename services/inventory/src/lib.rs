@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod legacy;
 mod service;
 pub use service::SERVICE;
 
@@ -25,11 +26,14 @@ use shopflow_store::{Db, Migration, Tx, params};
 pub const NAME: &str = "inventory";
 const SOURCE: &str = "inventory-service";
 
-pub const MIGRATIONS: &[Migration] = &[Migration::portable(
-    1,
-    "inventory",
-    include_str!("../migrations/001_inventory.sql"),
-)];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration::portable(
+        1,
+        "inventory",
+        include_str!("../migrations/001_inventory.sql"),
+    ),
+    Migration::portable(2, "legacy", include_str!("../migrations/002_legacy.sql")),
+];
 
 #[derive(Clone, Debug)]
 pub struct Inventory {

@@ -15,7 +15,15 @@ use crate::{Inventory, MIGRATIONS, NAME, StockCommands};
 pub static SERVICE: Service<Facts> = Service {
     about: "the catalog and its stock: reservations and releases",
     migrations: &[(NAME, MIGRATIONS)],
-    groups: &[NAME, "inventory-commands"],
+    groups: &[
+        NAME,
+        "inventory-commands",
+        "inventory-legacy-products",
+        "inventory-legacy-stock",
+    ],
+    register: |r| {
+        r.register::<shopflow_cdc::RowChanged>();
+    },
     start: |ctx| Box::pin(start(ctx)),
     audit: |db, facts| Box::pin(audit(db, facts)),
     openapi,
@@ -29,6 +37,15 @@ async fn start(ctx: Context) -> Result<Started> {
         SagaStyle::Choreography => BoxHandler::new(inventory.handler()),
         SagaStyle::Orchestration => BoxHandler::new(StockCommands),
     });
+    // Following a legacy catalog through change data capture (docs/MIGRATING.md).
+    if let Some(crate::legacy::LegacyCatalog(prefix)) = ctx.settings.get() {
+        s.handlers
+            .push(BoxHandler::new(crate::legacy::LegacyProducts(
+                prefix.clone(),
+            )));
+        s.handlers
+            .push(BoxHandler::new(crate::legacy::LegacyStock(prefix)));
+    }
     Ok(s)
 }
 
