@@ -3,6 +3,7 @@
 
 pub mod cdc;
 pub mod dashboard;
+pub mod gateway;
 pub mod load;
 pub mod migrate;
 pub mod openapi;

@@ -57,6 +57,54 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         partitions: u32,
     },
+    /// The strangler-fig gateway: each route to the legacy system, to the shop, or to both in
+    /// shadow, switched at run time (docs/MIGRATING.md):
+    /// `shopflow gateway --routes routes.toml --listen 127.0.0.1:8000`.
+    Gateway {
+        /// The routes file.
+        #[arg(long)]
+        routes: PathBuf,
+        /// Where clients connect.
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: SocketAddr,
+        /// The legacy side's URL (overrides the routes file's [legacy] url).
+        #[arg(long)]
+        legacy: Option<String>,
+        /// The new side's URL (overrides the routes file's [new] url).
+        #[arg(long)]
+        new: Option<String>,
+        /// Where its database (switches, differences) and, embedded, its log live.
+        #[arg(long, default_value = "./data-gateway")]
+        data_dir: PathBuf,
+        /// The bus its RouteSwitched system events go to.
+        #[arg(long, default_value = "embedded", env = "SHOPFLOW_BUS")]
+        bus: shopflow::shop::BusConfig,
+        /// Its database: `sqlite` or `postgres://…` (schema `gateway`).
+        #[arg(long, default_value = "sqlite", env = "SHOPFLOW_DB")]
+        db: shopflow::shop::DbConfig,
+        /// The token of its admin API (default: <data-dir>/admin.token, created once).
+        #[arg(long, env = "SHOPFLOW_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+    },
+    /// Show or switch a running gateway's routes, or list its shadow differences.
+    Routes {
+        #[command(subcommand)]
+        action: RoutesAction,
+        /// The gateway's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8000", global = true)]
+        gateway: String,
+        /// The admin token (default: the one in <data-dir>/admin.token).
+        #[arg(
+            long,
+            env = "SHOPFLOW_ADMIN_TOKEN",
+            hide_env_values = true,
+            global = true
+        )]
+        admin_token: Option<String>,
+        /// Where to look for admin.token when no token is given.
+        #[arg(long, default_value = "./data", global = true)]
+        data_dir: PathBuf,
+    },
     /// Place orders against a running shop and report throughput, latency and outcomes.
     Load {
         /// How many orders.
@@ -266,6 +314,13 @@ struct RunArgs {
     /// (docs/MIGRATING.md), e.g. `cdc.legacy`.
     #[arg(long, env = "SHOPFLOW_LEGACY_CATALOG")]
     legacy_catalog: Option<String>,
+    /// Run the strangler-fig gateway beside the shop with this routes file (docs/MIGRATING.md);
+    /// its `new` side is this shop.
+    #[arg(long)]
+    routes: Option<PathBuf>,
+    /// Where the gateway listens (with --routes).
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    gateway_listen: SocketAddr,
 }
 
 impl RunArgs {
@@ -332,9 +387,39 @@ impl RunArgs {
             },
             cdc: self.cdc.config(self.partitions),
             legacy_catalog: self.legacy_catalog,
+            gateway: match &self.routes {
+                Some(path) => Some((
+                    shopflow::gateway::load_routes(path, None, None)?,
+                    self.gateway_listen,
+                )),
+                None => None,
+            },
             ..ShopConfig::new(&self.data_dir, self.listen)
         })
     }
+}
+
+#[derive(Debug, Subcommand)]
+enum RoutesAction {
+    /// The routes and where each goes now.
+    List,
+    /// Move a route: `shopflow routes switch GET /products shadow --serve legacy`.
+    Switch {
+        /// One of the route's methods.
+        method: String,
+        /// The route's path pattern, as in the routes file.
+        path: String,
+        /// legacy, new or shadow.
+        to: String,
+        /// For shadow: the side clients get answers from (legacy or new).
+        #[arg(long)]
+        serve: Option<String>,
+    },
+    /// The latest shadow differences, with both bodies.
+    Differences {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -478,6 +563,25 @@ fn run() -> anyhow::Result<()> {
                 listen,
                 partitions,
             } => run_cdc(cdc, data_dir, bus, db, listen, partitions).await,
+            Command::Gateway {
+                routes,
+                listen,
+                legacy,
+                new,
+                data_dir,
+                bus,
+                db,
+                admin_token,
+            } => run_gateway(routes, listen, legacy, new, data_dir, bus, db, admin_token).await,
+            Command::Routes {
+                action,
+                gateway,
+                admin_token,
+                data_dir,
+            } => {
+                let token = shopflow::security::client_token(admin_token.as_deref(), &data_dir);
+                routes_cli(action, &gateway, token.as_deref())
+            }
             Command::Load {
                 orders,
                 rate,
@@ -548,6 +652,126 @@ async fn up(config: ShopConfig) -> anyhow::Result<()> {
     println!("stopping…");
     shop.stop().await?;
     println!("stopped cleanly");
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_gateway(
+    routes: PathBuf,
+    listen: SocketAddr,
+    legacy: Option<String>,
+    new: Option<String>,
+    data_dir: PathBuf,
+    bus: shopflow::shop::BusConfig,
+    db: shopflow::shop::DbConfig,
+    admin_token: Option<String>,
+) -> anyhow::Result<()> {
+    let file = shopflow::gateway::load_routes(&routes, legacy.as_deref(), new.as_deref())?;
+    std::fs::create_dir_all(&data_dir)?;
+    let _metrics = shopflow::ops::metrics_handle();
+    let (token, created) = shopflow::security::admin_token(admin_token.as_deref(), &data_dir)?;
+    let gw_db = db.open(&data_dir, shopflow::gateway::NAME).await?;
+    let log = shopflow_anybus::AnyBus::open(&bus, &data_dir.join("log"), 1)?;
+    if let shopflow_anybus::AnyBus::Kafka(k) = &log {
+        k.ping(std::time::Duration::from_secs(15)).await?;
+    }
+    {
+        use shopflow_bus::Bus;
+        use shopflow_envelope::Event;
+        let t = shopflow_runtime::system::RouteSwitched::topic();
+        log.create_topic(&t, &shopflow_bus::TopicSpec::new(1))
+            .await?;
+    }
+    let (trigger, shutdown) = shopflow_runtime::Shutdown::new();
+    let relay = shopflow_store::outbox::Relay::new(
+        gw_db.clone(),
+        log.clone(),
+        shopflow_store::outbox::RelayConfig::default(),
+    );
+    let s = shutdown.clone();
+    let relay = tokio::spawn(async move {
+        let _ = relay.run(s.wait()).await;
+    });
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let (gw, server) = shopflow::gateway::start(
+        &file,
+        gw_db,
+        token.clone(),
+        listener,
+        shopflow_http::serve::Limits::default(),
+        shutdown,
+    )
+    .await?;
+    println!(
+        "gateway on http://{addr}: legacy {} · new {} · {} routes (admin API at /admin/gateway/routes)",
+        file.legacy.url,
+        file.new.url,
+        gw.routes().len()
+    );
+    if let Some(path) = created {
+        println!(
+            "admin token (kept in {}): {}",
+            path.display(),
+            token.as_str()
+        );
+    }
+    wait_for_signal().await;
+    println!("stopping…");
+    trigger.trigger();
+    server.await?;
+    relay.await?;
+    use shopflow_bus::Bus;
+    log.close().await?;
+    println!("stopped cleanly");
+    Ok(())
+}
+
+fn routes_cli(action: RoutesAction, gateway: &str, token: Option<&str>) -> anyhow::Result<()> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let base = gateway.trim_end_matches('/');
+    let auth = token.map(|t| format!("Bearer {t}")).unwrap_or_default();
+    let (status, body) = match action {
+        RoutesAction::List => {
+            let mut r = agent
+                .get(format!("{base}/admin/gateway/routes"))
+                .header("Authorization", &auth)
+                .call()?;
+            (r.status().as_u16(), r.body_mut().read_to_string()?)
+        }
+        RoutesAction::Switch {
+            method,
+            path,
+            to,
+            serve,
+        } => {
+            let mut r = agent
+                .put(format!("{base}/admin/gateway/routes"))
+                .header("Authorization", &auth)
+                .send_json(
+                    serde_json::json!({"method": method, "path": path, "to": to, "serve": serve}),
+                )?;
+            (r.status().as_u16(), r.body_mut().read_to_string()?)
+        }
+        RoutesAction::Differences { limit } => {
+            let mut r = agent
+                .get(format!("{base}/admin/gateway/differences?limit={limit}"))
+                .header("Authorization", &auth)
+                .call()?;
+            (r.status().as_u16(), r.body_mut().read_to_string()?)
+        }
+    };
+    let pretty = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or(body);
+    println!("{pretty}");
+    if status >= 300 {
+        anyhow::bail!("the gateway answered {status}");
+    }
     Ok(())
 }
 

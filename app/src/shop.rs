@@ -85,6 +85,9 @@ pub struct ShopConfig {
     /// The inventory follows a legacy catalog's changes on `<prefix>.products` and
     /// `<prefix>.stock` (`--legacy-catalog cdc.legacy`).
     pub legacy_catalog: Option<String>,
+    /// A strangler-fig gateway beside the shop (`--routes`, `--gateway-listen`): its routes,
+    /// with this shop as the `new` side, and where it listens.
+    pub gateway: Option<(shopflow_gateway::RoutesFile, SocketAddr)>,
 }
 
 impl ShopConfig {
@@ -110,6 +113,7 @@ impl ShopConfig {
             http_limits: shopflow_http::serve::Limits::default(),
             cdc: None,
             legacy_catalog: None,
+            gateway: None,
         }
     }
 
@@ -149,6 +153,8 @@ pub struct Shop {
     pub admin_token_created: Option<PathBuf>,
     /// The change data capture connector, when this process runs one.
     pub cdc: crate::cdc::CdcStatus,
+    /// Where the strangler-fig gateway listens, when this process runs one.
+    pub gateway_addr: Option<SocketAddr>,
     trigger: ShutdownTrigger,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -321,6 +327,15 @@ impl Shop {
             .migrate_service(OPS, shopflow_runtime::dlq::MIGRATIONS)
             .await?;
         dbs.push((OPS, ops_db.clone()));
+        // The gateway's database is opened now so that its outbox gets a relay like the others.
+        let gateway_db = match &config.gateway {
+            Some(_) => {
+                let db = config.db.open(dir, crate::gateway::NAME).await?;
+                dbs.push((crate::gateway::NAME, db.clone()));
+                Some(db)
+            }
+            None => None,
+        };
         for (owner, db) in &dbs {
             tasks.push(tokio::spawn(shopflow_runtime::retention::run(
                 db.clone(),
@@ -407,7 +422,27 @@ impl Shop {
         tasks.push(tokio::spawn(async move {
             shopflow_http::serve::serve(listener, app, limits, s.wait()).await;
         }));
+        let mut gateway_addr = None;
+        if let (Some((file, listen)), Some(db)) = (&config.gateway, gateway_db) {
+            let mut file = file.clone();
+            file.new.url = format!("http://{addr}");
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("the gateway listening on {listen}"))?;
+            gateway_addr = Some(listener.local_addr()?);
+            let (_, task) = crate::gateway::start(
+                &file,
+                db,
+                admin_token.clone(),
+                listener,
+                config.http_limits.clone(),
+                shutdown.clone(),
+            )
+            .await?;
+            tasks.push(task);
+        }
         Ok(Shop {
+            gateway_addr,
             addr,
             log,
             dbs,

@@ -746,6 +746,58 @@ fn rand_u128() -> u128 {
     (u128::from(a) << 64 | u128::from(b)) ^ t
 }
 
+/// Serves the gateway's router on `listener` until `shutdown`, then lets open requests finish
+/// (up to 10 s). Unlike the shop's server this neither buffers nor caps request bodies — they
+/// stream to the upstream — and it hands each request its peer address (`ConnectInfo`), for
+/// `X-Forwarded-For`. Request heads must arrive within `header_timeout`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    header_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "gateway: accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            router.clone().oneshot(req.map(Body::new))
+        });
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .keep_alive(true);
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "gateway: a connection ended with an error");
+            }
+        });
+    }
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("gateway: connections still open after 10 s; closing them");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

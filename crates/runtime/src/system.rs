@@ -83,13 +83,28 @@ pub struct EventDeadLettered {
 }
 system_event!(EventDeadLettered);
 
+/// An operator moved a route of the strangler-fig gateway (shopflow-gateway) to another target:
+/// `legacy`, `new` or `shadow` (served by `serve`, compared with the other side).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteSwitched {
+    pub method: String,
+    pub path: String,
+    pub from: String,
+    pub to: String,
+    pub serve: Option<String>,
+    pub instance: String,
+}
+system_event!(RouteSwitched);
+
 /// Registers the system events.
 pub fn register(r: &mut Registry) {
     r.register::<ServiceStarted>()
         .register::<ServiceStopped>()
         .register::<ConsumerPaused>()
         .register::<ConsumerResumed>()
-        .register::<EventDeadLettered>();
+        .register::<EventDeadLettered>()
+        .register::<RouteSwitched>();
 }
 
 /// The system topics.
@@ -100,6 +115,7 @@ pub fn topics() -> Vec<String> {
         ConsumerPaused::topic(),
         ConsumerResumed::topic(),
         EventDeadLettered::topic(),
+        RouteSwitched::topic(),
     ]
 }
 

@@ -1,0 +1,351 @@
+//! The strangler-fig gateway in the app: `shopflow gateway --routes routes.toml` (a process of
+//! its own) and `up --routes routes.toml --gateway-listen …` (beside the embedded shop, whose
+//! address is then the `new` side). Route switches are kept in the gateway's database (so a
+//! restart keeps them) and announced as `RouteSwitched` system events through its outbox;
+//! shadow differences are kept there with both bodies. Its admin API (admin token):
+//! `GET /admin/gateway/routes`, `PUT /admin/gateway/routes`, `GET /admin/gateway/differences`;
+//! everything else is proxied.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::routing::get;
+use serde::Deserialize;
+use shopflow_gateway::{
+    BoxFuture, Difference, Gateway, Recorder, RouteView, RoutesFile, Side, Switched, TargetKind,
+};
+use shopflow_http::auth::AdminToken;
+use shopflow_http::{ApiError, Json};
+use shopflow_runtime::system;
+use shopflow_store::{Db, Migration, params};
+
+pub const NAME: &str = "gateway";
+
+pub const MIGRATIONS: &[Migration] = &[Migration::portable(
+    1,
+    "gateway",
+    "CREATE TABLE gateway_routes (
+        method     TEXT   NOT NULL,
+        path       TEXT   NOT NULL,
+        target     TEXT   NOT NULL,
+        serve      TEXT,
+        updated_at BIGINT NOT NULL,
+        PRIMARY KEY (method, path)
+    );
+    CREATE TABLE gateway_differences (
+        id     TEXT   PRIMARY KEY,
+        at     BIGINT NOT NULL,
+        route  TEXT   NOT NULL,
+        record TEXT   NOT NULL
+    );",
+)];
+
+/// How long differences are kept.
+const KEEP_DIFFERENCES_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// The gateway's records in its database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: Db,
+}
+
+impl Store {
+    pub async fn open(db: Db) -> anyhow::Result<Self> {
+        db.migrate_building_blocks().await?;
+        db.migrate(NAME, MIGRATIONS).await?;
+        Ok(Self { db })
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Re-applies the switches made before a restart over the routes file.
+    pub async fn restore(&self, gw: &Gateway) -> anyhow::Result<()> {
+        for r in self
+            .db
+            .query(
+                "SELECT method, path, target, serve FROM gateway_routes",
+                &[],
+            )
+            .await?
+        {
+            let (method, path) = (r.str(0)?, r.str(1)?);
+            let to = target(r.str(2)?).map_err(|e| anyhow::anyhow!(e.message))?;
+            let serve = r
+                .opt_str(3)?
+                .map(side)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+            if let Err(e) = gw.set(method, path, to, serve) {
+                tracing::warn!(error = %e, "a recorded switch names a route the routes file no longer has");
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn differences(&self, limit: i64) -> Result<Vec<serde_json::Value>, ApiError> {
+        let rows = self
+            .db
+            .query(
+                "SELECT record FROM gateway_differences ORDER BY id DESC LIMIT $1",
+                params![limit],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                serde_json::from_str(r.str(0)?).map_err(|e| {
+                    ApiError::new(
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        format!("a recorded difference: {e}"),
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+impl Recorder for Store {
+    fn difference(&self, d: Difference) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let now = chrono::Utc::now().timestamp_millis();
+            let id = shopflow_envelope::sim::uuid_v7().to_string();
+            let record = serde_json::to_string(&d).unwrap_or_default();
+            let r = async {
+                let mut tx = self.db.begin().await?;
+                tx.execute(
+                    "INSERT INTO gateway_differences (id, at, route, record) VALUES ($1, $2, $3, $4)",
+                    params![id, now, d.route.as_str(), record],
+                )
+                .await?;
+                tx.execute(
+                    "DELETE FROM gateway_differences WHERE at < $1",
+                    params![now - KEEP_DIFFERENCES_MS],
+                )
+                .await?;
+                tx.commit().await
+            };
+            if let Err(e) = r.await {
+                tracing::error!(error = %e, "recording a shadow difference failed");
+            }
+            tracing::info!(route = d.route, reason = d.reason, "shadow answers differ");
+        })
+    }
+
+    fn switched(&self, s: Switched) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let fact = system::RouteSwitched {
+                method: s.method.clone(),
+                path: s.path.clone(),
+                from: kind(s.from).to_owned(),
+                to: kind(s.to).to_owned(),
+                serve: s.serve.map(|v| v.as_str().to_owned()),
+                instance: system::instance(),
+            };
+            let r = async {
+                let mut tx = self.db.begin().await?;
+                tx.execute(
+                    "DELETE FROM gateway_routes WHERE method = $1 AND path = $2",
+                    params![s.method.as_str(), s.path.as_str()],
+                )
+                .await?;
+                tx.execute(
+                    "INSERT INTO gateway_routes (method, path, target, serve, updated_at) VALUES ($1, $2, $3, $4, $5)",
+                    params![
+                        s.method.as_str(),
+                        s.path.as_str(),
+                        kind(s.to),
+                        s.serve.map(|v| v.as_str()),
+                        chrono::Utc::now().timestamp_millis()
+                    ],
+                )
+                .await?;
+                let out = system::outgoing(&fact, NAME, &s.path).map_err(|e| {
+                    shopflow_store::Error::Corrupt {
+                        what: "route switch",
+                        reason: e.to_string(),
+                    }
+                })?;
+                shopflow_store::emit(&mut tx, vec![out]).await?;
+                tx.commit().await
+            };
+            r.await.map_err(|e| e.to_string())
+        })
+    }
+}
+
+fn kind(k: TargetKind) -> &'static str {
+    match k {
+        TargetKind::Legacy => "legacy",
+        TargetKind::New => "new",
+        TargetKind::Shadow => "shadow",
+    }
+}
+
+fn target(s: &str) -> Result<TargetKind, ApiError> {
+    match s {
+        "legacy" => Ok(TargetKind::Legacy),
+        "new" => Ok(TargetKind::New),
+        "shadow" => Ok(TargetKind::Shadow),
+        o => Err(ApiError::invalid(format!(
+            "target `{o}` is not legacy, new or shadow"
+        ))),
+    }
+}
+
+fn side(s: &str) -> Result<Side, ApiError> {
+    match s {
+        "legacy" => Ok(Side::Legacy),
+        "new" => Ok(Side::New),
+        o => Err(ApiError::invalid(format!(
+            "serve `{o}` is not legacy or new"
+        ))),
+    }
+}
+
+/// `PUT /admin/gateway/routes`: move one route.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SwitchRoute {
+    /// One of the route's methods, as in the routes file.
+    pub method: String,
+    /// The route's path pattern, as in the routes file (`/products/{sku}`).
+    pub path: String,
+    /// `legacy`, `new` or `shadow`.
+    pub to: String,
+    /// For `shadow`: the side whose answer clients get (`legacy` or `new`).
+    pub serve: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Limit {
+    limit: Option<i64>,
+}
+
+#[derive(Clone, Debug)]
+struct Admin {
+    gw: Gateway,
+    store: Store,
+}
+
+async fn list_routes(State(a): State<Arc<Admin>>) -> axum::Json<Vec<RouteView>> {
+    axum::Json(a.gw.routes())
+}
+
+async fn switch_route(
+    State(a): State<Arc<Admin>>,
+    Json(req): Json<SwitchRoute>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let to = target(&req.to)?;
+    let serve = req.serve.as_deref().map(side).transpose()?;
+    let s =
+        a.gw.switch(&req.method, &req.path, to, serve)
+            .await
+            .map_err(|e| match e {
+                shopflow_gateway::Error::NoSuchRoute { .. } => ApiError::new(
+                    axum::http::StatusCode::NOT_FOUND,
+                    "not_found",
+                    e.to_string(),
+                ),
+                e => ApiError::new(
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    e.to_string(),
+                ),
+            })?;
+    Ok(axum::Json(serde_json::json!({
+        "method": s.method, "path": s.path, "from": kind(s.from), "to": kind(s.to),
+        "serve": s.serve.map(|v| v.as_str()),
+    })))
+}
+
+async fn list_differences(
+    State(a): State<Arc<Admin>>,
+    shopflow_http::Query(q): shopflow_http::Query<Limit>,
+) -> Result<axum::Json<Vec<serde_json::Value>>, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit must be between 1 and 1000"));
+    }
+    Ok(axum::Json(a.store.differences(limit).await?))
+}
+
+fn gateway_admin(method: &axum::http::Method, path: &str) -> bool {
+    let _ = method;
+    path.starts_with("/admin/gateway")
+}
+
+/// The gateway's listener: its admin API (behind the token), `/gateway/health`, and every
+/// other request proxied.
+pub fn router(gw: Gateway, store: Store, token: AdminToken) -> Router {
+    let admin = Arc::new(Admin {
+        gw: gw.clone(),
+        store,
+    });
+    let api = Router::new()
+        .route("/admin/gateway/routes", get(list_routes).put(switch_route))
+        .route("/admin/gateway/differences", get(list_differences))
+        .with_state(admin)
+        .layer(axum::middleware::from_fn_with_state(
+            (token, gateway_admin as shopflow_http::auth::Policy),
+            shopflow_http::auth::require_admin,
+        ));
+    let health_gw = gw.clone();
+    api.route(
+        "/gateway/health",
+        get(move || {
+            let b = health_gw.breakers();
+            async move {
+                axum::Json(serde_json::json!({
+                    "status": "ok",
+                    "breakers": b.iter().map(|(s, st)| (s.to_string(), serde_json::json!(format!("{st:?}").to_lowercase()))).collect::<serde_json::Map<_, _>>(),
+                }))
+            }
+        }),
+    )
+    .fallback(move |ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request| {
+        let gw = gw.clone();
+        async move { gw.handle(req, Some(peer)).await }
+    })
+}
+
+/// Reads and checks a routes file, with the sides' URLs overridden when given.
+pub fn load_routes(
+    path: &std::path::Path,
+    legacy: Option<&str>,
+    new: Option<&str>,
+) -> anyhow::Result<RoutesFile> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading the routes file {}: {e}", path.display()))?;
+    let mut f = RoutesFile::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    if let Some(u) = legacy {
+        f.legacy.url = u.to_owned();
+    }
+    if let Some(u) = new {
+        f.new.url = u.to_owned();
+    }
+    Ok(f)
+}
+
+/// Starts the gateway on `listener`: restores recorded switches, serves until `shutdown`.
+pub async fn start(
+    file: &RoutesFile,
+    db: Db,
+    token: AdminToken,
+    listener: tokio::net::TcpListener,
+    limits: shopflow_http::serve::Limits,
+    shutdown: shopflow_runtime::Shutdown,
+) -> anyhow::Result<(Gateway, tokio::task::JoinHandle<()>)> {
+    let store = Store::open(db).await?;
+    let gw = Gateway::new(file, Arc::new(store.clone()))?;
+    store.restore(&gw).await?;
+    let app = router(gw.clone(), store, token);
+    let task = tokio::spawn(async move {
+        shopflow_gateway::serve(listener, app, limits.header_read_timeout, shutdown.wait()).await;
+    });
+    Ok((gw, task))
+}
