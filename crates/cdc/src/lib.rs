@@ -15,8 +15,9 @@
 //! - **Delivery.** The position is confirmed to PostgreSQL only at a transaction's commit and
 //!   only once every change up to it is acknowledged by the bus (durable there), so a crash at
 //!   any point resumes without loss. What is re-sent after a crash carries the same event id
-//!   ([`record::stable_id`]): consumers' inboxes drop it, and its `source.lsn` lets any other
-//!   consumer drop it too.
+//!   ([`record::stable_id`]): consumers' inboxes drop it, and its position
+//!   ([`RowChanged::position`]: commit LSN, index in the transaction) lets any other consumer
+//!   drop it too.
 //! - **Schema changes** arrive as relation messages before the first change that needs them:
 //!   the next change of the table has the new columns. **Large transactions** are published in
 //!   batches as they arrive, confirmed once whole. **Unchanged TOAST values** (not sent by the
@@ -295,7 +296,7 @@ impl<B: Bus> Connector<B> {
                         let after = value::row(&table.columns, &row.data, None);
                         let key = record::key(&table.schema, &table.name, &table.key(&after));
                         let change =
-                            self.change(&table, None, Some(after), Op::Read, None, lsn, lsn, at);
+                            self.change(&table, None, Some(after), Op::Read, None, lsn, lsn, 0, at);
                         let id = record::stable_id(
                             at,
                             &[
@@ -521,6 +522,7 @@ impl<B: Bus> Connector<B> {
         xid: Option<u32>,
         commit_lsn: u64,
         lsn: u64,
+        index: u64,
         at: DateTime<Utc>,
     ) -> RowChanged {
         RowChanged {
@@ -538,6 +540,8 @@ impl<B: Bus> Connector<B> {
                 table: table.name.clone(),
                 tx_id: xid.map(i64::from),
                 lsn,
+                commit_lsn,
+                index,
                 sequence: format!("[\"{commit_lsn}\",\"{lsn}\"]"),
             },
             ts_ms: Utc::now().timestamp_millis(),
@@ -562,6 +566,7 @@ impl<B: Bus> Connector<B> {
             ));
         };
         let key = record::key(&table.schema, &table.name, key);
+        txn.index += 1;
         let change = self.change(
             table,
             before,
@@ -570,6 +575,7 @@ impl<B: Bus> Connector<B> {
             Some(txn.xid),
             txn.final_lsn,
             lsn,
+            txn.index,
             txn.at,
         );
         let id = record::stable_id(
@@ -580,7 +586,6 @@ impl<B: Bus> Connector<B> {
                 &txn.index.to_be_bytes(),
             ],
         );
-        txn.index += 1;
         let correlation = format!("cdc-{}-{}", txn.xid, txn.final_lsn);
         batch.push(record::message(
             table.topic.clone(),

@@ -63,9 +63,14 @@ pub struct Source {
     /// The source transaction id (none for snapshot rows).
     #[serde(rename = "txId")]
     pub tx_id: Option<i64>,
-    /// The change's position in the write-ahead log (for a snapshot row: the snapshot's).
-    /// Within a key it only grows; a consumer that has applied a higher one can drop a repeat.
+    /// The change's own position in the write-ahead log (for a snapshot row: the snapshot's).
+    /// Not an order by itself: a transaction that began before the snapshot and committed after
+    /// it has changes below the snapshot's LSN. Order by [`RowChanged::position`].
     pub lsn: u64,
+    /// The commit position of the change's transaction (for a snapshot row: the snapshot's).
+    pub commit_lsn: u64,
+    /// The change's place in its transaction, from 1 (0 for a snapshot row).
+    pub index: u64,
     /// Debezium's `[last committed lsn, lsn]` as strings: the commit position of this change's
     /// transaction and this change's own.
     pub sequence: String,
@@ -96,6 +101,14 @@ impl RowChanged {
     /// The row as it is now: `after`, or `before` for a delete.
     pub fn row(&self) -> Option<&Map<String, Value>> {
         self.after.as_ref().or(self.before.as_ref())
+    }
+
+    /// Where the change stands in the source's commit order: `(commit_lsn, index)`. Within a
+    /// key it only grows — the snapshot's rows first, then transactions in commit order, then
+    /// changes in their transaction — so a consumer that has applied a position can drop any
+    /// change at or below it: that is a repeat (a connector's restart sends changes again).
+    pub fn position(&self) -> (u64, u64) {
+        (self.source.commit_lsn, self.source.index)
     }
 }
 
@@ -213,6 +226,8 @@ mod tests {
                 table: "products".into(),
                 tx_id: Some(7),
                 lsn: 99,
+                commit_lsn: 120,
+                index: 1,
                 sequence: "[\"90\",\"99\"]".into(),
             },
             ts_ms: 2,

@@ -11,8 +11,9 @@
 //!   and so do the reservations the shop took meanwhile. A quantity that would take the
 //!   available stock below zero stops at zero (counted in
 //!   `shopflow_legacy_stock_clamped_total`).
-//! - Each change's WAL position (`source.lsn`) is kept per SKU: an older or repeated change is
-//!   dropped, so a connector's restart, which may send changes again, changes nothing.
+//! - Each change's position (`RowChanged::position`: commit LSN, index in its transaction) is
+//!   kept per SKU: an older or repeated change is dropped, so a connector's restart, which may
+//!   send changes again, changes nothing.
 //! - A stock row for a SKU whose product has not arrived yet is retried (the two tables travel
 //!   on different topics), and dead-lettered with the reason if the product never comes.
 
@@ -68,31 +69,31 @@ async fn advance(
     tx: &mut Tx,
     source: &str,
     sku: &Sku,
-    lsn: u64,
+    (commit_lsn, idx): (u64, u64),
     quantity: Option<i64>,
 ) -> Result<Option<Option<i64>>, HandlerError> {
     let lock = tx.for_update();
     let rows = tx
         .query(
-            &format!("SELECT lsn, quantity FROM legacy_sync WHERE source = $1 AND sku = $2{lock}"),
+            &format!("SELECT commit_lsn, idx, quantity FROM legacy_sync WHERE source = $1 AND sku = $2{lock}"),
             params![source, sku.as_str()],
         )
         .await?;
     let previous = match rows.first() {
-        Some(r) if r.u64(0)? >= lsn => return Ok(None),
+        Some(r) if (r.u64(0)?, r.u64(1)?) >= (commit_lsn, idx) => return Ok(None),
         Some(r) => {
-            let q = r.opt_i64(1)?;
+            let q = r.opt_i64(2)?;
             tx.execute(
-                "UPDATE legacy_sync SET lsn = $3, quantity = $4 WHERE source = $1 AND sku = $2",
-                params![source, sku.as_str(), lsn, quantity],
+                "UPDATE legacy_sync SET commit_lsn = $3, idx = $4, quantity = $5 WHERE source = $1 AND sku = $2",
+                params![source, sku.as_str(), commit_lsn, idx, quantity],
             )
             .await?;
             q
         }
         None => {
             tx.execute(
-                "INSERT INTO legacy_sync (source, sku, lsn, quantity) VALUES ($1, $2, $3, $4)",
-                params![source, sku.as_str(), lsn, quantity],
+                "INSERT INTO legacy_sync (source, sku, commit_lsn, idx, quantity) VALUES ($1, $2, $3, $4, $5)",
+                params![source, sku.as_str(), commit_lsn, idx, quantity],
             )
             .await?;
             None
@@ -133,7 +134,7 @@ impl Handler for LegacyProducts {
             return Ok(vec![]);
         };
         let sku = sku_of(&c)?;
-        if advance(tx, "products", &sku, c.source.lsn, None)
+        if advance(tx, "products", &sku, c.position(), None)
             .await?
             .is_none()
         {
@@ -279,7 +280,7 @@ impl Handler for LegacyStock {
         };
         let Some(p) = product.first() else {
             if c.op == Op::Delete {
-                advance(tx, "stock", &sku, c.source.lsn, Some(0)).await?;
+                advance(tx, "stock", &sku, c.position(), Some(0)).await?;
                 return Ok(vec![]);
             }
             return Err(HandlerError::Transient(format!(
@@ -287,7 +288,7 @@ impl Handler for LegacyStock {
             )));
         };
         let (available, reserved) = (p.i64(0)?, p.i64(1)?);
-        let Some(previous) = advance(tx, "stock", &sku, c.source.lsn, Some(quantity)).await? else {
+        let Some(previous) = advance(tx, "stock", &sku, c.position(), Some(quantity)).await? else {
             return Ok(vec![]);
         };
         let delta = quantity - previous.unwrap_or(0);
