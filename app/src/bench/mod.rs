@@ -1,10 +1,12 @@
-//! `shopflow bench log|store|outbox`: the building blocks' benchmarks.
+//! `shopflow bench log|store|outbox|e2e|cdc|gateway`: the benchmarks.
 //!
 //! Every figure is printed as a row (`bench case metric value unit`), or with `--json` as one JSON
 //! object per line, so tools can track them. Each run first reports the machine and its own fsync
 //! rate, so durable figures can be judged against the disk.
 
+mod cdc;
 mod e2e;
+mod gateway;
 mod log;
 mod outbox;
 mod store;
@@ -25,6 +27,10 @@ pub(crate) enum Bench {
     Outbox(outbox::OutboxArgs),
     /// The whole shop in process: orders through the saga over HTTP, throughput and latency.
     E2e(e2e::E2eArgs),
+    /// Change data capture: a PostgreSQL snapshot and a bulk update to the bus, changes/s.
+    Cdc(cdc::CdcArgs),
+    /// The strangler-fig gateway's added latency: direct versus proxied, interleaved.
+    Gateway(gateway::GatewayArgs),
 }
 
 #[derive(Debug, Args, Clone)]
@@ -43,6 +49,8 @@ pub(crate) async fn run(b: Bench) -> anyhow::Result<()> {
         Bench::Store(a) => store::run(a).await,
         Bench::Outbox(a) => outbox::run(a).await,
         Bench::E2e(a) => e2e::run(a).await,
+        Bench::Cdc(a) => cdc::run(a).await,
+        Bench::Gateway(a) => gateway::run(a).await,
     }
 }
 
