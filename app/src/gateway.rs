@@ -307,6 +307,14 @@ pub fn router(gw: Gateway, store: Store, token: AdminToken) -> Router {
             }
         }),
     )
+    .route(
+        "/gateway/metrics",
+        get(|| async {
+            crate::ops::metrics_handle()
+                .map(|m| m.render())
+                .unwrap_or_default()
+        }),
+    )
     .fallback(move |ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request| {
         let gw = gw.clone();
         async move { gw.handle(req, Some(peer)).await }
