@@ -220,9 +220,11 @@ pub struct SwitchRoute {
     pub serve: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 struct Limit {
+    /// How many, newest first: 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -232,14 +234,41 @@ struct Admin {
     store: Store,
 }
 
+#[utoipa::path(get, path = "/admin/gateway/routes", tag = "gateway", operation_id = "listGatewayRoutes",
+    security(("adminToken" = [])),
+    responses(
+        shopflow_http::responses::NeedsAdmin,
+        (status = 200, description = "The routes, in matching order, and where each goes now", body = Vec<RouteView>),
+    ))]
 async fn list_routes(State(a): State<Arc<Admin>>) -> axum::Json<Vec<RouteView>> {
     axum::Json(a.gw.routes())
 }
 
+/// What a switch did.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SwitchedView {
+    pub method: String,
+    pub path: String,
+    pub from: String,
+    pub to: String,
+    pub serve: Option<String>,
+}
+
+#[utoipa::path(put, path = "/admin/gateway/routes", tag = "gateway", operation_id = "switchGatewayRoute",
+    security(("adminToken" = [])),
+    request_body = SwitchRoute,
+    responses(
+        shopflow_http::responses::JsonBody,
+        shopflow_http::responses::NeedsAdmin,
+        shopflow_http::responses::Unavailable,
+        (status = 200, description = "Switched (and recorded as a RouteSwitched system event)", body = SwitchedView),
+        (status = 404, description = "No such route in the routes file", body = shopflow_http::ErrorBody),
+    ))]
 async fn switch_route(
     State(a): State<Arc<Admin>>,
     Json(req): Json<SwitchRoute>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<SwitchedView>, ApiError> {
     let to = target(&req.to)?;
     let serve = req.serve.as_deref().map(side).transpose()?;
     let s =
@@ -251,18 +280,32 @@ async fn switch_route(
                     "not_found",
                     e.to_string(),
                 ),
+                // Recording the switch failed (its database): nothing was switched for good.
                 e => ApiError::new(
-                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
                     e.to_string(),
                 ),
             })?;
-    Ok(axum::Json(serde_json::json!({
-        "method": s.method, "path": s.path, "from": kind(s.from), "to": kind(s.to),
-        "serve": s.serve.map(|v| v.as_str()),
-    })))
+    Ok(axum::Json(SwitchedView {
+        method: s.method,
+        path: s.path,
+        from: kind(s.from).to_owned(),
+        to: kind(s.to).to_owned(),
+        serve: s.serve.map(|v| v.as_str().to_owned()),
+    }))
 }
 
+#[utoipa::path(get, path = "/admin/gateway/differences", tag = "gateway", operation_id = "listGatewayDifferences",
+    security(("adminToken" = [])),
+    params(Limit),
+    responses(
+        shopflow_http::responses::NeedsAdmin,
+        shopflow_http::responses::Unavailable,
+        (status = 200, description = "Shadow differences, newest first, with both bodies", body = Vec<Difference>),
+        (status = 400, description = "Bad query", body = shopflow_http::ErrorBody),
+        (status = 422, description = "limit out of range", body = shopflow_http::ErrorBody),
+    ))]
 async fn list_differences(
     State(a): State<Arc<Admin>>,
     shopflow_http::Query(q): shopflow_http::Query<Limit>,
@@ -277,6 +320,75 @@ async fn list_differences(
 fn gateway_admin(method: &axum::http::Method, path: &str) -> bool {
     let _ = method;
     path.starts_with("/admin/gateway")
+}
+
+/// What `/gateway/health` says.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct GatewayHealth {
+    pub status: &'static str,
+    /// Each side's circuit breaker: closed, open or halfopen.
+    pub breakers: std::collections::BTreeMap<String, String>,
+}
+
+#[utoipa::path(get, path = "/gateway/health", tag = "gateway", operation_id = "gatewayHealth",
+    responses((status = 200, description = "Alive, with each side's breaker", body = GatewayHealth)))]
+async fn gateway_health(State(gw): State<Gateway>) -> axum::Json<GatewayHealth> {
+    axum::Json(GatewayHealth {
+        status: "ok",
+        breakers: gw
+            .breakers()
+            .iter()
+            .map(|(s, st)| ((*s).to_owned(), format!("{st:?}").to_lowercase()))
+            .collect(),
+    })
+}
+
+#[utoipa::path(get, path = "/gateway/metrics", tag = "gateway", operation_id = "gatewayMetrics",
+    responses((status = 200, description = "Prometheus text", body = String, content_type = "text/plain")))]
+async fn gateway_metrics() -> String {
+    crate::ops::metrics_handle()
+        .map(|m| m.render())
+        .unwrap_or_default()
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(
+        list_routes,
+        switch_route,
+        list_differences,
+        gateway_health,
+        gateway_metrics
+    ),
+    components(schemas(
+        RouteView,
+        SwitchRoute,
+        SwitchedView,
+        Difference,
+        GatewayHealth,
+        shopflow_gateway::TargetKind,
+        shopflow_gateway::Side,
+        shopflow_http::ErrorBody
+    ))
+)]
+struct GatewayApi;
+
+/// The gateway's own API (served at `/gateway/openapi.json`; every other path is proxied).
+pub fn document() -> serde_json::Value {
+    let mut doc = serde_json::json!({
+        "openapi": "3.1.0",
+        "info": {"title": "shopflow gateway", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "The strangler-fig gateway's own routes; every other request is proxied."},
+        "paths": {},
+        "components": {"schemas": {}, "securitySchemes": {
+            shopflow_service::openapi::ADMIN_SECURITY: {"type": "http", "scheme": "bearer"}
+        }}
+    });
+    shopflow_service::openapi::merge(
+        &mut doc,
+        &shopflow_service::openapi::generated(<GatewayApi as utoipa::OpenApi>::openapi()),
+    );
+    doc
 }
 
 /// The gateway's listener: its admin API (behind the token), `/gateway/health`, and every
@@ -294,31 +406,21 @@ pub fn router(gw: Gateway, store: Store, token: AdminToken) -> Router {
             (token, gateway_admin as shopflow_http::auth::Policy),
             shopflow_http::auth::require_admin,
         ));
-    let health_gw = gw.clone();
     api.route(
         "/gateway/health",
-        get(move || {
-            let b = health_gw.breakers();
-            async move {
-                axum::Json(serde_json::json!({
-                    "status": "ok",
-                    "breakers": b.iter().map(|(s, st)| (s.to_string(), serde_json::json!(format!("{st:?}").to_lowercase()))).collect::<serde_json::Map<_, _>>(),
-                }))
-            }
-        }),
+        get(gateway_health).with_state(gw.clone()),
     )
+    .route("/gateway/metrics", get(gateway_metrics))
     .route(
-        "/gateway/metrics",
-        get(|| async {
-            crate::ops::metrics_handle()
-                .map(|m| m.render())
-                .unwrap_or_default()
-        }),
+        "/gateway/openapi.json",
+        get(|| async { axum::Json(document()) }),
     )
-    .fallback(move |ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request| {
-        let gw = gw.clone();
-        async move { gw.handle(req, Some(peer)).await }
-    })
+    .fallback(
+        move |ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request| {
+            let gw = gw.clone();
+            async move { gw.handle(req, Some(peer)).await }
+        },
+    )
 }
 
 /// Reads and checks a routes file, with the sides' URLs overridden when given.
