@@ -110,7 +110,7 @@ pub fn default_dir() -> PathBuf {
 }
 
 /// What `GET /health` of `shopflow cdc` says.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CdcHealth {
     /// `ok` while streaming; `starting` or `snapshot` before; `down` after a failure, while

@@ -449,13 +449,106 @@ pub async fn start(
     listener: tokio::net::TcpListener,
     limits: shopflow_http::serve::Limits,
     shutdown: shopflow_runtime::Shutdown,
-) -> anyhow::Result<(Gateway, tokio::task::JoinHandle<()>)> {
+) -> anyhow::Result<(Gateway, Store, tokio::task::JoinHandle<()>)> {
     let store = Store::open(db).await?;
     let gw = Gateway::new(file, Arc::new(store.clone()))?;
     store.restore(&gw).await?;
-    let app = router(gw.clone(), store, token);
+    let app = router(gw.clone(), store.clone(), token);
     let task = tokio::spawn(async move {
         shopflow_gateway::serve(listener, app, limits.header_read_timeout, shutdown.wait()).await;
     });
-    Ok((gw, task))
+    Ok((gw, store, task))
+}
+
+/// What of a migration this process runs (for the shop's `/admin/migration` and the dashboard):
+/// the change data capture connector and the gateway, when started here.
+#[derive(Debug, Default)]
+pub struct InProcess {
+    pub cdc: crate::cdc::CdcStatus,
+    gateway: std::sync::OnceLock<(Gateway, Store)>,
+}
+
+impl InProcess {
+    pub fn set_gateway(&self, gw: Gateway, store: Store) {
+        let _ = self.gateway.set((gw, store));
+    }
+}
+
+/// The gateway as the shop's dashboard shows it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayView {
+    pub routes: Vec<RouteView>,
+    /// Each side's circuit breaker: closed, open or halfopen.
+    pub breakers: std::collections::BTreeMap<String, String>,
+    /// The latest shadow differences (up to 20), newest first.
+    #[schema(value_type = Vec<Difference>)]
+    pub differences: Vec<serde_json::Value>,
+}
+
+/// `GET /admin/migration`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationView {
+    /// The change data capture connector of this process (`--cdc-source`), or null.
+    pub cdc: Option<crate::cdc::CdcHealth>,
+    /// The strangler-fig gateway of this process (`--routes`), or null.
+    pub gateway: Option<GatewayView>,
+}
+
+#[utoipa::path(get, path = "/admin/migration", tag = "operations", operation_id = "getMigration",
+    security(("adminToken" = [])),
+    responses(
+        shopflow_http::responses::NeedsAdmin,
+        shopflow_http::responses::Unavailable,
+        (status = 200, description = "Change data capture and the gateway, as this process runs them (null when it does not)", body = MigrationView),
+    ))]
+pub(crate) async fn migration(
+    State(ops): State<Arc<crate::ops::Ops>>,
+) -> Result<axum::Json<MigrationView>, ApiError> {
+    let m = &ops.migration;
+    let gateway = match m.gateway.get() {
+        None => None,
+        Some((gw, store)) => Some(GatewayView {
+            routes: gw.routes(),
+            breakers: gw
+                .breakers()
+                .iter()
+                .map(|(s, st)| ((*s).to_owned(), format!("{st:?}").to_lowercase()))
+                .collect(),
+            differences: store.differences(20).await?,
+        }),
+    };
+    Ok(axum::Json(MigrationView {
+        cdc: m.cdc.get().map(|_| m.cdc.health()),
+        gateway,
+    }))
+}
+
+#[utoipa::path(put, path = "/admin/migration/routes", tag = "operations", operation_id = "switchRoute",
+    security(("adminToken" = [])),
+    request_body = SwitchRoute,
+    responses(
+        shopflow_http::responses::JsonBody,
+        shopflow_http::responses::NeedsAdmin,
+        shopflow_http::responses::Unavailable,
+        (status = 200, description = "Switched (and recorded as a RouteSwitched system event)", body = SwitchedView),
+        (status = 404, description = "No gateway runs in this process, or no such route", body = shopflow_http::ErrorBody),
+    ))]
+pub(crate) async fn migration_switch(
+    State(ops): State<Arc<crate::ops::Ops>>,
+    Json(req): Json<SwitchRoute>,
+) -> Result<axum::Json<SwitchedView>, ApiError> {
+    let Some((gw, store)) = ops.migration.gateway.get() else {
+        return Err(ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "not_found",
+            "no gateway runs in this process (start it with --routes)",
+        ));
+    };
+    let admin = Arc::new(Admin {
+        gw: gw.clone(),
+        store: store.clone(),
+    });
+    switch_route(State(admin), Json(req)).await
 }

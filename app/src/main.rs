@@ -694,7 +694,7 @@ async fn run_gateway(
     });
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let (gw, server) = shopflow::gateway::start(
+    let (gw, _, server) = shopflow::gateway::start(
         &file,
         gw_db,
         token.clone(),

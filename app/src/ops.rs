@@ -75,6 +75,8 @@ pub struct Ops {
     pub services: Vec<ServiceRun>,
     /// The last minutes of what they did (sampled by [`Ops::sample_history`]).
     pub history: Arc<History>,
+    /// Change data capture and the strangler-fig gateway, when this process runs them.
+    pub migration: Arc<crate::gateway::InProcess>,
 }
 
 /// Counters every [`HISTORY_EVERY`], lag every [`LAG_EVERY`], for [`HISTORY_KEEP`].
@@ -443,6 +445,11 @@ impl Ops {
             .route("/admin/breakers", get(breakers))
             .route("/admin/services", get(services))
             .route("/admin/history", get(history))
+            .route("/admin/migration", get(crate::gateway::migration))
+            .route(
+                "/admin/migration/routes",
+                axum::routing::put(crate::gateway::migration_switch),
+            )
             .route("/metrics", get(metrics))
             .merge(crate::dashboard::admin_routes())
             .with_state(Arc::new(self))
@@ -753,6 +760,8 @@ pub(crate) async fn metrics(State(ops): State<Arc<Ops>>) -> Result<Response, Api
         services,
         history,
         metrics,
+        crate::gateway::migration,
+        crate::gateway::migration_switch,
         crate::tail::handler,
         crate::dashboard::index,
         crate::dashboard::asset,
@@ -785,6 +794,15 @@ pub(crate) async fn metrics(State(ops): State<Arc<Ops>>) -> Result<Response, Api
         crate::dashboard::TopicView,
         crate::dashboard::PartitionView,
         crate::dashboard::PartitionRecords,
+        crate::gateway::MigrationView,
+        crate::gateway::GatewayView,
+        crate::gateway::SwitchRoute,
+        crate::gateway::SwitchedView,
+        crate::cdc::CdcHealth,
+        shopflow_gateway::RouteView,
+        shopflow_gateway::Difference,
+        shopflow_gateway::TargetKind,
+        shopflow_gateway::Side,
         shopflow_http::ErrorBody
     ))
 )]

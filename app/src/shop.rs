@@ -367,10 +367,11 @@ impl Shop {
             relays,
             services: services_run,
             history: Arc::new(crate::ops::History::default()),
+            migration: Arc::new(crate::gateway::InProcess::default()),
         };
         // The last minutes of throughput and lag, for the dashboard's charts.
         tasks.push(tokio::spawn(ops.clone().sample_history(shutdown.clone())));
-        let cdc = crate::cdc::CdcStatus::default();
+        let cdc = ops.migration.cdc.clone();
         if let Some(c) = &config.cdc {
             let db = config.db.open(dir, "cdc").await?;
             tasks.push(tokio::spawn(crate::cdc::run(
@@ -430,7 +431,7 @@ impl Shop {
                 .await
                 .with_context(|| format!("the gateway listening on {listen}"))?;
             gateway_addr = Some(listener.local_addr()?);
-            let (_, task) = crate::gateway::start(
+            let (gw, store, task) = crate::gateway::start(
                 &file,
                 db,
                 admin_token.clone(),
@@ -439,6 +440,7 @@ impl Shop {
                 shutdown.clone(),
             )
             .await?;
+            ops.migration.set_gateway(gw, store);
             tasks.push(task);
         }
         Ok(Shop {

@@ -166,10 +166,11 @@ async fn the_dashboard_in_a_real_chromium() {
     std::fs::remove_file(&mail).unwrap();
     let shop = std::sync::Arc::new(shop);
     let s = shop.clone();
+    let (d, ch) = (browser_dir.clone(), chromium.clone());
     blocking(move || {
         phase(
-            &browser_dir,
-            &chromium,
+            &d,
+            &ch,
             &s,
             "dlq",
             &[
@@ -184,6 +185,64 @@ async fn the_dashboard_in_a_real_chromium() {
         common::wait_until("mail after the redrive", || {
             std::fs::read_dir(&mail).map(|d| d.count()).unwrap_or(0) > 0
         });
+    })
+    .await;
+    std::sync::Arc::into_inner(shop)
+        .unwrap()
+        .stop()
+        .await
+        .unwrap();
+
+    // Leaving a monolith: a legacy catalog that prices DASH-1 differently, its route in shadow.
+    let legacy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let legacy_addr = legacy.local_addr().unwrap();
+    tokio::spawn(async move {
+        let app = axum::Router::new().route(
+            "/products",
+            axum::routing::get(|| async {
+                axum::Json(serde_json::json!([{"sku": "DASH-1", "name": "Product DASH-1", "priceMinor": 999, "currency": "EUR", "available": 100}]))
+            }),
+        );
+        axum::serve(legacy, app).await.unwrap()
+    });
+    let routes = shopflow_gateway::RoutesFile::parse(&format!(
+        "[legacy]\nurl = \"http://{legacy_addr}\"\n[new]\nurl = \"http://127.0.0.1:1\"\n\
+         [[route]]\nmethods = [\"GET\"]\npath = \"/products\"\ntarget = \"shadow\"\nserve = \"legacy\"\n\
+         ignore = [\"reserved\", \"shipped\"]\n"
+    ))
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (shop, c) = start(tmp.path(), |cfg| {
+        cfg.gateway = Some((routes, "127.0.0.1:0".parse().unwrap()))
+    })
+    .await;
+    let gw = Client::new(format!("http://{}", shop.gateway_addr.unwrap()));
+    blocking(move || {
+        c.put_product("DASH-1", 1250, 100);
+        let (s, b) = gw.get("/products");
+        assert_eq!(
+            (s, b[0]["priceMinor"].as_i64()),
+            (200, Some(999)),
+            "legacy answers: {b}"
+        );
+        common::wait_until("a shadow difference", || {
+            c.get("/admin/migration").1["gateway"]["differences"]
+                .as_array()
+                .is_some_and(|d| !d.is_empty())
+        });
+    })
+    .await;
+    let shop = std::sync::Arc::new(shop);
+    let s = shop.clone();
+    let (d, ch) = (browser_dir.clone(), chromium.clone());
+    blocking(move || {
+        phase(
+            &d,
+            &ch,
+            &s,
+            "migration",
+            &[("DIFFERENCE", "/0/priceMinor: 999 vs 1250")],
+        )
     })
     .await;
     std::sync::Arc::into_inner(shop)

@@ -222,7 +222,7 @@ async fn the_gateway_document_and_its_router_agree() {
     let token =
         shopflow_http::auth::AdminToken::new("sfa_test_0123456789abcdef0123456789abcdef").unwrap();
     let (trigger, shutdown) = shopflow_runtime::Shutdown::new();
-    let (_, task) =
+    let (_, _, task) =
         shopflow::gateway::start(&file, db, token, listener, Default::default(), shutdown)
             .await
             .unwrap();

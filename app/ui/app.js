@@ -9,7 +9,7 @@ const esc = (s) => String(s ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '
 const enc = encodeURIComponent;
 const byId = (id) => document.getElementById(id);
 const fmtTime = (t) => (t ? new Date(typeof t === 'number' ? t : Date.parse(t)).toLocaleString() : '');
-const statusClass = (s) => ({ SHIPPED: 'ok', completed: 'ok', closed: 'ok', ok: 'ok', open: 'bad', degraded: 'bad', CANCELLED: 'warn', compensated: 'warn', failed: 'bad', 'half-open': 'warn' }[s] || '');
+const statusClass = (s) => ({ SHIPPED: 'ok', completed: 'ok', closed: 'ok', ok: 'ok', open: 'bad', degraded: 'bad', CANCELLED: 'warn', compensated: 'warn', failed: 'bad', 'half-open': 'warn', halfopen: 'warn', down: 'bad', streaming: 'ok', new: 'ok', shadow: 'warn' }[s] || '');
 const pill = (s) => `<span class="pill ${statusClass(s)}">${esc(s)}</span>`;
 
 // ---- the admin token -------------------------------------------------------------------------
@@ -476,6 +476,36 @@ async function letterPage(id) {
 
 // ---- routing ---------------------------------------------------------------------------------
 
+// Leaving a monolith: the change data capture connector and the strangler-fig gateway of this
+// process (docs/MIGRATING.md), with each route's switch and what shadowing found.
+async function migrationPage() {
+  const m = await get('/admin/migration');
+  const { cdc, gateway: gw } = m;
+  byId('main').innerHTML = `<h1>Migration</h1>
+  <h2>Change data capture</h2>
+  ${cdc ? `<div class="cards" data-testid="cdc">
+    <div class="card"><h3>Connector</h3><div class="num">${pill(cdc.status)}</div><div class="muted">${esc(cdc.phase)}</div></div>
+    <div class="card"><h3>Changes on the bus</h3><div class="num">${cdc.changes}</div><div class="muted">${cdc.snapshotRows} snapshot rows · ${cdc.transactions} transactions</div></div>
+    <div class="card"><h3>Not yet confirmed</h3><div class="num">${bytes(cdc.lagBytes)}</div><div class="muted">of WAL held by the slot · confirmed LSN ${cdc.confirmedLsn}</div></div>
+  </div>` : '<p class="muted">Not running in this process (<code>up --cdc-source …</code>).</p>'}
+  <h2>Gateway</h2>
+  ${gw ? `<div class="row">Breakers: ${Object.entries(gw.breakers).map(([side, st]) => `${esc(side)} ${pill(st)}`).join(' · ')}</div>
+  <div class="scroll"><table data-testid="routes"><thead><tr><th>Methods</th><th>Path</th><th>Goes to</th><th>Move to</th></tr></thead><tbody>
+  ${gw.routes.map((r, i) => `<tr><td>${esc(r.methods.join(', '))}</td><td><code>${esc(r.path)}</code></td><td data-testid="target">${pill(r.target)}${r.serve ? ` <span class="muted">answered by ${esc(r.serve)}</span>` : ''}</td><td>${['legacy', 'shadow', 'new'].filter((t) => t !== r.target).map((t) => `<button data-route="${i}" data-to="${t}">${t}</button>`).join(' ')}</td></tr>`).join('')}
+  </tbody></table></div>
+  <h2>Shadow differences</h2>
+  <ul class="timeline" data-testid="differences">${gw.differences.map((d) => `<li><b>${esc(d.method)} ${esc(d.uri)}</b> <span class="muted">${esc(d.at)} · answered by ${esc(d.served)}</span><br>${esc(d.reason)}
+    <details><summary>both answers</summary><div class="diff"><div class="card"><h3>legacy · ${d.legacyStatus}</h3><pre>${esc(JSON.stringify(d.legacyBody, null, 2))}</pre></div><div class="card"><h3>new · ${d.newStatus}</h3><pre>${esc(JSON.stringify(d.newBody, null, 2))}</pre></div></div></details></li>`).join('') || '<li class="muted">none recorded</li>'}</ul>`
+    : '<p class="muted">Not running in this process (<code>up --routes routes.toml</code>).</p>'}`;
+  if (!gw) return;
+  for (const b of document.querySelectorAll('button[data-route]')) {
+    const r = gw.routes[Number(b.dataset.route)];
+    const to = b.dataset.to;
+    b.onclick = () => act(`Move ${r.methods[0]} ${r.path} to ${to}?${to === 'shadow' ? ' The legacy side answers; the new side gets a copy to compare.' : ''}`,
+      () => api('PUT', '/admin/migration/routes', { method: r.methods[0], path: r.path, to, serve: to === 'shadow' ? 'legacy' : null }));
+  }
+}
+
 function parse() {
   const raw = location.hash.replace(/^#\/?/, '');
   const [path, query] = raw.split('?');
@@ -492,6 +522,7 @@ function view({ parts, params }) {
     case 'orders': return ['orders', () => (a ? orderPage(a) : ordersPage(params))];
     case 'sagas': return ['sagas', () => (a ? sagaPage(a) : sagasPage(params))];
     case 'dlq': return ['dlq', () => (a ? letterPage(a) : dlqPage(params))];
+    case 'migration': return ['migration', () => migrationPage()];
     default: return ['overview', () => overview()];
   }
 }

@@ -246,6 +246,27 @@ const phases = {
     await show(page, '#/consumers/payment');
     await until('the lag to drain', async () => Number(await text(page, '[data-testid=group-lag]')) === 0, 60000);
   },
+
+  // Leaving a monolith: the gateway's route in shadow has recorded a difference, shown with both
+  // answers; moving the route from the page switches it (and the API agrees).
+  async migration() {
+    const page = await open();
+    await show(page, '#/migration');
+    const m = await api('GET', '/admin/migration');
+    check(m.gateway && m.gateway.routes.length === 1, 'one route');
+    check((await page.$$('[data-testid=routes] tbody tr')).length === 1, 'one row per route');
+    await until('the recorded difference on the page', async () => (await page.$$('[data-testid=differences] li details')).length >= 1);
+    check((await text(page, '[data-testid=differences]')).includes(env('DIFFERENCE')), `the difference says what differs: ${await text(page, '[data-testid=differences]')}`);
+    await page.click('[data-testid=differences] li details summary');
+    await page.screenshot({ path: `${SHOTS}/migration.png`, fullPage: true });
+    // Closed again: an opened detail holds the page still while it is read.
+    await page.click('[data-testid=differences] li details summary');
+    await page.click('button[data-to=new]');
+    await confirm(page);
+    await until('the route on new', async () => (await text(page, '[data-testid=routes] [data-testid=target]')).startsWith('new'));
+    const after = await api('GET', '/admin/migration');
+    check(after.gateway.routes[0].target === 'new', 'the API agrees');
+  },
 };
 
 const phase = process.argv[2];
