@@ -12,6 +12,19 @@ use shopflow_envelope::Envelope;
 use shopflow_log::Log;
 use shopflow_store::Db;
 
+/// Slots that earlier runs of the tests left behind (a test that failed half-way): inactive,
+/// named like ours, not this process's. Each holds WAL back and counts against
+/// `max_replication_slots`, so they are dropped before a test makes its own.
+async fn drop_stale_slots(sql: &tokio_postgres::Client) {
+    let _ = sql
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+              WHERE NOT active AND slot_name ~ '^(cdc_|legacy_|bench_cdc_)' AND slot_name NOT LIKE $1",
+            &[&format!("%{}%", std::process::id())],
+        )
+        .await;
+}
+
 struct Source {
     url: String,
     sql: tokio_postgres::Client,
@@ -24,6 +37,7 @@ impl Source {
             .await
             .unwrap();
         tokio::spawn(conn);
+        drop_stale_slots(&sql).await;
         let schema = format!("cdc_{tag}_{}", std::process::id());
         sql.batch_execute(&format!(
             "DROP SCHEMA IF EXISTS {schema} CASCADE;

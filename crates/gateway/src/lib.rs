@@ -746,10 +746,14 @@ fn rand_u128() -> u128 {
     (u128::from(a) << 64 | u128::from(b)) ^ t
 }
 
+/// Connections [`serve`] keeps open at once.
+pub const MAX_CONNECTIONS: usize = 4096;
+
 /// Serves the gateway's router on `listener` until `shutdown`, then lets open requests finish
 /// (up to 10 s). Unlike the shop's server this neither buffers nor caps request bodies — they
 /// stream to the upstream — and it hands each request its peer address (`ConnectInfo`), for
-/// `X-Forwarded-For`. Request heads must arrive within `header_timeout`.
+/// `X-Forwarded-For`. Request heads must arrive within `header_timeout`; at most
+/// [`MAX_CONNECTIONS`] are open at once.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: axum::Router,
@@ -759,6 +763,8 @@ pub async fn serve(
     use hyper_util::rt::{TokioIo, TokioTimer};
     use tower::ServiceExt;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Open connections at most; one more is closed at once (each holds a file handle).
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -771,6 +777,11 @@ pub async fn serve(
                 }
             },
             () = &mut shutdown => break,
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            metrics::counter!("shopflow_gateway_connections_refused_total").increment(1);
+            drop(stream);
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
@@ -788,6 +799,7 @@ pub async fn serve(
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "gateway: a connection ended with an error");
             }
+            drop(permit);
         });
     }
     if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
