@@ -85,6 +85,10 @@ enum Command {
         /// The token of its admin API (default: <data-dir>/admin.token, created once).
         #[arg(long, env = "SHOPFLOW_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
+        /// Partitions of the topic it creates (system.route-switched): the deployment's count,
+        /// as every process of it is given.
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
     },
     /// Show or switch a running gateway's routes, or list its shadow differences.
     Routes {
@@ -340,6 +344,10 @@ impl RunArgs {
             (None, Ok(text)) if !text.trim().is_empty() => Some(text),
             _ => None,
         };
+        let cdc_config = self.cdc.config(self.partitions).map(|mut c| {
+            c.replication_factor = self.bus.replication_factor();
+            c
+        });
         Ok(ShopConfig {
             partitions: self.partitions,
             smtp: self.smtp,
@@ -385,7 +393,7 @@ impl RunArgs {
                 max_connections: self.max_connections.max(1),
                 max_in_flight: self.max_in_flight.max(1),
             },
-            cdc: self.cdc.config(self.partitions),
+            cdc: cdc_config,
             legacy_catalog: self.legacy_catalog,
             gateway: match &self.routes {
                 Some(path) => Some((
@@ -572,7 +580,13 @@ fn run() -> anyhow::Result<()> {
                 bus,
                 db,
                 admin_token,
-            } => run_gateway(routes, listen, legacy, new, data_dir, bus, db, admin_token).await,
+                partitions,
+            } => {
+                run_gateway(
+                    routes, listen, legacy, new, data_dir, bus, db, admin_token, partitions,
+                )
+                .await
+            }
             Command::Routes {
                 action,
                 gateway,
@@ -665,13 +679,14 @@ async fn run_gateway(
     bus: shopflow::shop::BusConfig,
     db: shopflow::shop::DbConfig,
     admin_token: Option<String>,
+    partitions: u32,
 ) -> anyhow::Result<()> {
     let file = shopflow::gateway::load_routes(&routes, legacy.as_deref(), new.as_deref())?;
     std::fs::create_dir_all(&data_dir)?;
     let _metrics = shopflow::ops::metrics_handle();
     let (token, created) = shopflow::security::admin_token(admin_token.as_deref(), &data_dir)?;
     let gw_db = db.open(&data_dir, shopflow::gateway::NAME).await?;
-    let log = shopflow_anybus::AnyBus::open(&bus, &data_dir.join("log"), 1)?;
+    let log = shopflow_anybus::AnyBus::open(&bus, &data_dir.join("log"), partitions)?;
     if let shopflow_anybus::AnyBus::Kafka(k) = &log {
         k.ping(std::time::Duration::from_secs(15)).await?;
     }
@@ -679,8 +694,11 @@ async fn run_gateway(
         use shopflow_bus::Bus;
         use shopflow_envelope::Event;
         let t = shopflow_runtime::system::RouteSwitched::topic();
-        log.create_topic(&t, &shopflow_bus::TopicSpec::new(1))
-            .await?;
+        let spec = shopflow_bus::TopicSpec {
+            replication_factor: bus.replication_factor(),
+            ..shopflow_bus::TopicSpec::new(partitions)
+        };
+        log.create_topic(&t, &spec).await?;
     }
     let (trigger, shutdown) = shopflow_runtime::Shutdown::new();
     let relay = shopflow_store::outbox::Relay::new(
@@ -783,9 +801,10 @@ async fn run_cdc(
     listen: SocketAddr,
     partitions: u32,
 ) -> anyhow::Result<()> {
-    let config = args
+    let mut config = args
         .config(partitions)
         .ok_or_else(|| anyhow::anyhow!("--cdc-source (or SHOPFLOW_CDC_SOURCE) is required"))?;
+    config.replication_factor = bus.replication_factor();
     let metrics = shopflow::ops::metrics_handle();
     let state = shopflow::cdc::open_state(&db, &data_dir).await?;
     let log = shopflow_anybus::AnyBus::open(&bus, &data_dir.join("log"), partitions)?;

@@ -82,6 +82,8 @@ pub struct Config {
     pub prefix: String,
     /// Partitions of each topic the connector creates.
     pub partitions: u32,
+    /// Copies of each partition it creates (Kafka; the embedded log keeps one).
+    pub replication_factor: u16,
     /// Take the initial snapshot when the slot is created (Debezium's `snapshot.mode=initial`).
     pub snapshot: bool,
     /// Changes per publish while a transaction streams in.
@@ -102,6 +104,7 @@ impl Config {
             slot: slot.into(),
             prefix: "cdc".into(),
             partitions: 4,
+            replication_factor: 1,
             snapshot: true,
             batch: 1000,
             lag_every: Duration::from_secs(2),
@@ -616,7 +619,13 @@ impl<B: Bus> Connector<B> {
             return Ok(());
         }
         self.bus
-            .create_topic(topic, &TopicSpec::new(self.config.partitions))
+            .create_topic(
+                topic,
+                &TopicSpec {
+                    replication_factor: self.config.replication_factor,
+                    ..TopicSpec::new(self.config.partitions)
+                },
+            )
             .await
             .or_else(|e| match e {
                 // A topic made earlier with another count is used as it is.
