@@ -16,19 +16,6 @@ type Seen = ((u64, u64), Vec<i64>, HashMap<(u64, u64), i64>);
 
 const SKUS: [&str; 4] = ["CRASH-A", "CRASH-B", "CRASH-C", "CRASH-D"];
 
-/// Slots that earlier runs of the tests left behind (a test that failed half-way): inactive,
-/// named like ours, not this process's. Each holds WAL back and counts against
-/// `max_replication_slots`, so they are dropped before a test makes its own.
-async fn drop_stale_slots(sql: &tokio_postgres::Client) {
-    let _ = sql
-        .execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
-              WHERE NOT active AND slot_name ~ '^(cdc_|legacy_|bench_cdc_)' AND slot_name NOT LIKE $1",
-            &[&format!("%{}%", std::process::id())],
-        )
-        .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connector_killed_mid_stream_loses_and_reorders_nothing() {
     let Some(url) = shopflow_store::test_postgres_url("change data capture through a crash") else {
@@ -39,7 +26,7 @@ async fn the_connector_killed_mid_stream_loses_and_reorders_nothing() {
         .await
         .unwrap();
     tokio::spawn(conn);
-    drop_stale_slots(&db).await;
+    common::drop_stale_slots(&db).await;
     let _ = db
         .execute(
             "SELECT pg_drop_replication_slot($1) FROM pg_replication_slots WHERE slot_name = $1",
@@ -148,19 +135,10 @@ async fn the_connector_killed_mid_stream_loses_and_reorders_nothing() {
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     let s = shop.clone();
-    let e = expected.clone();
+    let e: Vec<(String, i64)> = expected.clone().into_iter().collect();
     blocking(move || {
         wait_until("the inventory to equal the legacy stock", || {
-            let (_, b) = s.get("/products");
-            e.iter().all(|(sku, q)| {
-                b.as_array().unwrap().iter().any(|p| {
-                    p["sku"] == *sku
-                        && p["available"].as_i64().unwrap()
-                            + p["reserved"].as_i64().unwrap()
-                            + p["shipped"].as_i64().unwrap()
-                            == *q
-                })
-            })
+            common::legacy_books_agree(&s, &e)
         })
     })
     .await;

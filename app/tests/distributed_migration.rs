@@ -48,34 +48,6 @@ fn wait_ok(dir: &std::path::Path, name: &str, port: u16, path: &str) {
     );
 }
 
-fn stock_agrees(shop: &Client, expected: &[(String, i64)]) -> bool {
-    let (_, b) = shop.get("/products");
-    expected.iter().all(|(sku, q)| {
-        b.as_array().is_some_and(|a| {
-            a.iter().any(|p| {
-                p["sku"] == *sku
-                    && p["available"].as_i64().unwrap_or(-1)
-                        + p["reserved"].as_i64().unwrap_or(0)
-                        + p["shipped"].as_i64().unwrap_or(0)
-                        == *q
-            })
-        })
-    })
-}
-
-/// Slots that earlier runs of the tests left behind (a test that failed half-way): inactive,
-/// named like ours, not this process's. Each holds WAL back and counts against
-/// `max_replication_slots`, so they are dropped before a test makes its own.
-async fn drop_stale_slots(sql: &tokio_postgres::Client) {
-    let _ = sql
-        .execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
-              WHERE NOT active AND slot_name ~ '^(cdc_|legacy_|bench_cdc_)' AND slot_name NOT LIKE $1",
-            &[&format!("%{}%", std::process::id())],
-        )
-        .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capture_inventory_and_gateway_as_processes_on_kafka() {
     let Some(url) = shopflow_store::test_postgres_url("the distributed migration") else {
@@ -94,7 +66,7 @@ async fn capture_inventory_and_gateway_as_processes_on_kafka() {
         .await
         .unwrap();
     tokio::spawn(conn);
-    drop_stale_slots(&sql).await;
+    common::drop_stale_slots(&sql).await;
     sql.batch_execute(&format!(
         "{}
          INSERT INTO {schema}.products (sku, name, price_cents) VALUES ('DM-1', 'One', 100), ('DM-2', 'Two', 200);
@@ -197,8 +169,12 @@ async fn capture_inventory_and_gateway_as_processes_on_kafka() {
     let gw = Client::new(format!("http://127.0.0.1:{gw_port}"));
     let expected = vec![("DM-1".to_owned(), 10), ("DM-2".to_owned(), 20)];
     let (s, e) = (shop.clone(), expected.clone());
-    blocking(move || common::wait_until("the snapshot in the inventory", || stock_agrees(&s, &e)))
-        .await;
+    blocking(move || {
+        common::wait_until("the snapshot in the inventory", || {
+            common::legacy_books_agree(&s, &e)
+        })
+    })
+    .await;
 
     // Through the gateway: legacy, then (switched with the CLI) the inventory.
     let g = gw.clone();
@@ -272,7 +248,7 @@ async fn capture_inventory_and_gateway_as_processes_on_kafka() {
     let (s, e) = (shop.clone(), expected.clone());
     blocking(move || {
         let end = Instant::now() + Duration::from_secs(90);
-        while !stock_agrees(&s, &e) {
+        while !common::legacy_books_agree(&s, &e) {
             assert!(
                 Instant::now() < end,
                 "the inventory never agreed with {e:?}: {}",

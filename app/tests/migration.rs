@@ -24,19 +24,6 @@ async fn sql(url: &str) -> tokio_postgres::Client {
     c
 }
 
-/// Slots that earlier runs of the tests left behind (a test that failed half-way): inactive,
-/// named like ours, not this process's. Each holds WAL back and counts against
-/// `max_replication_slots`, so they are dropped before a test makes its own.
-async fn drop_stale_slots(sql: &tokio_postgres::Client) {
-    let _ = sql
-        .execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
-              WHERE NOT active AND slot_name ~ '^(cdc_|legacy_|bench_cdc_)' AND slot_name NOT LIKE $1",
-            &[&format!("%{}%", std::process::id())],
-        )
-        .await;
-}
-
 async fn drop_all(c: &tokio_postgres::Client, schema: &str) {
     for _ in 0..100 {
         let _ = c
@@ -71,7 +58,7 @@ async fn a_monolith_is_strangled_route_by_route_without_losing_an_order() {
     };
     let schema = format!("legacy_mig{}", std::process::id());
     let db = sql(&url).await;
-    drop_stale_slots(&db).await;
+    common::drop_stale_slots(&db).await;
     drop_all(&db, &schema).await;
 
     // The monolith, with its back office's catalog.
@@ -273,16 +260,7 @@ async fn a_monolith_is_strangled_route_by_route_without_losing_an_order() {
     let n = new.clone();
     blocking(move || {
         wait_until("the inventory to agree with the legacy stock", || {
-            let (_, b) = n.get("/products");
-            expected.iter().all(|(sku, q)| {
-                b.as_array().unwrap().iter().any(|p| {
-                    p["sku"] == *sku
-                        && p["available"].as_i64().unwrap()
-                            + p["reserved"].as_i64().unwrap()
-                            + p["shipped"].as_i64().unwrap()
-                            == *q
-                })
-            })
+            common::legacy_books_agree(&n, &expected)
         })
     })
     .await;

@@ -338,3 +338,33 @@ pub fn give_up_fast(cfg: &mut shopflow::shop::ShopConfig) {
         ..shopflow_runtime::BreakerConfig::default()
     };
 }
+
+/// Replication slots that earlier runs of the tests left behind (a test that failed half-way):
+/// inactive, named like the tests' ones, not this process's. Each holds WAL back and counts
+/// against `max_replication_slots`, so they are dropped before a test makes its own.
+pub async fn drop_stale_slots(sql: &tokio_postgres::Client) {
+    let _ = sql
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+              WHERE NOT active AND slot_name ~ '^(cdc_|legacy_|bench_cdc_)' AND slot_name NOT LIKE $1",
+            &[&format!("%{}%", std::process::id())],
+        )
+        .await;
+}
+
+/// Whether the shop's stock books agree with a legacy stock table: per SKU, what the shop holds
+/// (available + reserved + shipped) is the legacy quantity.
+pub fn legacy_books_agree(shop: &Client, expected: &[(String, i64)]) -> bool {
+    let (_, b) = shop.get("/products");
+    expected.iter().all(|(sku, q)| {
+        b.as_array().is_some_and(|a| {
+            a.iter().any(|p| {
+                p["sku"] == *sku
+                    && p["available"].as_i64().unwrap_or(-1)
+                        + p["reserved"].as_i64().unwrap_or(0)
+                        + p["shipped"].as_i64().unwrap_or(0)
+                        == *q
+            })
+        })
+    })
+}
