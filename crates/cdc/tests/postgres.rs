@@ -244,8 +244,14 @@ async fn captures_snapshot_changes_schema_changes_large_transactions_and_toast()
         .await
         .unwrap();
 
+    // A truncate: one `t` event on the table's topic.
+    src.sql
+        .batch_execute(&format!("TRUNCATE {s}.docs"))
+        .await
+        .unwrap();
+
     let topics = vec![format!("cdc.{s}.products"), format!("cdc.{s}.docs")];
-    let want = 2 + 1 + 1 + 1 + 3 + 1 + 5000 + 2;
+    let want = 2 + 1 + 1 + 1 + 3 + 1 + 5000 + 2 + 1;
     let got = read_all(&bus, &topics, want, Duration::from_secs(60)).await;
     assert_eq!(
         got.len(),
@@ -327,7 +333,9 @@ async fn captures_snapshot_changes_schema_changes_large_transactions_and_toast()
         .filter(|(_, c, _)| c.source.table == "docs")
         .map(|(_, c, _)| c)
         .collect();
-    assert_eq!(docs.len(), 2);
+    assert_eq!(docs.len(), 3);
+    assert_eq!(docs[2].op, Op::Truncate);
+    assert!(docs[2].before.is_none() && docs[2].after.is_none());
     assert_eq!(
         docs[0].after.as_ref().unwrap()["body"]
             .as_str()
