@@ -177,6 +177,8 @@ pub struct Runner<B: Bus> {
     meters: Meters,
     /// Transactions in flight at once: the configured lanes, capped by the handler's.
     lanes: usize,
+    /// The handler keeps its keys' order behind dead letters (the park stage is on).
+    parks: bool,
 }
 
 impl<B: Bus> Runner<B> {
@@ -188,10 +190,12 @@ impl<B: Bus> Runner<B> {
         config: RunnerConfig,
     ) -> Self {
         let lanes = config.lanes.unwrap_or(1).min(handler.lanes()).max(1);
+        let parks = handler.sequenced_dead_letters();
         let handler = BoxHandler::from_arc(handler);
         let (name, topics) = (handler.name(), handler.topics());
         Self {
             lanes,
+            parks,
             bus,
             db,
             name,
@@ -388,6 +392,11 @@ impl<B: Bus> Runner<B> {
     ) -> Result<BatchOutcome, shopflow_store::Error> {
         let mut tx = self.db.begin().await?;
         let mut out = BatchOutcome::default();
+        // Most of the time no key of the group is parked: one probe per batch instead of a
+        // lookup per record (a round trip each on PostgreSQL).
+        let parked = std::sync::atomic::AtomicBool::new(
+            self.parks && shopflow_store::parked::any(&mut tx, self.name).await?,
+        );
         for r in records {
             let tp = r.topic_partition();
             if out.stop.is_some() || out.resume.contains_key(&tp) {
@@ -401,6 +410,7 @@ impl<B: Bus> Runner<B> {
                     record: r,
                     envelope: None,
                     failure: None,
+                    parked: &parked,
                 };
                 self.stack.handle(&mut ctx).await?
             };

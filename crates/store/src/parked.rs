@@ -50,6 +50,18 @@ pub fn key_of(r: &Record) -> Option<String> {
         .map(|k| String::from_utf8_lossy(k).into_owned())
 }
 
+/// Whether any key of `consumer` is parked (one index probe; a consumer asks once per batch and
+/// skips the per-record lookup when none is).
+pub async fn any(tx: &mut Tx, consumer: &str) -> Result<bool> {
+    Ok(!tx
+        .query(
+            "SELECT 1 FROM parked_keys WHERE consumer = $1 LIMIT 1",
+            params![consumer],
+        )
+        .await?
+        .is_empty())
+}
+
 /// The head `key` is parked behind in `consumer`, if it is parked.
 pub async fn head(tx: &mut Tx, consumer: &str, key: &str) -> Result<Option<Head>> {
     let rows = tx

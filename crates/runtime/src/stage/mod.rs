@@ -66,6 +66,10 @@ pub struct Ctx<'a> {
     pub envelope: Option<Envelope>,
     /// Why the record was dead-lettered (set by the dead-letter stage).
     pub failure: Option<String>,
+    /// Whether a key of this consumer may be parked behind a dead letter: read once per batch,
+    /// set by the park stage when it parks one. While false, the park stage does not look the
+    /// record's key up.
+    pub parked: &'a std::sync::atomic::AtomicBool,
 }
 
 /// Failures of one record so far (kept in memory: a restart starts counting again).
@@ -347,12 +351,14 @@ pub(crate) mod testing {
         let stack = Stack::new(stages, handler);
         let mut tx = db.begin().await.unwrap();
         let outcome = {
+            let parked = std::sync::atomic::AtomicBool::new(true);
             let mut ctx = Ctx {
                 consumer: "probe",
                 tx: &mut tx,
                 record,
                 envelope: decoded,
                 failure: None,
+                parked: &parked,
             };
             stack.handle(&mut ctx).await.unwrap()
         };

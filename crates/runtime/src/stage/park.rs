@@ -82,20 +82,22 @@ impl Stage for Park {
                     next.run(ctx).await
                 };
             };
+            let redriven = ctx.record.header(headers::REDRIVEN_ORIGIN).is_some();
+            if !marker && !redriven && !ctx.parked.load(std::sync::atomic::Ordering::Relaxed) {
+                // No key of the group is parked: nothing to look up.
+                let out = next.run(ctx).await?;
+                if matches!(out, Outcome::DeadLettered) {
+                    park(ctx, &key).await?;
+                }
+                return Ok(out);
+            }
             let Some(head) = parked::head(ctx.tx, ctx.consumer, &key).await? else {
                 if marker {
                     return Ok(Outcome::Duplicate);
                 }
                 let out = next.run(ctx).await?;
                 if matches!(out, Outcome::DeadLettered) {
-                    let head = head_of(ctx);
-                    tracing::warn!(
-                        consumer = ctx.consumer,
-                        key,
-                        head = head_position(&head),
-                        "key parked behind its dead letter: its later records wait"
-                    );
-                    parked::park_key(ctx.tx, ctx.consumer, &key, &head).await?;
+                    park(ctx, &key).await?;
                 }
                 return Ok(out);
             };
@@ -151,6 +153,20 @@ impl Stage for Park {
     }
 }
 
+/// Parks `key` behind the record just dead-lettered; later records of the batch look keys up.
+async fn park(ctx: &mut Ctx<'_>, key: &str) -> Result<(), shopflow_store::Error> {
+    let head = head_of(ctx);
+    tracing::warn!(
+        consumer = ctx.consumer,
+        key,
+        head = head_position(&head),
+        "key parked behind its dead letter: its later records wait"
+    );
+    parked::park_key(ctx.tx, ctx.consumer, key, &head).await?;
+    ctx.parked.store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
 /// Handles the records parked behind `key`, in order, and releases the key. `Some(outcome)`
 /// when the release was undone (a parked record must be retried: the caller's record is
 /// retried with it) — then nothing of the release stays.
@@ -169,6 +185,7 @@ async fn release(
                 record,
                 envelope: None,
                 failure: None,
+                parked: ctx.parked,
             };
             let out = next.run(&mut c).await?;
             if matches!(out, Outcome::DeadLettered) {
