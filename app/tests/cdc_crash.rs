@@ -124,15 +124,9 @@ async fn the_connector_killed_mid_stream_loses_and_reorders_nothing() {
     }
 
     // The inventory's books equal the legacy table.
-    let expected: BTreeMap<String, i64> = db
-        .query(
-            &format!("SELECT sku, quantity::bigint FROM {schema}.stock"),
-            &[],
-        )
+    let expected: BTreeMap<String, i64> = common::legacy_stock(&db, &schema)
         .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .into_iter()
         .collect();
     let s = shop.clone();
     let e: Vec<(String, i64)> = expected.clone().into_iter().collect();

@@ -234,16 +234,7 @@ async fn capture_inventory_and_gateway_as_processes_on_kafka() {
     .await
     .unwrap();
     let mut cdc = spawn(&d, "cdc-again", &cdc_refs);
-    let expected: Vec<(String, i64)> = sql
-        .query(
-            &format!("SELECT sku, quantity::bigint FROM {schema}.stock ORDER BY sku"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let expected: Vec<(String, i64)> = common::legacy_stock(&sql, &schema).await;
     assert_eq!(expected.len(), 3);
     let (s, e) = (shop.clone(), expected.clone());
     blocking(move || {

@@ -247,16 +247,7 @@ async fn a_monolith_is_strangled_route_by_route_without_losing_an_order() {
 
     // The stock books agree: per SKU, what the shop holds (available + reserved + shipped) is
     // the legacy table's quantity, which counts legacy orders and restocking.
-    let expected: Vec<(String, i64)> = db
-        .query(
-            &format!("SELECT sku, quantity::bigint FROM {schema}.stock ORDER BY sku"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let expected: Vec<(String, i64)> = common::legacy_stock(&db, &schema).await;
     let n = new.clone();
     blocking(move || {
         wait_until("the inventory to agree with the legacy stock", || {

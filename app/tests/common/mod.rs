@@ -368,3 +368,16 @@ pub fn legacy_books_agree(shop: &Client, expected: &[(String, i64)]) -> bool {
         })
     })
 }
+
+/// The legacy stock table `<schema>.stock`: (sku, quantity), by sku.
+pub async fn legacy_stock(sql: &tokio_postgres::Client, schema: &str) -> Vec<(String, i64)> {
+    sql.query(
+        &format!("SELECT sku, quantity::bigint FROM {schema}.stock ORDER BY sku"),
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}

@@ -23,7 +23,8 @@
 //!   batches as they arrive, confirmed once whole. **Unchanged TOAST values** (not sent by the
 //!   server) are filled from `before` when the table's replica identity is FULL, else written
 //!   as `__debezium_unavailable_value`. **Deletes** carry the replica identity (the key by
-//!   default, the whole row under FULL) in `before`.
+//!   default, the whole row under FULL) in `before`. A **truncate** is one `op: t` event per
+//!   table, keyed by the table's name: on its own partition, not ordered with the rows' changes.
 //! - **Metrics:** `shopflow_cdc_changes_total{table,op}`, `shopflow_cdc_transactions_total`,
 //!   `shopflow_cdc_lag_bytes` (the WAL not yet confirmed), `shopflow_cdc_lag_seconds` (commit to
 //!   durable on the bus, of the last transaction), `shopflow_cdc_confirmed_lsn`.
