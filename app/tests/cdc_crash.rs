@@ -64,7 +64,7 @@ async fn the_connector_killed_mid_stream_loses_and_reorders_nothing() {
         "--legacy-catalog",
         prefix.as_str(),
     ];
-    let mut up = up_process(dir.path(), port, &args);
+    let mut up = common::KillOnDrop(up_process(dir.path(), port, &args));
     blocking(move || wait_healthy(port)).await;
     let shop = Client::admin(format!("http://127.0.0.1:{port}"));
 
@@ -109,14 +109,14 @@ async fn the_connector_killed_mid_stream_loses_and_reorders_nothing() {
         let b = write(if round % 5 == 0 { 4 } else { 1 }, &mut written);
         db.batch_execute(&apply(b)).await.unwrap();
     }
-    up.kill().unwrap();
-    up.wait().unwrap();
+    up.0.kill().unwrap();
+    up.0.wait().unwrap();
     // The legacy system does not stop for us.
     for round in 0..150 {
         let b = write(if round % 5 == 0 { 4 } else { 1 }, &mut written);
         db.batch_execute(&apply(b)).await.unwrap();
     }
-    let mut up = up_process(dir.path(), port, &args);
+    let mut up = common::KillOnDrop(up_process(dir.path(), port, &args));
     blocking(move || wait_healthy(port)).await;
     for round in 0..50 {
         let b = write(if round % 5 == 0 { 4 } else { 1 }, &mut written);
@@ -136,7 +136,7 @@ async fn the_connector_killed_mid_stream_loses_and_reorders_nothing() {
         })
     })
     .await;
-    blocking(move || stop_gracefully(&mut up)).await;
+    blocking(move || stop_gracefully(&mut up.0)).await;
 
     // Every change on the bus, at least once, in order per key: drop repeats (a change at an
     // LSN already seen for its key), and each SKU's quantities are exactly the writer's.

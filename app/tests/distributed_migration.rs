@@ -14,7 +14,13 @@ use std::time::{Duration, Instant};
 
 use common::{Client, TEST_ADMIN_TOKEN, blocking, free_port};
 
-fn spawn(dir: &std::path::Path, name: &str, args: &[&str]) -> Child {
+/// A started process, killed when the test ends — also when it fails half-way (a connector left
+/// running keeps its replication slot busy and its WAL held).
+fn spawn(dir: &std::path::Path, name: &str, args: &[&str]) -> common::KillOnDrop {
+    common::KillOnDrop(spawn_child(dir, name, args))
+}
+
+fn spawn_child(dir: &std::path::Path, name: &str, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_shopflow"))
         .env("SHOPFLOW_ADMIN_TOKEN", TEST_ADMIN_TOKEN)
         .env("RUST_LOG", "info")
@@ -217,8 +223,8 @@ async fn capture_inventory_and_gateway_as_processes_on_kafka() {
         .await
         .unwrap();
     }
-    cdc.kill().unwrap();
-    cdc.wait().unwrap();
+    cdc.0.kill().unwrap();
+    cdc.0.wait().unwrap();
     for i in 0..20 {
         sql.batch_execute(&format!(
             "BEGIN; UPDATE {schema}.stock SET quantity = quantity + 2 WHERE sku = 'DM-{}'; COMMIT;",
@@ -251,7 +257,7 @@ async fn capture_inventory_and_gateway_as_processes_on_kafka() {
     .await;
 
     for c in [&mut cdc, &mut inventory, &mut gateway] {
-        common::stop_gracefully(c);
+        common::stop_gracefully(&mut c.0);
     }
     let _ = sql
         .execute("SELECT pg_drop_replication_slot($1) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active", &[&schema])

@@ -381,3 +381,13 @@ pub async fn legacy_stock(sql: &tokio_postgres::Client, schema: &str) -> Vec<(St
     .map(|r| (r.get(0), r.get(1)))
     .collect()
 }
+
+/// A child process killed (SIGKILL) when this is dropped — also when a test fails half-way.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
