@@ -144,6 +144,8 @@ pub struct Connector<B: Bus> {
     bus: B,
     state: Db,
     status: Arc<Status>,
+    /// The source database's name (`source.db` of every change), read off the URL once.
+    db_name: String,
 }
 
 /// A table as the stream last described it.
@@ -184,6 +186,7 @@ impl<B: Bus> Connector<B> {
         }
         state.migrate("cdc", state::MIGRATIONS).await?;
         Ok(Self {
+            db_name: database_of(&config.db),
             config,
             bus,
             state,
@@ -539,7 +542,7 @@ impl<B: Bus> Connector<B> {
                 name: self.config.slot.clone(),
                 ts_ms: at.timestamp_millis(),
                 snapshot: if op == Op::Read { "true" } else { "false" }.into(),
-                db: database_of(&self.config.db),
+                db: self.db_name.clone(),
                 schema: table.schema.clone(),
                 table: table.name.clone(),
                 tx_id: xid.map(i64::from),
