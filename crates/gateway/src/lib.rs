@@ -373,12 +373,20 @@ impl Gateway {
         to: TargetKind,
         serve: Option<Side>,
     ) -> Result<Switched, Error> {
+        let before = self.routes().into_iter().find(|r| {
+            r.path == path
+                && r.methods
+                    .iter()
+                    .any(|m| m.eq_ignore_ascii_case(method) || m == "*")
+        });
         let s = self.set(method, path, to, serve)?;
-        self.inner
-            .recorder
-            .switched(s.clone())
-            .await
-            .map_err(Error::Record)?;
+        if let Err(e) = self.inner.recorder.switched(s.clone()).await {
+            // Not recorded, not switched: a restart would lose it without anyone knowing.
+            if let Some(r) = before {
+                let _ = self.set(method, path, r.target, r.serve);
+            }
+            return Err(Error::Record(e));
+        }
         tracing::info!(method = s.method, path = s.path, from = ?s.from, to = ?s.to, "gateway route switched");
         Ok(s)
     }
@@ -423,13 +431,9 @@ impl Gateway {
         let (mut parts, body) = req.into_parts();
         let path = parts.uri.path().to_owned();
         let (route, target, serve, ignore, shadow_writes) = self.pick(&parts.method, &path);
-        let correlation = parts
-            .headers
-            .get(shopflow_http::CORRELATION_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 128)
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("gw-{:x}", rand_u128()));
+        let correlation = shopflow_http::correlation(&parts.headers)
+            .as_str()
+            .to_owned();
         prepare_headers(&mut parts.headers, peer, &correlation);
         let label = match target {
             TargetKind::Legacy => "legacy",
@@ -729,21 +733,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
-}
-
-fn rand_u128() -> u128 {
-    use std::hash::{BuildHasher, Hasher};
-    let a = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    let b = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    (u128::from(a) << 64 | u128::from(b)) ^ t
 }
 
 /// Connections [`serve`] keeps open at once.
