@@ -7,7 +7,9 @@
 //! - **Snapshot.** On first start the slot is created with an exported snapshot; every published
 //!   table is read inside it (`op: r`), then streaming starts at the slot's consistent point:
 //!   no gap, no overlap. A connector killed during the snapshot drops the slot on restart and
-//!   takes the snapshot again (its own database remembers whether the snapshot finished).
+//!   takes the snapshot again (its own database remembers whether the snapshot finished, and
+//!   the keys it had published: the retake withdraws, with a delete, each of them it no longer
+//!   finds).
 //! - **Stream.** One topic per table, `<prefix>.<schema>.<table>`, keyed by the row's key, each
 //!   change a `RowChanged` envelope whose data is Debezium's change event
 //!   ([`RowChanged`]: `before`, `after`, `op` c/u/d/r/t, `source` with LSN, transaction id,
@@ -217,7 +219,7 @@ impl<B: Bus> Connector<B> {
         check_source(&sql, c).await?;
 
         let recorded = state::load(&self.state, &c.slot).await?;
-        let slot_exists = !sql
+        let mut slot_exists = !sql
             .query(
                 "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
                 &[&c.slot],
@@ -233,6 +235,7 @@ impl<B: Bus> Connector<B> {
                 );
                 sql.execute("SELECT pg_drop_replication_slot($1)", &[&c.slot])
                     .await?;
+                slot_exists = false;
                 c.snapshot
             }
             (true, None) if c.snapshot => {
@@ -291,6 +294,7 @@ impl<B: Bus> Connector<B> {
                     }
                     let mut rows = snap.rows();
                     let mut batch = Vec::with_capacity(c.batch);
+                    let mut published = Vec::with_capacity(c.batch);
                     let at = Utc::now();
                     let correlation = format!("cdc-snapshot-{lsn}");
                     while let Some(row) = rows.next_row().await? {
@@ -301,7 +305,15 @@ impl<B: Bus> Connector<B> {
                             }
                         }
                         let after = value::row(&table.columns, &row.data, None);
-                        let key = record::key(&table.schema, &table.name, &table.key(&after));
+                        let key_columns = table.key(&after);
+                        let key = record::key(&table.schema, &table.name, &key_columns);
+                        published.push(state::SnapshotKey {
+                            topic: table.topic.clone(),
+                            msg_key: key.clone(),
+                            schema: table.schema.clone(),
+                            table: table.name.clone(),
+                            key_columns: Value::Object(key_columns).to_string(),
+                        });
                         let change =
                             self.change(&table, None, Some(after), Op::Read, None, lsn, lsn, 0, at);
                         let id = record::stable_id(
@@ -324,11 +336,14 @@ impl<B: Bus> Connector<B> {
                         metrics::counter!("shopflow_cdc_changes_total", "table" => table.topic.clone(), "op" => "r").increment(1);
                         self.status.snapshot_rows.fetch_add(1, Ordering::Relaxed);
                         if batch.len() >= c.batch {
-                            self.publish(&mut batch).await?;
+                            self.publish_snapshot(lsn, &mut published, &mut batch)
+                                .await?;
                         }
                     }
-                    self.publish(&mut batch).await?;
+                    self.publish_snapshot(lsn, &mut published, &mut batch)
+                        .await?;
                     let stream = rows.finish().await?;
+                    self.withdraw_abandoned(lsn, at).await?;
                     state::save(&self.state, &c.slot, Some(lsn), true).await?;
                     tracing::info!(
                         slot = c.slot,
@@ -541,7 +556,14 @@ impl<B: Bus> Connector<B> {
                 connector: "postgresql".into(),
                 name: self.config.slot.clone(),
                 ts_ms: at.timestamp_millis(),
-                snapshot: if op == Op::Read { "true" } else { "false" }.into(),
+                // Rows read by the snapshot, and deletes of rows an abandoned snapshot had
+                // published (no transaction): both come from the snapshot.
+                snapshot: if op == Op::Read || xid.is_none() {
+                    "true"
+                } else {
+                    "false"
+                }
+                .into(),
                 db: self.db_name.clone(),
                 schema: table.schema.clone(),
                 table: table.name.clone(),
@@ -605,6 +627,98 @@ impl<B: Bus> Connector<B> {
         self.status.changes.fetch_add(1, Ordering::Relaxed);
         if batch.len() >= self.config.batch {
             self.publish(batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes a batch of the snapshot taken at `lsn`, its keys recorded first: should the
+    /// connector die before the snapshot finishes, the retake knows what this attempt sent.
+    async fn publish_snapshot(
+        &self,
+        lsn: u64,
+        keys: &mut Vec<state::SnapshotKey>,
+        batch: &mut Vec<Message>,
+    ) -> Result<()> {
+        state::remember(&self.state, &self.config.slot, lsn, keys).await?;
+        keys.clear();
+        self.publish(batch).await
+    }
+
+    /// After a snapshot taken again (the first attempt died half-way): a delete for every row
+    /// an abandoned attempt published that this one did not find — deleted in between, with no
+    /// change on the stream to say so. Without it a consumer folding the topic keeps the row.
+    async fn withdraw_abandoned(&self, lsn: u64, at: DateTime<Utc>) -> Result<()> {
+        let c = &self.config;
+        let correlation = format!("cdc-snapshot-{lsn}");
+        let mut after: Option<(String, String)> = None;
+        let mut withdrawn = 0u64;
+        loop {
+            let page = state::stale(
+                &self.state,
+                &c.slot,
+                lsn,
+                after.as_ref().map(|(t, k)| (t.as_str(), k.as_str())),
+                c.batch,
+            )
+            .await?;
+            let Some(last) = page.last() else { break };
+            after = Some((last.topic.clone(), last.msg_key.clone()));
+            let mut batch = Vec::with_capacity(page.len());
+            for k in &page {
+                let before = match serde_json::from_str::<Value>(&k.key_columns) {
+                    Ok(Value::Object(m)) => m,
+                    _ => {
+                        return Err(Error::Setup(format!(
+                            "the connector's record of the snapshot key {} of {} is not a JSON object",
+                            k.msg_key, k.topic
+                        )));
+                    }
+                };
+                let table = Table {
+                    schema: k.schema.clone(),
+                    name: k.table.clone(),
+                    columns: Vec::new(),
+                    topic: k.topic.clone(),
+                };
+                let change = self.change(
+                    &table,
+                    Some(before),
+                    None,
+                    Op::Delete,
+                    None,
+                    lsn,
+                    lsn,
+                    0,
+                    at,
+                );
+                let id = record::stable_id(
+                    at,
+                    &[
+                        c.slot.as_bytes(),
+                        b"snapshot-withdrawn",
+                        &lsn.to_be_bytes(),
+                        k.topic.as_bytes(),
+                        k.msg_key.as_bytes(),
+                    ],
+                );
+                batch.push(record::message(
+                    k.topic.clone(),
+                    k.msg_key.clone(),
+                    &change,
+                    id,
+                    &correlation,
+                )?);
+                metrics::counter!("shopflow_cdc_changes_total", "table" => k.topic.clone(), "op" => "d").increment(1);
+            }
+            withdrawn += batch.len() as u64;
+            self.publish(&mut batch).await?;
+        }
+        if withdrawn > 0 {
+            tracing::info!(
+                slot = c.slot,
+                rows = withdrawn,
+                "rows an abandoned snapshot published and the new one did not find: deletes on the bus"
+            );
         }
         Ok(())
     }

@@ -95,7 +95,8 @@ impl Source {
     }
 }
 
-/// Every change on the topics so far, in each partition's order.
+/// Every change on the topics so far, in each partition's order: reads until `want` arrived,
+/// or until a poll finds nothing once `within` has passed (a long topic is read to its end).
 async fn read_all(
     bus: &Log,
     topics: &[String],
@@ -106,8 +107,12 @@ async fn read_all(
     let mut c = bus.subscribe(&group, topics).await.unwrap();
     let mut out = Vec::new();
     let deadline = Instant::now() + within;
-    while out.len() < want && Instant::now() < deadline {
-        for r in c.poll(5000, Duration::from_millis(200)).await.unwrap() {
+    while out.len() < want {
+        let records = c.poll(5000, Duration::from_millis(200)).await.unwrap();
+        if records.is_empty() && Instant::now() >= deadline {
+            break;
+        }
+        for r in records {
             let env = Envelope::decode(&r.value).unwrap();
             assert_eq!(env.event_type(), "RowChanged");
             let key = String::from_utf8(r.key.unwrap().to_vec()).unwrap();
@@ -372,64 +377,95 @@ async fn captures_snapshot_changes_schema_changes_large_transactions_and_toast()
     src.cleanup().await;
 }
 
-/// KNOWN BUG (issue 17, open): when the first connector dies *during* its initial snapshot and
-/// rows it had already published are deleted before the snapshot is taken again, the new
-/// snapshot has no row for them and nothing tombstones them: a consumer folding the topic keeps
-/// them (seen: 3,301 live rows on the bus for 3,261 in the table). Whether a run hits it depends
-/// on where the abort lands in the snapshot, so the test is ignored until the connector records
-/// the keys of an unfinished snapshot and deletes the ones the retaken snapshot lacks.
-/// `cargo test -p shopflow-cdc --test postgres -- --ignored` runs it.
+/// A connector killed during its snapshot, then again mid-stream, loses nothing and leaves
+/// nothing behind: the rows its abandoned snapshot had published and that were deleted before
+/// the retake are withdrawn by deletes (`source.snapshot` "true", no transaction), so the
+/// folded topic equals the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: rows deleted between an interrupted snapshot and its retake stay on the bus (issue 17)"]
 async fn a_connector_stopped_dead_mid_stream_resumes_without_loss() {
     let Some(url) = shopflow_store::test_postgres_url("change data capture") else {
         return;
     };
-    let src = Source::new(&url, "crash").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cdc.db");
+    killed_mid_snapshot_and_mid_stream(&url, "crash", || {
+        let path = path.clone();
+        async move { Db::open_sqlite(&path).unwrap() }
+    })
+    .await;
+}
+
+/// The same, with the connector's own record in a PostgreSQL schema (`shopflow cdc --state
+/// postgres://…`, the distributed deployment).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_with_the_connectors_state_in_postgres() {
+    let Some(url) = shopflow_store::test_postgres_url("change data capture") else {
+        return;
+    };
+    let schema = format!("cdc_state_{}", std::process::id());
+    let state_url = url.clone();
+    let s = schema.clone();
+    killed_mid_snapshot_and_mid_stream(&url, "crashpg", move || {
+        let (u, s) = (state_url.clone(), s.clone());
+        async move { Db::connect_postgres(&u, &s).await.unwrap() }
+    })
+    .await;
+    let (sql, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sql.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await
+        .unwrap();
+}
+
+async fn killed_mid_snapshot_and_mid_stream<F, Fut>(url: &str, tag: &str, state: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Db>,
+{
+    let url = url.to_owned();
+    let src = Source::new(&url, tag).await;
     let s = src.schema.clone();
     src.sql
-        .batch_execute(&format!("INSERT INTO {s}.products (id, name, price_cents) SELECT g, 'p' || g, g FROM generate_series(1, 300) g"))
+        .batch_execute(&format!("INSERT INTO {s}.products (id, name, price_cents) SELECT g, 'p' || g, g FROM generate_series(1, 20000) g"))
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let bus = Log::open(dir.path().join("log"), shopflow_log::Config::default()).unwrap();
-    let state_path = dir.path().join("cdc.db");
 
     let mut config = src.config();
     config.batch = 50;
     // Run 1: killed during the snapshot (the task is dropped, nothing graceful).
-    let (task, _stop, status) = start(
-        config.clone(),
-        bus.clone(),
-        Db::open_sqlite(&state_path).unwrap(),
-    );
+    let (task, _stop, status) = start(config.clone(), bus.clone(), state().await);
     until("some snapshot rows", Duration::from_secs(30), || {
         status
             .snapshot_rows
             .load(std::sync::atomic::Ordering::Relaxed)
-            >= 50
+            > 50
     })
     .await;
     task.abort();
     let _ = task.await;
+    // The 51st row is read only once the first batch (rows 1..=50) is on the bus.
+    assert_eq!(status.phase(), "snapshot", "run 1 died during its snapshot");
 
     // Writers keep going while no connector runs: 40 transactions of updates and deletes.
     for i in 0..40 {
         src.sql
             .batch_execute(&format!(
-                "BEGIN; UPDATE {s}.products SET price_cents = price_cents + 1000 WHERE id % 40 = {i};
-                 DELETE FROM {s}.products WHERE id = {} ; COMMIT;",
-                300 - i
+                "BEGIN; UPDATE {s}.products SET price_cents = price_cents + 1000 WHERE id % 40 = {i} AND id <= 300;
+                 DELETE FROM {s}.products WHERE id = {} ; DELETE FROM {s}.products WHERE id = {}; COMMIT;",
+                300 - i,
+                // Among the first rows the snapshot read (heap order): published by run 1
+                // before it died, so only a withdrawal takes them off the bus.
+                i + 1
             ))
             .await
             .unwrap();
     }
     // Run 2: snapshot again (the first did not finish), streaming, then killed mid-stream.
-    let (task, _stop, status) = start(
-        config.clone(),
-        bus.clone(),
-        Db::open_sqlite(&state_path).unwrap(),
-    );
+    let (task, _stop, status) = start(config.clone(), bus.clone(), state().await);
     until("streaming", Duration::from_secs(30), || {
         status.phase() == "streaming"
     })
@@ -443,13 +479,13 @@ async fn a_connector_stopped_dead_mid_stream_resumes_without_loss() {
         tokio::spawn(async move {
             for i in 0..60 {
                 sql.batch_execute(&format!(
-                    "UPDATE {s}.products SET name = 'n{i}' WHERE id % 7 = {}",
+                    "UPDATE {s}.products SET name = 'n{i}' WHERE id % 7 = {} AND id <= 300",
                     i % 7
                 ))
                 .await
                 .unwrap();
             }
-            sql.batch_execute(&format!("INSERT INTO {s}.products (id, name, price_cents) SELECT g, 'late', g FROM generate_series(1000, 3999) g")).await.unwrap();
+            sql.batch_execute(&format!("INSERT INTO {s}.products (id, name, price_cents) SELECT g, 'late', g FROM generate_series(100000, 102999) g")).await.unwrap();
         })
     };
     until("some changes", Duration::from_secs(30), || {
@@ -461,14 +497,14 @@ async fn a_connector_stopped_dead_mid_stream_resumes_without_loss() {
     writer.await.unwrap();
 
     // Run 3: resumes from the confirmed position.
-    let (task, stop, status) = start(config, bus.clone(), Db::open_sqlite(&state_path).unwrap());
+    let (task, stop, status) = start(config, bus.clone(), state().await);
     until("streaming", Duration::from_secs(30), || {
         status.phase() == "streaming"
     })
     .await;
     src.sql
         .batch_execute(&format!(
-            "INSERT INTO {s}.products (id, name, price_cents) VALUES (9999, 'marker', 1)"
+            "INSERT INTO {s}.products (id, name, price_cents) VALUES (999999, 'marker', 1)"
         ))
         .await
         .unwrap();
@@ -484,7 +520,7 @@ async fn a_connector_stopped_dead_mid_stream_resumes_without_loss() {
         all = read_all(&bus, &topics, usize::MAX, Duration::from_secs(2)).await;
         seen_marker = all
             .iter()
-            .any(|(_, c, _)| c.row().is_some_and(|r| r["id"] == json!(9999)));
+            .any(|(_, c, _)| c.row().is_some_and(|r| r["id"] == json!(999999)));
     }
     assert!(seen_marker, "the marker written after the restart arrived");
     let mut last: HashMap<String, (u64, u64)> = HashMap::new();
@@ -513,6 +549,18 @@ async fn a_connector_stopped_dead_mid_stream_resumes_without_loss() {
             (i64::from(id), Some(json!({"id": id, "name": r.get::<_, String>(1), "price_cents": r.get::<_, i64>(2), "active": r.get::<_, bool>(3)})))
         })
         .collect();
+    let withdrawn: Vec<i64> = all
+        .iter()
+        .filter(|(_, c, _)| c.op == Op::Delete && c.source.tx_id.is_none())
+        .map(|(_, c, _)| {
+            assert_eq!(c.source.snapshot, "true");
+            c.before.as_ref().unwrap()["id"].as_i64().unwrap()
+        })
+        .collect();
+    assert!(
+        (1..=40).all(|id| withdrawn.contains(&id)),
+        "run 1 published rows 1..=40 and they were deleted before the retake: each is withdrawn by a delete ({withdrawn:?})"
+    );
     let live: BTreeMap<i64, Option<Value>> =
         folded.into_iter().filter(|(_, v)| v.is_some()).collect();
     assert_eq!(live.len(), table.len(), "the same rows exist on both sides");
