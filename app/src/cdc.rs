@@ -1,15 +1,66 @@
-//! Change data capture in the app: `shopflow cdc` (a process of its own, for the distributed
-//! deployment) and `up --cdc-source …` (inside the embedded shop, which owns the log). Both run
-//! [`shopflow_cdc::Connector`] and restart it after a failure; its position lives in the source's
-//! replication slot, so a restart loses nothing.
+//! Change data capture in the app, as a service of the deployment ([`SERVICE`], `cdc`): its
+//! own database (the connector's record of its slot), started with the others by `up
+//! --cdc-source …` (inside the embedded shop, which owns the log) or as a process of its own,
+//! `shopflow cdc` (the distributed deployment). Either way it runs [`shopflow_cdc::Connector`]
+//! and restarts it after a failure; its position lives in the source's replication slot, so a
+//! restart loses nothing.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shopflow_anybus::AnyBus;
+use axum::Router;
+use shopflow_bus::Publisher;
+use shopflow_contracts::audit::Facts;
+use shopflow_envelope::Registry;
 use shopflow_runtime::Shutdown;
+use shopflow_service::{BoxFuture, Context, Service, Started};
 use shopflow_store::Db;
+
+/// The service's name: its database, its logs, `ServiceStarted`.
+pub const NAME: &str = "cdc";
+
+/// The connector as a service of the deployment. Without [`CdcSettings`] it starts nothing.
+pub static SERVICE: Service<Facts> = Service {
+    about: "change data capture: a PostgreSQL database's row changes onto the bus (--cdc-source)",
+    migrations: &[("cdc", shopflow_cdc::MIGRATIONS)],
+    register: register_events,
+    start,
+    ..Service::named(NAME)
+};
+
+/// What the deployment tells the connector (from `--cdc-source` and its companions).
+#[derive(Clone, Debug)]
+pub struct CdcSettings(pub shopflow_cdc::Config);
+
+fn register_events(r: &mut Registry) {
+    r.register::<shopflow_cdc::RowChanged>();
+}
+
+/// Starts the connector (restarted after failures) as the service's background task, and
+/// exports its [`CdcStatus`] for health and the operations API.
+fn start(ctx: Context) -> BoxFuture<'static, shopflow_service::Result<Started>> {
+    Box::pin(async move {
+        let status = CdcStatus::default();
+        let mut started = Started::new(Router::new());
+        match ctx.settings.get::<CdcSettings>() {
+            Some(CdcSettings(config)) => {
+                started.tasks.push(Box::pin(run(
+                    config,
+                    ctx.bus,
+                    ctx.db,
+                    ctx.shutdown,
+                    status.clone(),
+                )));
+            }
+            None => {
+                tracing::warn!("the cdc service has no source (--cdc-source): it captures nothing")
+            }
+        }
+        started.exports.insert(status);
+        Ok(started)
+    })
+}
 
 /// Where to capture changes from (the options `up` and `cdc` share).
 #[derive(Clone, Debug, clap::Args)]
@@ -57,7 +108,7 @@ impl CdcStatus {
 /// it stops with an error: a source that is down or restarting is waited for.
 pub async fn run(
     config: shopflow_cdc::Config,
-    bus: AnyBus,
+    bus: Arc<dyn Publisher>,
     db: Db,
     shutdown: Shutdown,
     status: CdcStatus,
@@ -93,15 +144,6 @@ pub async fn run(
             }
         }
     }
-}
-
-/// Where `shopflow cdc` keeps its own database: `<data-dir>/cdc/cdc.db` or the schema `cdc`.
-pub async fn open_state(
-    db: &shopflow_store::DbUrl,
-    data_dir: &std::path::Path,
-) -> anyhow::Result<Db> {
-    std::fs::create_dir_all(data_dir)?;
-    Ok(db.open(data_dir, "cdc").await?)
 }
 
 /// A data directory argument's default.

@@ -441,23 +441,76 @@ pub fn load_routes(
     Ok(f)
 }
 
-/// Starts the gateway on `listener`: restores recorded switches, serves until `shutdown`.
-pub async fn start(
-    file: &RoutesFile,
-    db: Db,
-    token: AdminToken,
-    listener: tokio::net::TcpListener,
-    limits: shopflow_http::serve::Limits,
-    shutdown: shopflow_runtime::Shutdown,
-) -> anyhow::Result<(Gateway, Store, tokio::task::JoinHandle<()>)> {
-    let store = Store::open(db).await?;
-    let gw = Gateway::new(file, Arc::new(store.clone()))?;
-    store.restore(&gw).await?;
-    let app = router(gw.clone(), store.clone(), token);
-    let task = tokio::spawn(async move {
-        shopflow_gateway::serve(listener, app, limits.header_read_timeout, shutdown.wait()).await;
-    });
-    Ok((gw, store, task))
+/// The gateway as a service of the deployment ([`SERVICE`]): its own database (routes as
+/// switched, shadow differences, its outbox), started with the others by `up --routes …` or as
+/// a process of its own, `shopflow gateway`. Without [`GatewaySettings`] it starts nothing.
+pub static SERVICE: shopflow_service::Service<shopflow_contracts::audit::Facts> =
+    shopflow_service::Service {
+        about: "the strangler-fig gateway: each route to the legacy system, the shop, or both compared (--routes)",
+        migrations: &[(NAME, MIGRATIONS)],
+        start: start_service,
+        ..shopflow_service::Service::named(NAME)
+    };
+
+/// What the deployment tells the gateway: its routes, where it listens, the admin token of
+/// its admin API, the HTTP limits of its listener.
+#[derive(Clone, Debug)]
+pub struct GatewaySettings {
+    pub routes: RoutesFile,
+    pub listen: SocketAddr,
+    pub token: AdminToken,
+    pub limits: shopflow_http::serve::Limits,
+}
+
+/// The running gateway, as the service exports it (the shop's `/admin/migration`, the
+/// process's banner).
+#[derive(Clone, Debug)]
+pub struct Running {
+    pub gateway: Gateway,
+    pub store: Store,
+    /// Where it listens (the port, when the settings asked for port 0).
+    pub addr: SocketAddr,
+}
+
+fn start_service(
+    ctx: shopflow_service::Context,
+) -> shopflow_service::BoxFuture<'static, shopflow_service::Result<shopflow_service::Started>> {
+    Box::pin(async move {
+        let mut started = shopflow_service::Started::new(Router::new());
+        let Some(settings) = ctx.settings.get::<GatewaySettings>() else {
+            tracing::warn!("the gateway service has no routes (--routes): it serves nothing");
+            return Ok(started);
+        };
+        let config = |reason: String| shopflow_service::Error::Config {
+            what: "the gateway",
+            reason,
+        };
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .map_err(|e| config(format!("listening on {}: {e}", settings.listen)))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| config(format!("its listening address: {e}")))?;
+        let store = Store { db: ctx.db };
+        let gw = Gateway::new(&settings.routes, Arc::new(store.clone()))
+            .map_err(|e| config(e.to_string()))?;
+        store
+            .restore(&gw)
+            .await
+            .map_err(|e| config(format!("restoring recorded switches: {e:#}")))?;
+        let app = router(gw.clone(), store.clone(), settings.token);
+        let header_timeout = settings.limits.header_read_timeout;
+        let shutdown = ctx.shutdown;
+        started.tasks.push(Box::pin(async move {
+            shopflow_gateway::serve(listener, app, header_timeout, shutdown.wait()).await;
+        }));
+        started.exports.insert(Running {
+            gateway: gw,
+            store,
+            addr,
+        });
+        Ok(started)
+    })
 }
 
 /// What of a migration this process runs (for the shop's `/admin/migration` and the dashboard):
@@ -469,8 +522,12 @@ pub struct InProcess {
 }
 
 impl InProcess {
-    pub fn set_gateway(&self, gw: Gateway, store: Store) {
-        let _ = self.gateway.set((gw, store));
+    pub fn new(cdc: crate::cdc::CdcStatus, gateway: Option<Running>) -> Self {
+        let cell = std::sync::OnceLock::new();
+        if let Some(r) = gateway {
+            let _ = cell.set((r.gateway, r.store));
+        }
+        Self { cdc, gateway: cell }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The shopflow app: the shop's services, wired together in one process or one per service.
 #![recursion_limit = "256"]
 
+pub mod alone;
 pub mod cdc;
 pub mod dashboard;
 pub mod gateway;

@@ -685,47 +685,32 @@ async fn run_gateway(
     std::fs::create_dir_all(&data_dir)?;
     let _metrics = shopflow::ops::metrics_handle();
     let (token, created) = shopflow::security::admin_token(admin_token.as_deref(), &data_dir)?;
-    let gw_db = db.open(&data_dir, shopflow::gateway::NAME).await?;
-    let log = shopflow_anybus::AnyBus::open(&bus, &data_dir.join("log"), partitions)?;
-    if let shopflow_anybus::AnyBus::Kafka(k) = &log {
-        k.ping(std::time::Duration::from_secs(15)).await?;
-    }
-    {
-        use shopflow_bus::Bus;
-        use shopflow_envelope::Event;
-        let t = shopflow_runtime::system::RouteSwitched::topic();
-        let spec = shopflow_bus::TopicSpec {
-            replication_factor: bus.replication_factor(),
-            ..shopflow_bus::TopicSpec::new(partitions)
-        };
-        log.create_topic(&t, &spec).await?;
-    }
-    let (trigger, shutdown) = shopflow_runtime::Shutdown::new();
-    let relay = shopflow_store::outbox::Relay::new(
-        gw_db.clone(),
-        log.clone(),
-        shopflow_store::outbox::RelayConfig::default(),
-    );
-    let s = shutdown.clone();
-    let relay = tokio::spawn(async move {
-        let _ = relay.run(s.wait()).await;
+    let settings = edge_settings(&data_dir).with(shopflow::gateway::GatewaySettings {
+        routes: file.clone(),
+        listen,
+        token: token.clone(),
+        limits: shopflow_http::serve::Limits::default(),
     });
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
-    let (gw, _, server) = shopflow::gateway::start(
-        &file,
-        gw_db,
-        token.clone(),
-        listener,
-        shopflow_http::serve::Limits::default(),
-        shutdown,
+    let service = shopflow::alone::start(
+        &shopflow::gateway::SERVICE,
+        settings,
+        &data_dir,
+        &bus,
+        &db,
+        partitions,
     )
     .await?;
+    let running = service
+        .exports
+        .get::<shopflow::gateway::Running>()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("the gateway did not start"))?;
     println!(
-        "gateway on http://{addr}: legacy {} · new {} · {} routes (admin API at /admin/gateway/routes)",
+        "gateway on http://{}: legacy {} · new {} · {} routes (admin API at /admin/gateway/routes)",
+        running.addr,
         file.legacy.url,
         file.new.url,
-        gw.routes().len()
+        running.gateway.routes().len()
     );
     if let Some(path) = created {
         println!(
@@ -736,13 +721,18 @@ async fn run_gateway(
     }
     wait_for_signal().await;
     println!("stopping…");
-    trigger.trigger();
-    server.await?;
-    relay.await?;
-    use shopflow_bus::Bus;
-    log.close().await?;
+    service.stop().await?;
     println!("stopped cleanly");
     Ok(())
+}
+
+/// What an edge service in a process of its own is told (it reads only its own setting).
+fn edge_settings(data_dir: &std::path::Path) -> shopflow_service::Settings {
+    shopflow_service::Settings::new(
+        data_dir,
+        shopflow_service::SagaStyle::default(),
+        shopflow_runtime::BreakerConfig::default(),
+    )
 }
 
 fn routes_cli(action: RoutesAction, gateway: &str, token: Option<&str>) -> anyhow::Result<()> {
@@ -806,17 +796,8 @@ async fn run_cdc(
         .ok_or_else(|| anyhow::anyhow!("--cdc-source (or SHOPFLOW_CDC_SOURCE) is required"))?;
     config.replication_factor = bus.replication_factor();
     let metrics = shopflow::ops::metrics_handle();
-    let state = shopflow::cdc::open_state(&db, &data_dir).await?;
-    let log = shopflow_anybus::AnyBus::open(&bus, &data_dir.join("log"), partitions)?;
-    if let shopflow_anybus::AnyBus::Kafka(k) = &log {
-        k.ping(std::time::Duration::from_secs(15)).await?;
-    }
-    let (trigger, shutdown) = shopflow_runtime::Shutdown::new();
-    let status = shopflow::cdc::CdcStatus::default();
-    let app = shopflow::cdc::router(status.clone(), metrics);
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    println!(
-        "change data capture: {} (publication {}, slot {}) → {}; health and metrics at http://{}",
+    let banner = format!(
+        "change data capture: {} (publication {}, slot {}) → {}",
         config.db.split('@').next_back().unwrap_or(""),
         config.publication,
         config.slot,
@@ -825,9 +806,32 @@ async fn run_cdc(
                 format!("the log in {}", data_dir.join("log").display()),
             shopflow::shop::BusConfig::Kafka(k) => format!("Kafka at {}", k.brokers),
         },
+    );
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let settings = edge_settings(&data_dir).with(shopflow::cdc::CdcSettings(config));
+    let service = shopflow::alone::start(
+        &shopflow::cdc::SERVICE,
+        settings,
+        &data_dir,
+        &bus,
+        &db,
+        partitions,
+    )
+    .await?;
+    let status = service
+        .exports
+        .get::<shopflow::cdc::CdcStatus>()
+        .cloned()
+        .unwrap_or_default();
+    let app = service
+        .router
+        .clone()
+        .merge(shopflow::cdc::router(status, metrics));
+    println!(
+        "{banner}; health and metrics at http://{}",
         listener.local_addr()?
     );
-    let s = shutdown.clone();
+    let s = service.shutdown.clone();
     let server = tokio::spawn(async move {
         shopflow_http::serve::serve(
             listener,
@@ -837,20 +841,10 @@ async fn run_cdc(
         )
         .await;
     });
-    let connector = tokio::spawn(shopflow::cdc::run(
-        config,
-        log.clone(),
-        state,
-        shutdown,
-        status,
-    ));
     wait_for_signal().await;
     println!("stopping…");
-    trigger.trigger();
-    connector.await?;
+    service.stop().await?;
     server.await?;
-    use shopflow_bus::Bus;
-    log.close().await?;
     println!("stopped cleanly");
     Ok(())
 }

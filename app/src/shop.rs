@@ -14,6 +14,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use shopflow_anybus::AnyBus;
 use shopflow_bus::{Bus, TopicSpec};
+use shopflow_contracts::audit::Facts;
 use shopflow_eventsourcing::SnapshotPolicy;
 use shopflow_http::ApiError;
 use shopflow_http::auth::AdminToken;
@@ -22,7 +23,7 @@ use shopflow_payment::edge::CardVault;
 use shopflow_runtime::dlq::Indexer;
 use shopflow_runtime::retention::InboxRetention;
 use shopflow_runtime::{BreakerConfig, Runner, RunnerConfig, Shutdown, ShutdownTrigger, system};
-use shopflow_service::{Context, Settings};
+use shopflow_service::{Context, Service, Settings};
 use shopflow_store::Db;
 use shopflow_store::outbox::{Relay, RelayConfig};
 use tokio::task::JoinHandle;
@@ -204,7 +205,31 @@ impl Shop {
         crate::ops::metrics_handle();
 
         let (trigger, shutdown) = Shutdown::new();
-        let settings = Arc::new(config.settings());
+        // The API's listener is bound first: its address is the gateway's `new` side.
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let mut settings = config.settings();
+        // The components that connect the shop to a system it replaces run as services too,
+        // when asked for: change data capture and the strangler-fig gateway.
+        let mut edge: Vec<&'static Service<Facts>> = Vec::new();
+        if let Some(c) = &config.cdc {
+            settings = settings.with(crate::cdc::CdcSettings(c.clone()));
+            edge.push(&crate::cdc::SERVICE);
+        }
+        if let Some((file, listen)) = &config.gateway {
+            let mut routes = file.clone();
+            routes.new.url = format!("http://{addr}");
+            settings = settings.with(crate::gateway::GatewaySettings {
+                routes,
+                listen: *listen,
+                token: admin_token.clone(),
+                limits: config.http_limits.clone(),
+            });
+            edge.push(&crate::gateway::SERVICE);
+        }
+        let settings = Arc::new(settings);
         let runner_config = RunnerConfig {
             lanes: Some(config.runner.lanes.unwrap_or(match config.db {
                 DbConfig::Sqlite => 1,
@@ -224,9 +249,13 @@ impl Shop {
         let mut breakers = Vec::new();
         let mut hooks = Vec::new();
         let mut vault = None;
+        let mut cdc = crate::cdc::CdcStatus::default();
+        let mut gateway = None;
         for service in SERVICES
             .iter()
+            .copied()
             .filter(|s| config.services.contains(&s.name))
+            .chain(edge)
         {
             let db = config.db.open(dir, service.name).await?;
             service
@@ -237,6 +266,7 @@ impl Shop {
                 db: db.clone(),
                 settings: settings.clone(),
                 shutdown: shutdown.clone(),
+                bus: Arc::new(log.clone()),
             })
             .await
             .with_context(|| format!("starting the {} service", service.name))?;
@@ -295,6 +325,12 @@ impl Shop {
             breakers.extend(started.breakers);
             hooks.extend(started.metrics);
             vault = vault.or(started.exports.get::<CardVault>().cloned());
+            if let Some(status) = started.exports.get::<crate::cdc::CdcStatus>() {
+                cdc = status.clone();
+            }
+            if let Some(running) = started.exports.get::<crate::gateway::Running>() {
+                gateway = Some(running.clone());
+            }
             app = app.merge(started.router);
             let fact = system::ServiceStarted {
                 service: service.name.to_owned(),
@@ -327,15 +363,6 @@ impl Shop {
             .migrate_service(OPS, shopflow_runtime::dlq::MIGRATIONS)
             .await?;
         dbs.push((OPS, ops_db.clone()));
-        // The gateway's database is opened now so that its outbox gets a relay like the others.
-        let gateway_db = match &config.gateway {
-            Some(_) => {
-                let db = config.db.open(dir, crate::gateway::NAME).await?;
-                dbs.push((crate::gateway::NAME, db.clone()));
-                Some(db)
-            }
-            None => None,
-        };
         for (owner, db) in &dbs {
             tasks.push(tokio::spawn(shopflow_runtime::retention::run(
                 db.clone(),
@@ -367,21 +394,10 @@ impl Shop {
             relays,
             services: services_run,
             history: Arc::new(crate::ops::History::default()),
-            migration: Arc::new(crate::gateway::InProcess::default()),
+            migration: Arc::new(crate::gateway::InProcess::new(cdc.clone(), gateway.clone())),
         };
         // The last minutes of throughput and lag, for the dashboard's charts.
         tasks.push(tokio::spawn(ops.clone().sample_history(shutdown.clone())));
-        let cdc = ops.migration.cdc.clone();
-        if let Some(c) = &config.cdc {
-            let db = config.db.open(dir, "cdc").await?;
-            tasks.push(tokio::spawn(crate::cdc::run(
-                c.clone(),
-                log.clone(),
-                db,
-                shutdown.clone(),
-                cdc.clone(),
-            )));
-        }
 
         let app = app
             .merge(ops.clone().router())
@@ -414,35 +430,12 @@ impl Shop {
             shopflow_http::auth::require_admin,
         ))
         .layer(axum::middleware::from_fn(shopflow_http::correlate));
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("listening on {}", config.listen))?;
-        let addr = listener.local_addr()?;
         let s = shutdown.clone();
         let limits = config.http_limits.clone();
         tasks.push(tokio::spawn(async move {
             shopflow_http::serve::serve(listener, app, limits, s.wait()).await;
         }));
-        let mut gateway_addr = None;
-        if let (Some((file, listen)), Some(db)) = (&config.gateway, gateway_db) {
-            let mut file = file.clone();
-            file.new.url = format!("http://{addr}");
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("the gateway listening on {listen}"))?;
-            gateway_addr = Some(listener.local_addr()?);
-            let (gw, store, task) = crate::gateway::start(
-                &file,
-                db,
-                admin_token.clone(),
-                listener,
-                config.http_limits.clone(),
-                shutdown.clone(),
-            )
-            .await?;
-            ops.migration.set_gateway(gw, store);
-            tasks.push(task);
-        }
+        let gateway_addr = gateway.map(|g| g.addr);
         Ok(Shop {
             gateway_addr,
             addr,

@@ -217,15 +217,40 @@ async fn the_gateway_document_and_its_router_agree() {
     )
     .unwrap();
     let db = shopflow_store::Db::open_sqlite(dir.path().join("gateway.db")).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let token =
         shopflow_http::auth::AdminToken::new("sfa_test_0123456789abcdef0123456789abcdef").unwrap();
     let (trigger, shutdown) = shopflow_runtime::Shutdown::new();
-    let (_, _, task) =
-        shopflow::gateway::start(&file, db, token, listener, Default::default(), shutdown)
-            .await
-            .unwrap();
+    // Started through its service descriptor, as `up` and `shopflow gateway` start it.
+    let service = &shopflow::gateway::SERVICE;
+    service.migrate(&db).await.unwrap();
+    let settings = shopflow_service::Settings::new(
+        dir.path(),
+        Default::default(),
+        shopflow_runtime::BreakerConfig::default(),
+    )
+    .with(shopflow::gateway::GatewaySettings {
+        routes: file,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token,
+        limits: Default::default(),
+    });
+    let bus = shopflow_log::Log::open(dir.path().join("log"), Default::default()).unwrap();
+    let started = (service.start)(shopflow_service::Context {
+        db,
+        settings: std::sync::Arc::new(settings),
+        shutdown,
+        bus: std::sync::Arc::new(bus),
+    })
+    .await
+    .unwrap();
+    let addr = started
+        .exports
+        .get::<shopflow::gateway::Running>()
+        .unwrap()
+        .addr;
+    let mut tasks = started.tasks;
+    assert_eq!(tasks.len(), 1, "the gateway's one task: its listener");
+    let task = tokio::spawn(tasks.remove(0));
     let c = Client::new(format!("http://{addr}"));
     let (status, doc) = blocking(move || c.get("/gateway/openapi.json")).await;
     assert_eq!(status, 200);

@@ -589,6 +589,7 @@ impl Sim {
             db: db.clone(),
             settings: self.settings.clone(),
             shutdown: shutdown.clone(),
+            bus: Arc::new(self.bus.clone()),
         })
         .await
         .map_err(|e| format!("starting {}: {e}", service.name))?;

@@ -2,6 +2,7 @@
 //! snapshot's rate, and a bulk update of `--rows` rows in one transaction: changes per second
 //! from its commit until the last change is durable on the bus and confirmed to PostgreSQL.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -75,7 +76,7 @@ async fn measure(
     let state = shopflow_store::Db::open_sqlite(dir.join("cdc.db"))?;
     let mut config = shopflow_cdc::Config::new(&a.postgres, format!("{schema}_pub"), schema);
     config.lag_every = Duration::from_millis(200);
-    let connector = shopflow_cdc::Connector::new(config, log.clone(), state).await?;
+    let connector = shopflow_cdc::Connector::new(config, Arc::new(log.clone()), state).await?;
     let status = connector.status();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(connector.run(async move {

@@ -165,3 +165,27 @@ pub trait Consumer: Send + 'static {
     /// `poll`; nothing is committed).
     fn seek(&mut self, tp: &TopicPartition, offset: u64) -> Result<()>;
 }
+
+/// A future a [`Publisher`] returns.
+pub type PublishFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
+/// The writing half of a bus, as a trait object: what a component that brings facts in from
+/// outside (a change-data-capture connector) needs, whatever backend the deployment runs. The
+/// shop's services never publish directly: they write to their outbox in the transaction that
+/// decides, and the relay publishes. Every [`Bus`] is one.
+pub trait Publisher: Send + Sync + std::fmt::Debug + 'static {
+    /// [`Bus::create_topic`] (named apart so that both traits can be in scope).
+    fn create<'a>(&'a self, topic: &'a str, spec: &'a TopicSpec) -> PublishFuture<'a, ()>;
+    /// [`Bus::publish`]: `Ok` once every message is acknowledged (durable on the bus).
+    fn send(&self, messages: Vec<Message>) -> PublishFuture<'_, Vec<Ack>>;
+}
+
+impl<B: Bus + std::fmt::Debug> Publisher for B {
+    fn create<'a>(&'a self, topic: &'a str, spec: &'a TopicSpec) -> PublishFuture<'a, ()> {
+        Box::pin(Bus::create_topic(self, topic, spec))
+    }
+
+    fn send(&self, messages: Vec<Message>) -> PublishFuture<'_, Vec<Ack>> {
+        Box::pin(Bus::publish(self, messages))
+    }
+}

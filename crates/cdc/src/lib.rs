@@ -47,10 +47,14 @@ use pg_walstream::{
     ReplicationStreamConfig, RowData, SnapshotOutcome,
 };
 use serde_json::{Map, Value};
-use shopflow_bus::{Bus, Message, TopicSpec};
+use shopflow_bus::{Message, Publisher, TopicSpec};
 use shopflow_store::Db;
 
 pub use record::{Op, RowChanged, Source};
+
+/// The connector's own tables (its record of the slot and of an unfinished snapshot), for a
+/// deployment that migrates a component's database before starting it.
+pub const MIGRATIONS: &[shopflow_store::Migration] = state::MIGRATIONS;
 use value::Column;
 
 /// What can stop the connector.
@@ -141,9 +145,9 @@ impl Status {
 
 /// The connector: one slot, one publication, one bus.
 #[derive(Debug)]
-pub struct Connector<B: Bus> {
+pub struct Connector {
     config: Config,
-    bus: B,
+    bus: Arc<dyn Publisher>,
     state: Db,
     status: Arc<Status>,
     /// The source database's name (`source.db` of every change), read off the URL once.
@@ -178,9 +182,10 @@ struct Txn {
     index: u64,
 }
 
-impl<B: Bus> Connector<B> {
-    /// A connector keeping its record of the slot in `state` (migrated here).
-    pub async fn new(config: Config, bus: B, state: Db) -> Result<Self> {
+impl Connector {
+    /// A connector publishing to `bus` (any [`shopflow_bus::Bus`]) and keeping its record of
+    /// the slot in `state` (migrated here).
+    pub async fn new(config: Config, bus: Arc<dyn Publisher>, state: Db) -> Result<Self> {
         if config.batch == 0 || config.partitions == 0 {
             return Err(Error::Setup(
                 "batch and partitions must be at least 1".into(),
@@ -728,7 +733,7 @@ impl<B: Bus> Connector<B> {
             return Ok(());
         }
         let messages = std::mem::take(batch);
-        self.bus.publish(messages).await?;
+        self.bus.send(messages).await?;
         Ok(())
     }
 
@@ -737,7 +742,7 @@ impl<B: Bus> Connector<B> {
             return Ok(());
         }
         self.bus
-            .create_topic(
+            .create(
                 topic,
                 &TopicSpec {
                     replication_factor: self.config.replication_factor,

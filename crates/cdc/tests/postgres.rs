@@ -150,7 +150,7 @@ fn start(
     let handle = tokio::runtime::Handle::current();
     let (status_tx, status_rx) = std::sync::mpsc::channel();
     let task = handle.spawn(async move {
-        let connector = Connector::new(config, bus, state).await?;
+        let connector = Connector::new(config, std::sync::Arc::new(bus), state).await?;
         status_tx.send(connector.status()).unwrap();
         connector
             .run(async move {
@@ -581,7 +581,7 @@ async fn refuses_a_source_it_cannot_read_with_a_clear_reason() {
     let state = Db::open_sqlite(dir.path().join("cdc.db")).unwrap();
     let c = Connector::new(
         Config::new(&url, "no_such_publication", "cdc_missing_pub"),
-        bus,
+        std::sync::Arc::new(bus),
         state,
     )
     .await

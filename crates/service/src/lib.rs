@@ -103,6 +103,11 @@ pub struct Context {
     pub settings: Arc<Settings>,
     /// Background tasks end when it fires.
     pub shutdown: Shutdown,
+    /// The deployment's bus, to write to directly: for a component that brings facts in from
+    /// outside and has no transaction of its own to put them in (the change-data-capture
+    /// connector confirms a source position only once its changes are acknowledged here). The
+    /// shop's services never use it: what they decide goes through their outbox.
+    pub bus: Arc<dyn shopflow_bus::Publisher>,
 }
 
 /// A hook the metrics endpoint runs before it renders (to set gauges that are cheapest to read
