@@ -42,6 +42,9 @@ pub const MIGRATIONS: &[Migration] = &[Migration::portable(
     );",
 )];
 
+/// How often a gateway looks for switches made by others sharing its database.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How long differences are kept.
 const KEEP_DIFFERENCES_MS: i64 = 7 * 24 * 3600 * 1000;
 
@@ -84,6 +87,55 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// The time of the newest recorded switch (0 when none).
+    pub async fn last_switch(&self) -> anyhow::Result<i64> {
+        let rows = self
+            .db
+            .query("SELECT MAX(updated_at) FROM gateway_routes", &[])
+            .await?;
+        Ok(match rows.first() {
+            Some(r) => r.opt_i64(0)?.unwrap_or(0),
+            None => 0,
+        })
+    }
+
+    /// Applies the switches recorded after `since` (by another gateway sharing this database,
+    /// or by this one: applying those changes nothing); returns the newest one's time.
+    pub async fn follow(&self, gw: &Gateway, since: i64) -> anyhow::Result<i64> {
+        let mut newest = since;
+        for r in self
+            .db
+            .query(
+                "SELECT method, path, target, serve, updated_at FROM gateway_routes WHERE updated_at > $1 ORDER BY updated_at",
+                params![since],
+            )
+            .await?
+        {
+            let (method, path) = (r.str(0)?, r.str(1)?);
+            newest = newest.max(r.i64(4)?);
+            let (Ok(to), serve) = (target(r.str(2)?), r.opt_str(3)?.map(side).transpose())
+            else {
+                continue;
+            };
+            let Ok(serve) = serve else { continue };
+            let before = gw
+                .routes()
+                .into_iter()
+                .find(|v| v.path == path && v.methods.iter().any(|m| m.eq_ignore_ascii_case(method) || m == "*"));
+            let Some(before) = before else { continue };
+            let changes = before.target != to || (serve.is_some() && before.serve != serve);
+            if changes && gw.set(method, path, to, serve).is_ok() {
+                tracing::info!(
+                    method,
+                    path,
+                    to = kind(to),
+                    "a route switched by another gateway sharing this database"
+                );
+            }
+        }
+        Ok(newest)
     }
 
     pub async fn differences(&self, limit: i64) -> Result<Vec<serde_json::Value>, ApiError> {
@@ -147,6 +199,17 @@ impl Recorder for Store {
             };
             let r = async {
                 let mut tx = self.db.begin().await?;
+                // Strictly after every switch recorded before: gateways sharing this database
+                // follow switches newer than the last one they saw.
+                let last = tx
+                    .query("SELECT MAX(updated_at) FROM gateway_routes", &[])
+                    .await?
+                    .first()
+                    .map(|r| r.opt_i64(0))
+                    .transpose()?
+                    .flatten()
+                    .unwrap_or(0);
+                let at = chrono::Utc::now().timestamp_millis().max(last + 1);
                 tx.execute(
                     "DELETE FROM gateway_routes WHERE method = $1 AND path = $2",
                     params![s.method.as_str(), s.path.as_str()],
@@ -159,7 +222,7 @@ impl Recorder for Store {
                         s.path.as_str(),
                         kind(s.to),
                         s.serve.map(|v| v.as_str()),
-                        chrono::Utc::now().timestamp_millis()
+                        at
                     ],
                 )
                 .await?;
@@ -501,6 +564,26 @@ fn start_service(
         let app = router(gw.clone(), store.clone(), settings.token);
         let header_timeout = settings.limits.header_read_timeout;
         let shutdown = ctx.shutdown;
+        // Gateways side by side (one database, several processes): each applies the others'
+        // switches within a couple of seconds.
+        let since = store
+            .last_switch()
+            .await
+            .map_err(|e| config(format!("reading recorded switches: {e:#}")))?;
+        let (follower, follow_gw, stop) = (store.clone(), gw.clone(), shutdown.clone());
+        started.tasks.push(Box::pin(async move {
+            let mut since = since;
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(FOLLOW_EVERY) => {}
+                    () = stop.clone().wait() => return,
+                }
+                match follower.follow(&follow_gw, since).await {
+                    Ok(newest) => since = newest,
+                    Err(e) => tracing::debug!(error = %e, "reading switches of other gateways"),
+                }
+            }
+        }));
         started.tasks.push(Box::pin(async move {
             shopflow_gateway::serve(listener, app, header_timeout, shutdown.wait()).await;
         }));
