@@ -81,6 +81,10 @@ pub struct CdcArgs {
     /// Do not read the tables' current rows first (stream changes from now on only).
     #[arg(long = "cdc-no-snapshot")]
     pub no_snapshot: bool,
+    /// Seconds between heartbeats written into the source's WAL while the captured tables are
+    /// quiet (so the slot does not keep WAL for them); 0 turns them off.
+    #[arg(long = "cdc-heartbeat-secs", default_value_t = 10)]
+    pub heartbeat_secs: u64,
 }
 
 impl CdcArgs {
@@ -90,6 +94,7 @@ impl CdcArgs {
         c.prefix = self.prefix.clone();
         c.partitions = partitions;
         c.snapshot = !self.no_snapshot;
+        c.heartbeat = (self.heartbeat_secs > 0).then(|| Duration::from_secs(self.heartbeat_secs));
         Some(c)
     }
 }

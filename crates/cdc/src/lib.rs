@@ -27,6 +27,10 @@
 //!   as `__debezium_unavailable_value`. **Deletes** carry the replica identity (the key by
 //!   default, the whole row under FULL) in `before`. A **truncate** is one `op: t` event per
 //!   table, keyed by the table's name: on its own partition, not ordered with the rows' changes.
+//! - **Heartbeat.** While the captured tables are quiet the connector writes a logical decoding
+//!   message into the WAL every [`Config::heartbeat`] and confirms its position when it arrives
+//!   between transactions: a busy database whose captured tables are idle does not keep WAL for
+//!   the slot (Debezium's heartbeat).
 //! - **Metrics:** `shopflow_cdc_changes_total{table,op}`, `shopflow_cdc_transactions_total`,
 //!   `shopflow_cdc_lag_bytes` (the WAL not yet confirmed), `shopflow_cdc_lag_seconds` (commit to
 //!   durable on the bus, of the last transaction), `shopflow_cdc_confirmed_lsn`.
@@ -97,6 +101,11 @@ pub struct Config {
     pub batch: usize,
     /// How often the lag is measured.
     pub lag_every: Duration,
+    /// How often, while the captured tables are quiet, the connector writes a heartbeat into
+    /// the source's WAL (`pg_logical_emit_message`) and confirms its position when it comes
+    /// back, so that a busy database with idle captured tables does not keep WAL for the slot
+    /// forever (Debezium's `heartbeat.interval.ms`). `None`: no heartbeat.
+    pub heartbeat: Option<Duration>,
 }
 
 impl Config {
@@ -115,6 +124,7 @@ impl Config {
             snapshot: true,
             batch: 1000,
             lag_every: Duration::from_secs(2),
+            heartbeat: Some(Duration::from_secs(10)),
         }
     }
 }
@@ -269,6 +279,7 @@ impl Connector {
         let conninfo = replication_url(&c.db);
         let config = ReplicationStreamConfig::builder(&c.slot, &c.publication)
             .with_protocol_version(1)
+            .with_messages(c.heartbeat.is_some())
             .with_feedback_interval(Duration::from_secs(1));
         let mut stream = LogicalReplicationStream::new(&conninfo, config).await?;
         let mut tables: HashMap<u32, Table> = HashMap::new();
@@ -365,6 +376,9 @@ impl Connector {
 
         stream.start(None).await?;
         self.status.phase.store(2, Ordering::Relaxed);
+        let _heartbeat = c
+            .heartbeat
+            .map(|every| AbortOnDrop(tokio::spawn(heartbeat(c.db.clone(), c.slot.clone(), every))));
         tracing::info!(
             slot = c.slot,
             publication = c.publication,
@@ -533,6 +547,21 @@ impl Connector {
                         (Utc::now() - commit_timestamp).num_milliseconds().max(0) as f64 / 1000.0;
                     metrics::gauge!("shopflow_cdc_lag_seconds").set(behind);
                     txn = None;
+                }
+                EventType::Message {
+                    flags: 0,
+                    message_lsn,
+                    prefix,
+                    ..
+                } if *prefix == *HEARTBEAT_PREFIX && txn.is_none() && batch.is_empty() => {
+                    // Between transactions, with everything before on the bus: nothing that
+                    // commits below the heartbeat can still arrive, so its position is confirmed.
+                    let at = message_lsn.value().max(lsn);
+                    if at > self.status.confirmed_lsn.load(Ordering::Relaxed) {
+                        stream.shared_lsn_feedback.update_applied_lsn(at);
+                        self.status.confirmed_lsn.store(at, Ordering::Relaxed);
+                        metrics::gauge!("shopflow_cdc_confirmed_lsn").set(at as f64);
+                    }
                 }
                 _ => {}
             }
@@ -894,6 +923,46 @@ async fn watch_lag(c: Config, status: Arc<Status>) {
             }
         }
         tokio::time::sleep(c.lag_every).await;
+    }
+}
+
+/// The prefix of the connector's heartbeat messages in the WAL.
+const HEARTBEAT_PREFIX: &str = "shopflow-cdc-heartbeat";
+
+/// Writes a non-transactional logical decoding message every `every`, so that the stream has
+/// something to confirm while the captured tables are quiet. Stops (with a warning) when the
+/// role may not write one.
+async fn heartbeat(db: String, slot: String, every: Duration) {
+    let mut sql = None;
+    loop {
+        tokio::time::sleep(every).await;
+        if sql.is_none() {
+            sql = connect(&db).await.ok();
+        }
+        let Some(client) = &sql else { continue };
+        match client
+            .execute(
+                "SELECT pg_logical_emit_message(false, $1, $2)",
+                &[&HEARTBEAT_PREFIX, &slot],
+            )
+            .await
+        {
+            Ok(_) => metrics::counter!("shopflow_cdc_heartbeats_total").increment(1),
+            Err(e)
+                if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
+            {
+                tracing::warn!(
+                    error = %e,
+                    "the connector's role may not call pg_logical_emit_message: no heartbeat, \
+                     so WAL is kept for the slot while the captured tables are quiet"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cdc heartbeat");
+                sql = None;
+            }
+        }
     }
 }
 

@@ -592,3 +592,74 @@ async fn refuses_a_source_it_cannot_read_with_a_clear_reason() {
         "{err}"
     );
 }
+
+/// Busy database, quiet captured tables: the slot's confirmed position follows the WAL with a
+/// heartbeat, and stays behind without one (PostgreSQL sends nothing for transactions that
+/// touch no published table, so there is no commit to confirm).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_keeps_a_quiet_slot_from_holding_wal() {
+    let Some(url) = shopflow_store::test_postgres_url("change data capture") else {
+        return;
+    };
+    for (tag, heartbeat) in [("beat", Some(Duration::from_millis(200))), ("nobeat", None)] {
+        let src = Source::new(&url, tag).await;
+        let s = src.schema.clone();
+        src.sql
+            .batch_execute(&format!(
+                "CREATE TABLE {s}.noise (id SERIAL PRIMARY KEY, v TEXT NOT NULL)"
+            ))
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let bus = Log::open(dir.path().join("log"), shopflow_log::Config::default()).unwrap();
+        let mut config = src.config();
+        config.heartbeat = heartbeat;
+        let (task, stop, status) = start(
+            config,
+            bus.clone(),
+            Db::open_sqlite(dir.path().join("cdc.db")).unwrap(),
+        );
+        until("streaming", Duration::from_secs(30), || {
+            status.phase() == "streaming"
+        })
+        .await;
+        // Writes to a table outside the publication only.
+        src.sql
+            .batch_execute(&format!(
+                "INSERT INTO {s}.noise (v) SELECT repeat('x', 200) FROM generate_series(1, 5000)"
+            ))
+            .await
+            .unwrap();
+        let target: String = src
+            .sql
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let caught_up = || async {
+            src.sql
+                .query_one(
+                    "SELECT confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&s, &target],
+                )
+                .await
+                .unwrap()
+                .get::<_, bool>(0)
+        };
+        let deadline =
+            Instant::now() + Duration::from_secs(if heartbeat.is_some() { 20 } else { 4 });
+        let mut confirmed = caught_up().await;
+        while !confirmed && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            confirmed = caught_up().await;
+        }
+        assert_eq!(
+            confirmed,
+            heartbeat.is_some(),
+            "{tag}: the slot's confirmed position passed the WAL written elsewhere"
+        );
+        stop.send(()).unwrap();
+        task.await.unwrap().unwrap();
+        src.cleanup().await;
+    }
+}
