@@ -402,3 +402,48 @@ async fn large_bodies_stream_through_both_ways() {
     }
     assert_eq!(n, 512 * 64 * 1024);
 }
+
+/// A recorder that cannot keep switches (its database is down).
+struct Broken;
+
+impl Recorder for Broken {
+    fn difference(&self, _: Difference) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    fn switched(&self, _: Switched) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Err("the database is down".to_owned()) })
+    }
+}
+
+/// A switch that cannot be recorded is not made: the caller gets the reason and every request
+/// keeps going where it went (a restart would otherwise undo a switch nobody knows was lost).
+#[tokio::test]
+async fn a_switch_that_cannot_be_recorded_is_undone() {
+    let file = RoutesFile::parse(
+        r#"
+        [legacy]
+        url = "http://127.0.0.1:1"
+        [new]
+        url = "http://127.0.0.1:1"
+        [[route]]
+        methods = ["GET"]
+        path = "/products"
+        target = "shadow"
+        serve = "new"
+        "#,
+    )
+    .unwrap();
+    let gw = Gateway::new(&file, Arc::new(Broken)).unwrap();
+    let err = gw
+        .switch("GET", "/products", TargetKind::Legacy, Some(Side::Legacy))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("the database is down"), "{err}");
+    let r = gw
+        .routes()
+        .into_iter()
+        .find(|r| r.path == "/products")
+        .unwrap();
+    assert_eq!(r.target, TargetKind::Shadow);
+    assert_eq!(r.serve, Some(Side::New));
+}
