@@ -99,6 +99,10 @@ pub struct Config {
     pub snapshot: bool,
     /// Changes per publish while a transaction streams in.
     pub batch: usize,
+    /// Rows per publish during the initial snapshot; the keys of each are recorded (one
+    /// transaction of the connector's database) before it goes out, so larger batches cost
+    /// fewer commits.
+    pub snapshot_batch: usize,
     /// How often the lag is measured.
     pub lag_every: Duration,
     /// How often, while the captured tables are quiet, the connector writes a heartbeat into
@@ -123,6 +127,7 @@ impl Config {
             replication_factor: 1,
             snapshot: true,
             batch: 1000,
+            snapshot_batch: 8000,
             lag_every: Duration::from_secs(2),
             heartbeat: Some(Duration::from_secs(10)),
         }
@@ -196,9 +201,9 @@ impl Connector {
     /// A connector publishing to `bus` (any [`shopflow_bus::Bus`]) and keeping its record of
     /// the slot in `state` (migrated here).
     pub async fn new(config: Config, bus: Arc<dyn Publisher>, state: Db) -> Result<Self> {
-        if config.batch == 0 || config.partitions == 0 {
+        if config.batch == 0 || config.snapshot_batch == 0 || config.partitions == 0 {
             return Err(Error::Setup(
-                "batch and partitions must be at least 1".into(),
+                "batch, snapshot_batch and partitions must be at least 1".into(),
             ));
         }
         state.migrate("cdc", state::MIGRATIONS).await?;
@@ -309,8 +314,9 @@ impl Connector {
                         keys.insert(r.relation_id, key_columns(&sql, r.relation_id).await?);
                     }
                     let mut rows = snap.rows();
-                    let mut batch = Vec::with_capacity(c.batch);
-                    let mut published = Vec::with_capacity(c.batch);
+                    let mut batch = Vec::with_capacity(c.snapshot_batch);
+                    let mut published = Vec::with_capacity(c.snapshot_batch);
+                    let mut in_flight = InFlight(None);
                     let at = Utc::now();
                     let correlation = format!("cdc-snapshot-{lsn}");
                     while let Some(row) = rows.next_row().await? {
@@ -351,13 +357,14 @@ impl Connector {
                         )?);
                         metrics::counter!("shopflow_cdc_changes_total", "table" => table.topic.clone(), "op" => "r").increment(1);
                         self.status.snapshot_rows.fetch_add(1, Ordering::Relaxed);
-                        if batch.len() >= c.batch {
-                            self.publish_snapshot(lsn, &mut published, &mut batch)
+                        if batch.len() >= c.snapshot_batch {
+                            self.publish_snapshot(lsn, &mut published, &mut batch, &mut in_flight)
                                 .await?;
                         }
                     }
-                    self.publish_snapshot(lsn, &mut published, &mut batch)
+                    self.publish_snapshot(lsn, &mut published, &mut batch, &mut in_flight)
                         .await?;
+                    in_flight.finish().await?;
                     let stream = rows.finish().await?;
                     self.withdraw_abandoned(lsn, at).await?;
                     state::save(&self.state, &c.slot, Some(lsn), true).await?;
@@ -667,15 +674,32 @@ impl Connector {
 
     /// Publishes a batch of the snapshot taken at `lsn`, its keys recorded first: should the
     /// connector die before the snapshot finishes, the retake knows what this attempt sent.
+    ///
+    /// The batch is recorded and then published in the background while the next one is read;
+    /// at most one is in flight.
     async fn publish_snapshot(
         &self,
         lsn: u64,
         keys: &mut Vec<state::SnapshotKey>,
         batch: &mut Vec<Message>,
+        in_flight: &mut InFlight,
     ) -> Result<()> {
-        state::remember(&self.state, &self.config.slot, lsn, keys).await?;
-        keys.clear();
-        self.publish(batch).await
+        in_flight.finish().await?;
+        let keys = std::mem::take(keys);
+        let messages = std::mem::take(batch);
+        if !messages.is_empty() {
+            let (bus, db, slot) = (
+                self.bus.clone(),
+                self.state.clone(),
+                self.config.slot.clone(),
+            );
+            in_flight.0 = Some(tokio::spawn(async move {
+                state::remember(&db, &slot, lsn, &keys).await?;
+                bus.send(messages).await?;
+                Ok(())
+            }));
+        }
+        Ok(())
     }
 
     /// After a snapshot taken again (the first attempt died half-way): a delete for every row
@@ -962,6 +986,30 @@ async fn heartbeat(db: String, slot: String, every: Duration) {
                 tracing::debug!(error = %e, "cdc heartbeat");
                 sql = None;
             }
+        }
+    }
+}
+
+/// The snapshot batch being published; a connector that stops (or is dropped) mid-snapshot
+/// does not leave it publishing behind its back.
+struct InFlight(Option<tokio::task::JoinHandle<Result<()>>>);
+
+impl InFlight {
+    /// Waits until the batch in flight, if any, is acknowledged.
+    async fn finish(&mut self) -> Result<()> {
+        match self.0.take() {
+            None => Ok(()),
+            Some(task) => Ok(task
+                .await
+                .map_err(|e| Error::Setup(format!("publishing a snapshot batch: {e}")))??),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
         }
     }
 }

@@ -107,13 +107,30 @@ pub(crate) async fn remember(
     if keys.is_empty() {
         return Ok(());
     }
+    // A hundred rows per statement: one statement per key costs more than the publish.
+    const ROWS: usize = 100;
     let mut tx = db.begin().await?;
-    for k in keys {
-        tx.execute_deferred(
-            "INSERT INTO cdc_snapshot_keys (slot, topic, msg_key, schema_name, table_name, key_columns, snapshot_lsn)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (slot, topic, msg_key) DO UPDATE SET snapshot_lsn = excluded.snapshot_lsn",
-            params![
+    for chunk in keys.chunks(ROWS) {
+        let mut sql = String::from(
+            "INSERT INTO cdc_snapshot_keys (slot, topic, msg_key, schema_name, table_name, key_columns, snapshot_lsn) VALUES ",
+        );
+        let mut params = Vec::with_capacity(chunk.len() * 7);
+        for (i, k) in chunk.iter().enumerate() {
+            let n = i * 7;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                n + 1,
+                n + 2,
+                n + 3,
+                n + 4,
+                n + 5,
+                n + 6,
+                n + 7
+            ));
+            params.extend_from_slice(params![
                 slot,
                 k.topic.as_str(),
                 k.msg_key.as_str(),
@@ -121,9 +138,12 @@ pub(crate) async fn remember(
                 k.table.as_str(),
                 k.key_columns.as_str(),
                 lsn as i64
-            ],
-        )
-        .await?;
+            ]);
+        }
+        sql.push_str(
+            " ON CONFLICT (slot, topic, msg_key) DO UPDATE SET snapshot_lsn = excluded.snapshot_lsn",
+        );
+        tx.execute_deferred(&sql, &params).await?;
     }
     tx.commit().await
 }

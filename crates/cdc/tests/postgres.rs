@@ -436,18 +436,20 @@ where
 
     let mut config = src.config();
     config.batch = 50;
+    config.snapshot_batch = 50;
     // Run 1: killed during the snapshot (the task is dropped, nothing graceful).
     let (task, _stop, status) = start(config.clone(), bus.clone(), state().await);
     until("some snapshot rows", Duration::from_secs(30), || {
         status
             .snapshot_rows
             .load(std::sync::atomic::Ordering::Relaxed)
-            > 50
+            > 100
     })
     .await;
     task.abort();
     let _ = task.await;
-    // The 51st row is read only once the first batch (rows 1..=50) is on the bus.
+    // The 101st row is read only once the first batch (rows 1..=50) is on the bus: one batch
+    // is in flight at most.
     assert_eq!(status.phase(), "snapshot", "run 1 died during its snapshot");
 
     // Writers keep going while no connector runs: 40 transactions of updates and deletes.
