@@ -123,6 +123,7 @@ async fn the_shop_runs_on_postgresql() {
         );
     })
     .await;
+    common::settle(&shop).await;
     let report = shopflow::verify::verify(&shop.databases(), true)
         .await
         .unwrap();
@@ -429,6 +430,7 @@ async fn migrate_moves_an_embedded_deployment_and_the_shop_carries_on() {
         }
     })
     .await;
+    common::settle(&shop).await;
     let report = shopflow::verify::verify(&shop.databases(), true)
         .await
         .unwrap();

@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use common::{Client, DECLINED_CARD, GOOD_CARD, blocking, order};
 use serde_json::{Value, json};
@@ -32,28 +31,6 @@ async fn start(dir: &std::path::Path, style: SagaStyle) -> Shop {
     })
     .await
     .unwrap()
-}
-
-/// Waits until every consumer group is at the end of its topics and every outbox is empty.
-async fn settle(shop: &Shop) {
-    let end = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let lag = shop.ops.lag().await.unwrap();
-        let busy: u64 = lag.groups.values().sum::<u64>()
-            + lag.outbox_backlog.values().map(|n| *n as u64).sum::<u64>();
-        if busy == 0 {
-            tokio::time::sleep(Duration::from_millis(150)).await;
-            let again = shop.ops.lag().await.unwrap();
-            if again.groups.values().sum::<u64>() == 0 {
-                return;
-            }
-        }
-        assert!(
-            std::time::Instant::now() < end,
-            "the shop did not settle: {lag:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// An order's business outcome, without ids and timestamps.
@@ -169,7 +146,7 @@ async fn run(style: SagaStyle) -> Value {
         }
     })
     .await;
-    settle(&shop).await;
+    common::settle(&shop).await;
 
     let snapshot = |c: Client,
                     labelled: Vec<(String, String)>,
@@ -210,7 +187,7 @@ async fn run(style: SagaStyle) -> Value {
     // Every record delivered again: nothing changes.
     let n = common::redeliver_everything(&shop, shopflow_contracts::all_topics()).await;
     assert!(n > 100, "redelivered {n}");
-    settle(&shop).await;
+    common::settle(&shop).await;
     let after = snapshot(c.clone(), labelled, racers, restarted).await;
     assert_eq!(
         before, after,

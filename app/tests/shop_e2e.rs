@@ -8,7 +8,6 @@ use std::time::Duration;
 use common::{Client, DECLINED_CARD, GOOD_CARD, blocking, order};
 use serde_json::{Value, json};
 use shopflow::shop::{Shop, ShopConfig};
-use shopflow_bus::Bus;
 
 async fn start() -> (Shop, Client, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -585,7 +584,7 @@ async fn every_event_redelivered_changes_nothing() {
         ids
     })
     .await;
-    settle(&shop).await;
+    common::settle(&shop).await;
     let snapshot = |c: Client, ids: Vec<String>| {
         blocking(move || {
             let mut s = Vec::new();
@@ -610,7 +609,7 @@ async fn every_event_redelivered_changes_nothing() {
     // Redeliver everything.
     let republished = common::redeliver_everything(&shop, shopflow_contracts::topics()).await;
     assert!(republished > 20, "republished {republished}");
-    settle(&shop).await;
+    common::settle(&shop).await;
     let after = snapshot(c.clone(), ids).await;
     assert_eq!(before, after, "redelivered events changed state");
     let report = shopflow::verify::verify(&shop.databases(), true)
@@ -639,36 +638,6 @@ async fn every_event_redelivered_changes_nothing() {
         report.violations
     );
     shop.stop().await.unwrap();
-}
-
-/// Waits until every consumer group has caught up with every topic and every outbox is empty.
-async fn settle(shop: &Shop) {
-    let end = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut busy = 0u64;
-        for g in ["inventory", "payment", "shipping", "notification", "order"] {
-            busy += shop
-                .log
-                .lag(g)
-                .await
-                .unwrap()
-                .iter()
-                .map(|l| l.lag)
-                .sum::<u64>();
-        }
-        for (_, db) in &shop.dbs {
-            busy += shopflow_store::outbox::backlog(db).await.unwrap();
-        }
-        if busy == 0 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < end,
-            "the shop did not settle: {busy} outstanding"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// `shopflow projections rebuild orders` (its endpoint) while orders keep flowing: the read model

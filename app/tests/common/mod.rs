@@ -391,3 +391,24 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Waits until every consumer group of `shop` is at the end of its topics and every outbox is
+/// empty (twice, 150 ms apart): what `verify --settled` assumes. An order can be final while a
+/// fact of its history (a reservation arriving after the shipment) is still on its way.
+pub async fn settle(shop: &shopflow::shop::Shop) {
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let lag = shop.ops.lag().await.unwrap();
+        let busy: u64 = lag.groups.values().sum::<u64>()
+            + lag.outbox_backlog.values().map(|n| *n as u64).sum::<u64>();
+        if busy == 0 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let again = shop.ops.lag().await.unwrap();
+            if again.groups.values().sum::<u64>() == 0 {
+                return;
+            }
+        }
+        assert!(Instant::now() < end, "the shop did not settle: {lag:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
