@@ -55,12 +55,6 @@ pub struct Store {
 }
 
 impl Store {
-    pub async fn open(db: Db) -> anyhow::Result<Self> {
-        db.migrate_building_blocks().await?;
-        db.migrate(NAME, MIGRATIONS).await?;
-        Ok(Self { db })
-    }
-
     pub fn db(&self) -> &Db {
         &self.db
     }
@@ -601,16 +595,15 @@ fn start_service(
 #[derive(Debug, Default)]
 pub struct InProcess {
     pub cdc: crate::cdc::CdcStatus,
-    gateway: std::sync::OnceLock<(Gateway, Store)>,
+    gateway: Option<(Gateway, Store)>,
 }
 
 impl InProcess {
     pub fn new(cdc: crate::cdc::CdcStatus, gateway: Option<Running>) -> Self {
-        let cell = std::sync::OnceLock::new();
-        if let Some(r) = gateway {
-            let _ = cell.set((r.gateway, r.store));
+        Self {
+            cdc,
+            gateway: gateway.map(|r| (r.gateway, r.store)),
         }
-        Self { cdc, gateway: cell }
     }
 }
 
@@ -647,7 +640,7 @@ pub(crate) async fn migration(
     State(ops): State<Arc<crate::ops::Ops>>,
 ) -> Result<axum::Json<MigrationView>, ApiError> {
     let m = &ops.migration;
-    let gateway = match m.gateway.get() {
+    let gateway = match &m.gateway {
         None => None,
         Some((gw, store)) => Some(GatewayView {
             routes: gw.routes(),
@@ -679,7 +672,7 @@ pub(crate) async fn migration_switch(
     State(ops): State<Arc<crate::ops::Ops>>,
     Json(req): Json<SwitchRoute>,
 ) -> Result<axum::Json<SwitchedView>, ApiError> {
-    let Some((gw, store)) = ops.migration.gateway.get() else {
+    let Some((gw, store)) = &ops.migration.gateway else {
         return Err(ApiError::new(
             axum::http::StatusCode::NOT_FOUND,
             "not_found",
