@@ -42,6 +42,9 @@ pub const MIGRATIONS: &[Migration] = &[Migration::portable(
     );",
 )];
 
+/// Serializes the recording of switches (PostgreSQL; SQLite has one writer anyway).
+const SWITCH_LOCK_CLASS: i32 = 0x5346_4757; // "SFGW"
+
 /// How often a gateway looks for switches made by others sharing its database.
 const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -193,8 +196,11 @@ impl Recorder for Store {
             };
             let r = async {
                 let mut tx = self.db.begin().await?;
-                // Strictly after every switch recorded before: gateways sharing this database
-                // follow switches newer than the last one they saw.
+                // Strictly after every switch recorded before, whatever the writers' clocks:
+                // gateways sharing this database follow switches newer than the last one they
+                // saw. Switches through several gateways at once take turns here, so no two
+                // get the same time.
+                tx.lock(SWITCH_LOCK_CLASS, "gateway_routes").await?;
                 let last = tx
                     .query("SELECT MAX(updated_at) FROM gateway_routes", &[])
                     .await?

@@ -24,12 +24,25 @@ path = "/orders"
 target = "legacy"
 "#;
 
+/// Where the gateways keep their records: one SQLite file (a handle per gateway), or one
+/// PostgreSQL schema (a connection pool per gateway, as separate processes have).
+#[derive(Clone)]
+enum Shared {
+    Sqlite,
+    Postgres { url: String, schema: String },
+}
+
 async fn gateway(
     dir: &std::path::Path,
+    shared: &Shared,
     shutdown: Shutdown,
 ) -> (Running, Vec<tokio::task::JoinHandle<()>>) {
-    // One SQLite file, a handle per gateway: what a shared PostgreSQL schema is to processes.
-    let db = shopflow_store::Db::open_sqlite(dir.join("gateway.db")).unwrap();
+    let db = match shared {
+        Shared::Sqlite => shopflow_store::Db::open_sqlite(dir.join("gateway.db")).unwrap(),
+        Shared::Postgres { url, schema } => shopflow_store::Db::connect_postgres(url, schema)
+            .await
+            .unwrap(),
+    };
     SERVICE.migrate(&db).await.unwrap();
     let settings = shopflow_service::Settings::new(
         dir,
@@ -87,10 +100,34 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_switch_through_one_gateway_reaches_the_others() {
+    side_by_side(&Shared::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_on_postgresql() {
+    let Some(url) = shopflow_store::test_postgres_url("gateways sharing a database") else {
+        return;
+    };
+    let schema = format!("gw_side_{}", std::process::id());
+    side_by_side(&Shared::Postgres {
+        url: url.clone(),
+        schema: schema.clone(),
+    })
+    .await;
+    let (sql, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sql.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await
+        .unwrap();
+}
+
+async fn side_by_side(shared: &Shared) {
     let dir = tempfile::tempdir().unwrap();
     let (trigger, shutdown) = Shutdown::new();
-    let (a, mut tasks) = gateway(dir.path(), shutdown.clone()).await;
-    let (b, more) = gateway(dir.path(), shutdown.clone()).await;
+    let (a, mut tasks) = gateway(dir.path(), shared, shutdown.clone()).await;
+    let (b, more) = gateway(dir.path(), shared, shutdown.clone()).await;
     tasks.extend(more);
     assert_eq!(target_of(&b, "/products").0, TargetKind::Legacy);
 
@@ -124,11 +161,29 @@ async fn a_switch_through_one_gateway_reaches_the_others() {
         assert_eq!(target_of(g, "/orders").0, TargetKind::New, "stays new");
     }
 
+    // Two switches at the same moment through two gateways (on PostgreSQL they take turns):
+    // both reach both.
+    let (x, y) = tokio::join!(
+        a.gateway
+            .switch("GET", "/products", TargetKind::Legacy, None),
+        b.gateway
+            .switch("POST", "/orders", TargetKind::Legacy, None)
+    );
+    x.unwrap();
+    y.unwrap();
+    until("both concurrent switches reach both gateways", || {
+        [&a, &b].iter().all(|g| {
+            target_of(g, "/products").0 == TargetKind::Legacy
+                && target_of(g, "/orders").0 == TargetKind::Legacy
+        })
+    })
+    .await;
+
     // A gateway started later takes the recorded switches at once.
-    let (c, more) = gateway(dir.path(), shutdown).await;
+    let (c, more) = gateway(dir.path(), shared, shutdown).await;
     tasks.extend(more);
-    assert_eq!(target_of(&c, "/products").0, TargetKind::New);
-    assert_eq!(target_of(&c, "/orders").0, TargetKind::New);
+    assert_eq!(target_of(&c, "/products").0, TargetKind::Legacy);
+    assert_eq!(target_of(&c, "/orders").0, TargetKind::Legacy);
 
     trigger.trigger();
     for t in tasks {
