@@ -31,17 +31,17 @@ pub struct Alone {
     /// The routes it serves (merged into its process's listener, if it has one).
     pub router: Router,
     /// What it exports (its status, the running gateway).
-    pub exports: Extensions,
+    exports: Extensions,
     pub shutdown: Shutdown,
     trigger: ShutdownTrigger,
     tasks: Vec<JoinHandle<()>>,
 }
 
 /// Opens `service`'s database under `data_dir` (or its PostgreSQL schema) and the bus,
-/// migrates and starts it with `settings`, announces it.
-pub async fn start(
+/// migrates and starts it with its one typed `setting`, announces it.
+pub async fn start<T: Clone + Send + Sync + 'static>(
     service: &'static Service<Facts>,
-    settings: Settings,
+    setting: T,
     data_dir: &Path,
     bus: &BusConfig,
     db: &DbConfig,
@@ -70,7 +70,10 @@ pub async fn start(
     let (trigger, shutdown) = Shutdown::new();
     let started = (service.start)(Context {
         db: db.clone(),
-        settings: Arc::new(settings),
+        // An edge service reads only its own setting; the shop-wide ones keep their defaults.
+        settings: Arc::new(
+            Settings::new(data_dir, Default::default(), Default::default()).with(setting),
+        ),
         shutdown: shutdown.clone(),
         bus: Arc::new(log.clone()),
     })
@@ -87,15 +90,7 @@ pub async fn start(
     tasks.push(tokio::spawn(async move {
         let _ = relay.run(s.wait()).await;
     }));
-    let fact = system::ServiceStarted {
-        service: service.name.to_owned(),
-        instance: system::instance(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        consumers: Vec::new(),
-    };
-    system::publish(&db, system::outgoing(&fact, service.name, service.name)?)
-        .await
-        .with_context(|| format!("announcing that {} started", service.name))?;
+    crate::shop::announce_started(&db, service.name, Vec::new()).await?;
     Ok(Alone {
         name: service.name,
         db,
@@ -109,23 +104,16 @@ pub async fn start(
 }
 
 impl Alone {
+    /// What the service exports of type `T` (its status, the running gateway).
+    pub fn export<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+        self.exports.get::<T>().cloned()
+    }
+
     /// Announces `ServiceStopped`, lets the relay publish it, stops every task, closes the bus.
     pub async fn stop(self) -> anyhow::Result<()> {
-        let fact = system::ServiceStopped {
-            service: self.name.to_owned(),
-            instance: system::instance(),
-        };
-        if let Err(e) =
-            system::publish(&self.db, system::outgoing(&fact, self.name, self.name)?).await
-        {
-            tracing::warn!(service = self.name, error = %e, "ServiceStopped was not written");
-        }
-        let end = std::time::Instant::now() + Duration::from_secs(3);
-        while std::time::Instant::now() < end
-            && shopflow_store::outbox::backlog(&self.db).await.unwrap_or(0) > 0
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let me = [(self.name, self.db.clone())];
+        crate::shop::announce_stopped(&me).await;
+        crate::shop::drain_outboxes(&me).await;
         self.trigger.trigger();
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;

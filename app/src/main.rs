@@ -685,15 +685,14 @@ async fn run_gateway(
     std::fs::create_dir_all(&data_dir)?;
     let _metrics = shopflow::ops::metrics_handle();
     let (token, created) = shopflow::security::admin_token(admin_token.as_deref(), &data_dir)?;
-    let settings = edge_settings(&data_dir).with(shopflow::gateway::GatewaySettings {
-        routes: file.clone(),
-        listen,
-        token: token.clone(),
-        limits: shopflow_http::serve::Limits::default(),
-    });
     let service = shopflow::alone::start(
         &shopflow::gateway::SERVICE,
-        settings,
+        shopflow::gateway::GatewaySettings {
+            routes: file.clone(),
+            listen,
+            token: token.clone(),
+            limits: shopflow_http::serve::Limits::default(),
+        },
         &data_dir,
         &bus,
         &db,
@@ -701,9 +700,7 @@ async fn run_gateway(
     )
     .await?;
     let running = service
-        .exports
-        .get::<shopflow::gateway::Running>()
-        .cloned()
+        .export::<shopflow::gateway::Running>()
         .ok_or_else(|| anyhow::anyhow!("the gateway did not start"))?;
     println!(
         "gateway on http://{}: legacy {} · new {} · {} routes (admin API at /admin/gateway/routes)",
@@ -724,15 +721,6 @@ async fn run_gateway(
     service.stop().await?;
     println!("stopped cleanly");
     Ok(())
-}
-
-/// What an edge service in a process of its own is told (it reads only its own setting).
-fn edge_settings(data_dir: &std::path::Path) -> shopflow_service::Settings {
-    shopflow_service::Settings::new(
-        data_dir,
-        shopflow_service::SagaStyle::default(),
-        shopflow_runtime::BreakerConfig::default(),
-    )
 }
 
 fn routes_cli(action: RoutesAction, gateway: &str, token: Option<&str>) -> anyhow::Result<()> {
@@ -808,10 +796,9 @@ async fn run_cdc(
         },
     );
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    let settings = edge_settings(&data_dir).with(shopflow::cdc::CdcSettings(config));
     let service = shopflow::alone::start(
         &shopflow::cdc::SERVICE,
-        settings,
+        shopflow::cdc::CdcSettings(config),
         &data_dir,
         &bus,
         &db,
@@ -819,9 +806,7 @@ async fn run_cdc(
     )
     .await?;
     let status = service
-        .exports
-        .get::<shopflow::cdc::CdcStatus>()
-        .cloned()
+        .export::<shopflow::cdc::CdcStatus>()
         .unwrap_or_default();
     let app = service
         .router

@@ -332,15 +332,7 @@ impl Shop {
                 gateway = Some(running.clone());
             }
             app = app.merge(started.router);
-            let fact = system::ServiceStarted {
-                service: service.name.to_owned(),
-                instance: system::instance(),
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-                consumers: names,
-            };
-            system::publish(&db, system::outgoing(&fact, service.name, service.name)?)
-                .await
-                .with_context(|| format!("announcing that {} started", service.name))?;
+            announce_started(&db, service.name, names).await?;
             dbs.push((service.name, db));
         }
         groups.push(shopflow_runtime::dlq::GROUP);
@@ -454,24 +446,14 @@ impl Shop {
     /// Stops accepting requests, lets consumers and relays finish their round, closes the log.
     /// Each service announces that it stops (ServiceStopped) before the relays end.
     pub async fn stop(self) -> anyhow::Result<()> {
-        let instance = system::instance();
-        for (name, db) in self.dbs.iter().filter(|(n, _)| *n != OPS) {
-            let fact = system::ServiceStopped {
-                service: (*name).to_owned(),
-                instance: instance.clone(),
-            };
-            if let Err(e) = system::publish(db, system::outgoing(&fact, name, name)?).await {
-                tracing::warn!(service = name, error = %e, "ServiceStopped was not written");
-            }
-        }
-        let end = std::time::Instant::now() + Duration::from_secs(3);
-        for (_, db) in &self.dbs {
-            while std::time::Instant::now() < end
-                && shopflow_store::outbox::backlog(db).await.unwrap_or(0) > 0
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+        let services: Vec<_> = self
+            .dbs
+            .iter()
+            .filter(|(n, _)| *n != OPS)
+            .cloned()
+            .collect();
+        announce_stopped(&services).await;
+        drain_outboxes(&self.dbs).await;
         self.trigger.trigger();
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
@@ -493,5 +475,53 @@ impl Shop {
 
     pub fn db(&self, service: &str) -> Option<&Db> {
         self.dbs.iter().find(|(n, _)| *n == service).map(|(_, d)| d)
+    }
+}
+
+/// Announces, through its outbox, that `service` runs in this process with these consumers
+/// (`ServiceStarted`).
+pub(crate) async fn announce_started(
+    db: &Db,
+    service: &'static str,
+    consumers: Vec<String>,
+) -> anyhow::Result<()> {
+    let fact = system::ServiceStarted {
+        service: service.to_owned(),
+        instance: system::instance(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        consumers,
+    };
+    system::publish(db, system::outgoing(&fact, service, service)?)
+        .await
+        .with_context(|| format!("announcing that {service} started"))
+}
+
+/// Announces that each service stops (`ServiceStopped`, through its outbox).
+pub(crate) async fn announce_stopped(services: &[(&'static str, Db)]) {
+    let instance = system::instance();
+    for (name, db) in services {
+        let fact = system::ServiceStopped {
+            service: (*name).to_owned(),
+            instance: instance.clone(),
+        };
+        let written = match system::outgoing(&fact, name, name) {
+            Ok(out) => system::publish(db, out).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = written {
+            tracing::warn!(service = name, error = %e, "ServiceStopped was not written");
+        }
+    }
+}
+
+/// Gives the relays up to 3 s in all to publish what the outboxes of `dbs` hold.
+pub(crate) async fn drain_outboxes(dbs: &[(&'static str, Db)]) {
+    let end = std::time::Instant::now() + Duration::from_secs(3);
+    for (_, db) in dbs {
+        while std::time::Instant::now() < end
+            && shopflow_store::outbox::backlog(db).await.unwrap_or(0) > 0
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
