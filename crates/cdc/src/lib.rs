@@ -235,7 +235,8 @@ impl Connector {
 
     async fn run_inner(&self, cancel: CancellationToken) -> Result<()> {
         let c = &self.config;
-        let sql = connect(&c.db).await?;
+        // Setup queries, the snapshot's key lookups, then the heartbeat: one connection.
+        let sql = Arc::new(connect(&c.db).await?);
         check_source(&sql, c).await?;
 
         let recorded = state::load(&self.state, &c.slot).await?;
@@ -385,7 +386,7 @@ impl Connector {
         self.status.phase.store(2, Ordering::Relaxed);
         let _heartbeat = c
             .heartbeat
-            .map(|every| AbortOnDrop(tokio::spawn(heartbeat(c.db.clone(), c.slot.clone(), every))));
+            .map(|every| AbortOnDrop(tokio::spawn(heartbeat(sql.clone(), c.slot.clone(), every))));
         tracing::info!(
             slot = c.slot,
             publication = c.publication,
@@ -544,12 +545,9 @@ impl Connector {
                     ..
                 } => {
                     self.publish(&mut batch).await?;
-                    let end = end_lsn.value();
-                    stream.shared_lsn_feedback.update_applied_lsn(end);
-                    self.status.confirmed_lsn.store(end, Ordering::Relaxed);
+                    self.confirm(&stream, end_lsn.value());
                     self.status.transactions.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("shopflow_cdc_transactions_total").increment(1);
-                    metrics::gauge!("shopflow_cdc_confirmed_lsn").set(end as f64);
                     let behind =
                         (Utc::now() - commit_timestamp).num_milliseconds().max(0) as f64 / 1000.0;
                     metrics::gauge!("shopflow_cdc_lag_seconds").set(behind);
@@ -565,9 +563,7 @@ impl Connector {
                     // commits below the heartbeat can still arrive, so its position is confirmed.
                     let at = message_lsn.value().max(lsn);
                     if at > self.status.confirmed_lsn.load(Ordering::Relaxed) {
-                        stream.shared_lsn_feedback.update_applied_lsn(at);
-                        self.status.confirmed_lsn.store(at, Ordering::Relaxed);
-                        metrics::gauge!("shopflow_cdc_confirmed_lsn").set(at as f64);
+                        self.confirm(&stream, at);
                     }
                 }
                 _ => {}
@@ -670,6 +666,14 @@ impl Connector {
             self.publish(batch).await?;
         }
         Ok(())
+    }
+
+    /// Tells PostgreSQL (with the next standby feedback) that everything before `lsn` is on
+    /// the bus.
+    fn confirm(&self, stream: &LogicalReplicationStream, lsn: u64) {
+        stream.shared_lsn_feedback.update_applied_lsn(lsn);
+        self.status.confirmed_lsn.store(lsn, Ordering::Relaxed);
+        metrics::gauge!("shopflow_cdc_confirmed_lsn").set(lsn as f64);
     }
 
     /// Publishes a batch of the snapshot taken at `lsn`, its keys recorded first: should the
@@ -956,15 +960,10 @@ const HEARTBEAT_PREFIX: &str = "shopflow-cdc-heartbeat";
 /// Writes a non-transactional logical decoding message every `every`, so that the stream has
 /// something to confirm while the captured tables are quiet. Stops (with a warning) when the
 /// role may not write one.
-async fn heartbeat(db: String, slot: String, every: Duration) {
-    let mut sql = None;
+async fn heartbeat(sql: Arc<tokio_postgres::Client>, slot: String, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
-        if sql.is_none() {
-            sql = connect(&db).await.ok();
-        }
-        let Some(client) = &sql else { continue };
-        match client
+        match sql
             .execute(
                 "SELECT pg_logical_emit_message(false, $1, $2)",
                 &[&HEARTBEAT_PREFIX, &slot],
@@ -982,10 +981,8 @@ async fn heartbeat(db: String, slot: String, every: Duration) {
                 );
                 return;
             }
-            Err(e) => {
-                tracing::debug!(error = %e, "cdc heartbeat");
-                sql = None;
-            }
+            // A source that went away stops the stream too, and the connector starts over.
+            Err(e) => tracing::debug!(error = %e, "cdc heartbeat"),
         }
     }
 }
