@@ -62,45 +62,12 @@ impl Store {
         &self.db
     }
 
-    /// Re-applies the switches made before a restart over the routes file.
-    pub async fn restore(&self, gw: &Gateway) -> anyhow::Result<()> {
-        for r in self
-            .db
-            .query(
-                "SELECT method, path, target, serve FROM gateway_routes",
-                &[],
-            )
-            .await?
-        {
-            let (method, path) = (r.str(0)?, r.str(1)?);
-            let to = target(r.str(2)?).map_err(|e| anyhow::anyhow!(e.message))?;
-            let serve = r
-                .opt_str(3)?
-                .map(side)
-                .transpose()
-                .map_err(|e| anyhow::anyhow!(e.message))?;
-            if let Err(e) = gw.set(method, path, to, serve) {
-                tracing::warn!(error = %e, "a recorded switch names a route the routes file no longer has");
-            }
-        }
-        Ok(())
-    }
-
-    /// The time of the newest recorded switch (0 when none).
-    pub async fn last_switch(&self) -> anyhow::Result<i64> {
-        let rows = self
-            .db
-            .query("SELECT MAX(updated_at) FROM gateway_routes", &[])
-            .await?;
-        Ok(match rows.first() {
-            Some(r) => r.opt_i64(0)?.unwrap_or(0),
-            None => 0,
-        })
-    }
-
-    /// Applies the switches recorded after `since` (by another gateway sharing this database,
-    /// or by this one: applying those changes nothing); returns the newest one's time.
+    /// Applies the switches recorded after `since` over the routes as they stand, and
+    /// returns the newest one's time. At start (`since` = `i64::MIN`) that is every recorded
+    /// switch: those made before a restart; afterwards, those made through another gateway
+    /// sharing this database (this gateway's own change nothing).
     pub async fn follow(&self, gw: &Gateway, since: i64) -> anyhow::Result<i64> {
+        let current = gw.routes();
         let mut newest = since;
         for r in self
             .db
@@ -112,24 +79,28 @@ impl Store {
         {
             let (method, path) = (r.str(0)?, r.str(1)?);
             newest = newest.max(r.i64(4)?);
-            let (Ok(to), serve) = (target(r.str(2)?), r.opt_str(3)?.map(side).transpose())
-            else {
-                continue;
-            };
-            let Ok(serve) = serve else { continue };
-            let before = gw
-                .routes()
-                .into_iter()
-                .find(|v| v.path == path && v.methods.iter().any(|m| m.eq_ignore_ascii_case(method) || m == "*"));
-            let Some(before) = before else { continue };
-            let changes = before.target != to || (serve.is_some() && before.serve != serve);
-            if changes && gw.set(method, path, to, serve).is_ok() {
-                tracing::info!(
+            let to = target(r.str(2)?).map_err(|e| anyhow::anyhow!(e.message))?;
+            let serve = r
+                .opt_str(3)?
+                .map(side)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+            let Some(before) = current.iter().find(|v| {
+                v.path == path
+                    && v.methods
+                        .iter()
+                        .any(|m| m.eq_ignore_ascii_case(method) || m == "*")
+            }) else {
+                tracing::warn!(
                     method,
                     path,
-                    to = kind(to),
-                    "a route switched by another gateway sharing this database"
+                    "a recorded switch names a route the routes file no longer has"
                 );
+                continue;
+            };
+            if before.target != to || (serve.is_some() && before.serve != serve) {
+                gw.set(method, path, to, serve)?;
+                tracing::info!(method, path, to = kind(to), "a recorded route switch applied");
             }
         }
         Ok(newest)
@@ -557,8 +528,8 @@ fn start_service(
         let store = Store { db: ctx.db };
         let gw = Gateway::new(&settings.routes, Arc::new(store.clone()))
             .map_err(|e| config(e.to_string()))?;
-        store
-            .restore(&gw)
+        let since = store
+            .follow(&gw, i64::MIN)
             .await
             .map_err(|e| config(format!("restoring recorded switches: {e:#}")))?;
         let app = router(gw.clone(), store.clone(), settings.token);
@@ -566,10 +537,6 @@ fn start_service(
         let shutdown = ctx.shutdown;
         // Gateways side by side (one database, several processes): each applies the others'
         // switches within a couple of seconds.
-        let since = store
-            .last_switch()
-            .await
-            .map_err(|e| config(format!("reading recorded switches: {e:#}")))?;
         let (follower, follow_gw, stop) = (store.clone(), gw.clone(), shutdown.clone());
         started.tasks.push(Box::pin(async move {
             let mut since = since;
