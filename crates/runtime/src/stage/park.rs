@@ -83,15 +83,15 @@ impl Stage for Park {
                 };
             };
             let redriven = ctx.record.header(headers::REDRIVEN_ORIGIN).is_some();
-            if !marker && !redriven && !ctx.parked.load(std::sync::atomic::Ordering::Relaxed) {
-                // No key of the group is parked: nothing to look up.
-                let out = next.run(ctx).await?;
-                if matches!(out, Outcome::DeadLettered) {
-                    park(ctx, &key).await?;
-                }
-                return Ok(out);
-            }
-            let Some(head) = parked::head(ctx.tx, ctx.consumer, &key).await? else {
+            // While no key of the group is parked, an ordinary record has nothing to look up.
+            let may_be_parked =
+                marker || redriven || ctx.parked.load(std::sync::atomic::Ordering::Relaxed);
+            let head = if may_be_parked {
+                parked::head(ctx.tx, ctx.consumer, &key).await?
+            } else {
+                None
+            };
+            let Some(head) = head else {
                 if marker {
                     return Ok(Outcome::Duplicate);
                 }
