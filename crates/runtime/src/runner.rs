@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use shopflow_bus::{Bus, Consumer, Record, TopicPartition};
-use shopflow_envelope::{Event, Registry};
+use shopflow_envelope::{Envelope, Event, Registry};
 use shopflow_store::Db;
 
 use crate::handler::BoxHandler;
-use crate::stage::{Ctx, Outcome, Stack};
+use crate::stage::{Batch, Ctx, Outcome, Stack};
 use crate::{Handler, RetryPolicy, Shutdown};
 
 /// Settings of a consumer.
@@ -179,6 +179,8 @@ pub struct Runner<B: Bus> {
     lanes: usize,
     /// The handler keeps its keys' order behind dead letters (the park stage is on).
     parks: bool,
+    /// Decodes a batch's records ahead of the stack (the decode stage takes them as decoded).
+    registry: Arc<Registry>,
 }
 
 impl<B: Bus> Runner<B> {
@@ -202,13 +204,14 @@ impl<B: Bus> Runner<B> {
             topics,
             stack: Stack::for_handler(
                 handler,
-                registry,
+                registry.clone(),
                 config.retry.clone(),
                 config.handler_timeout,
             ),
             config,
             stats: Arc::new(RunnerStats::default()),
             meters: Meters::new(name),
+            registry,
         }
     }
 
@@ -390,14 +393,22 @@ impl<B: Bus> Runner<B> {
         &self,
         records: impl Iterator<Item = &'r Record>,
     ) -> Result<BatchOutcome, shopflow_store::Error> {
+        let records: Vec<&Record> = records.collect();
+        // Decoded once here, for the read-ahead and the decode stage; one that does not decode
+        // is left to the decode stage, which gives it up.
+        let mut envelopes: Vec<Option<Envelope>> = records
+            .iter()
+            .map(|r| self.registry.decode(&r.value).ok())
+            .collect();
         let mut tx = self.db.begin().await?;
         let mut out = BatchOutcome::default();
         // Most of the time no key of the group is parked: one probe per batch instead of a
         // lookup per record (a round trip each on PostgreSQL).
-        let parked = std::sync::atomic::AtomicBool::new(
-            self.parks && shopflow_store::parked::any(&mut tx, self.name).await?,
-        );
-        for r in records {
+        let batch =
+            Batch::new(self.parks && shopflow_store::parked::any(&mut tx, self.name).await?);
+        let known: Vec<&Envelope> = envelopes.iter().flatten().collect();
+        batch.read_ahead(&mut tx, self.name, &known).await?;
+        for (r, envelope) in records.into_iter().zip(envelopes.iter_mut()) {
             let tp = r.topic_partition();
             if out.stop.is_some() || out.resume.contains_key(&tp) {
                 out.resume.entry(tp).or_insert(r.offset);
@@ -408,9 +419,10 @@ impl<B: Bus> Runner<B> {
                     consumer: self.name,
                     tx: &mut tx,
                     record: r,
-                    envelope: None,
+                    envelope: envelope.take(),
                     failure: None,
-                    parked: &parked,
+                    batch: &batch,
+                    read_ahead: true,
                 };
                 self.stack.handle(&mut ctx).await?
             };

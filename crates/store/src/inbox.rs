@@ -1,7 +1,9 @@
 //! The inbox: which messages a consumer has handled, recorded in the same transaction as the
 //! handler's effects. A redelivered message finds its id there and changes nothing.
 
-use crate::{Db, Result, Tx, params};
+use std::collections::HashSet;
+
+use crate::{Db, Result, Tx, Value, params};
 
 /// Records that `consumer` handled `message_id`. Returns `false` when it had already been
 /// recorded: the caller must then skip the handler's effects (and may commit or drop the
@@ -15,6 +17,46 @@ pub async fn record(tx: &mut Tx, consumer: &str, message_id: &str) -> Result<boo
         )
         .await?;
     Ok(n == 1)
+}
+
+/// Which of `message_ids` `consumer` has handled, within the transaction `tx`: one statement
+/// per 64 ids, for a consumer that checks a whole batch before handling it and then records
+/// each new id with [`record_new`].
+pub async fn handled_among(
+    tx: &mut Tx,
+    consumer: &str,
+    message_ids: &[&str],
+) -> Result<HashSet<String>> {
+    let mut handled = HashSet::new();
+    for run in crate::in_lists(message_ids) {
+        // One primary-key lookup per id, whatever the planner knows of the table: an `IN`
+        // list over a young table's index would be a filter over the consumer's every row.
+        let sql = format!(
+            "SELECT v.column1 FROM (VALUES {}) AS v
+             WHERE (SELECT 1 FROM inbox WHERE consumer = $1 AND message_id = v.column1) IS NOT NULL",
+            crate::values(2, run.len())
+        );
+        let mut params = Vec::with_capacity(run.len() + 1);
+        params.push(Value::from(consumer));
+        params.extend(run.into_iter().map(Value::from));
+        for row in tx.query(&sql, &params).await? {
+            handled.insert(row.str(0)?.to_owned());
+        }
+    }
+    Ok(handled)
+}
+
+/// Records `message_id`, which the caller knows `consumer` has not handled (it asked
+/// [`handled_among`] in this transaction). Nothing waits on its answer: on PostgreSQL it travels
+/// with the transaction's next statement. If another transaction recorded the same id meanwhile
+/// (a second member of the group, before a rebalance settled), the insert fails and with it the
+/// transaction, whose records are then delivered again and found handled.
+pub async fn record_new(tx: &mut Tx, consumer: &str, message_id: &str) -> Result<()> {
+    tx.execute_deferred(
+        "INSERT INTO inbox (consumer, message_id, handled_at) VALUES ($1, $2, $3)",
+        params![consumer, message_id, chrono::Utc::now().timestamp_millis()],
+    )
+    .await
 }
 
 /// Whether `consumer` has handled `message_id` (committed records only).

@@ -23,6 +23,30 @@ pub use migrate::Migration;
 pub use outbox::{Outgoing, emit};
 pub use value::{Row, Value};
 
+/// Splits `items` into runs for a statement with a `VALUES` list, each padded to 4, 16 or 64
+/// entries by repeating its last one, so that a few prepared statements serve every batch size
+/// (SQLite and PostgreSQL cache a statement per text).
+pub(crate) fn in_lists<T: Clone>(items: &[T]) -> impl Iterator<Item = Vec<T>> + '_ {
+    items.chunks(64).map(|chunk| {
+        let width = [4, 16, 64]
+            .into_iter()
+            .find(|w| *w >= chunk.len())
+            .unwrap_or(64);
+        let mut run = chunk.to_vec();
+        let last = chunk[chunk.len() - 1].clone();
+        run.resize(width, last);
+        run
+    })
+}
+
+/// `($from), ($from+1), …` — `count` one-column rows of placeholders for a `VALUES` list.
+pub(crate) fn values(from: usize, count: usize) -> String {
+    (from..from + count)
+        .map(|i| format!("(${i})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A migration of this crate: `migrations/sqlite/<file>` and `migrations/postgres/<file>`.
 macro_rules! migration {
     ($version:literal, $name:literal, $file:literal) => {

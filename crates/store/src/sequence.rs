@@ -7,7 +7,9 @@
 //! producer numbers for the aggregate (`complete`), and then only until the late event arrives:
 //! once the shop has settled, [`gaps`] lists what is still missing.
 
-use crate::{Db, Result, Tx, params};
+use std::collections::{BTreeMap, HashMap};
+
+use crate::{Db, Result, Tx, Value, params};
 
 /// Takes `count` numbers of `(source, aggregate)`; returns the first.
 pub(crate) async fn take(tx: &mut Tx, source: &str, aggregate: &str, count: u64) -> Result<u64> {
@@ -61,6 +63,65 @@ pub async fn observe(
         )
         .await?;
     let last = rows.first().map(|r| r.u64(0)).transpose()?.unwrap_or(0);
+    observe_after(tx, consumer, source, aggregate, seq, complete, last).await
+}
+
+/// The highest number `consumer` has handled of each of `keys` (`(source, aggregate)`), by
+/// source and aggregate, within the transaction `tx`; 0 for one it has handled none of. One statement per source and 64
+/// aggregates, for a consumer that reads a whole batch's before handling it and then records
+/// each number with [`observe_after`].
+pub async fn last_among(
+    tx: &mut Tx,
+    consumer: &str,
+    keys: &[(&str, &str)],
+) -> Result<HashMap<String, HashMap<String, u64>>> {
+    let mut last: HashMap<String, HashMap<String, u64>> = HashMap::new();
+    for (source, aggregate) in keys {
+        last.entry((*source).to_owned())
+            .or_default()
+            .insert((*aggregate).to_owned(), 0);
+    }
+    let mut by_source: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (source, aggregate) in keys {
+        by_source.entry(source).or_default().push(aggregate);
+    }
+    for (source, aggregates) in by_source {
+        for run in crate::in_lists(&aggregates) {
+            // One primary-key lookup per aggregate, whatever the planner knows of the table
+            // (see `inbox::handled_among`).
+            let sql = format!(
+                "SELECT v.column1, (SELECT last FROM sequence_seen
+                     WHERE consumer = $1 AND source = $2 AND aggregate_id = v.column1)
+                 FROM (VALUES {}) AS v",
+                crate::values(3, run.len())
+            );
+            let mut params = Vec::with_capacity(run.len() + 2);
+            params.push(Value::from(consumer));
+            params.push(Value::from(source));
+            params.extend(run.into_iter().map(Value::from));
+            for row in tx.query(&sql, &params).await? {
+                if let Some(n) = row.opt_i64(1)? {
+                    last.entry(source.to_owned())
+                        .or_default()
+                        .insert(row.str(0)?.to_owned(), n.max(0) as u64);
+                }
+            }
+        }
+    }
+    Ok(last)
+}
+
+/// [`observe`] for a caller that knows the highest number handled before, `last` (from
+/// [`last_among`] in this transaction and what it observed since).
+pub async fn observe_after(
+    tx: &mut Tx,
+    consumer: &str,
+    source: &str,
+    aggregate: &str,
+    seq: u64,
+    complete: bool,
+    last: u64,
+) -> Result<Observed> {
     let observed = if seq < last {
         Observed::Reordered { last, got: seq }
     } else if complete && seq > last + 1 {

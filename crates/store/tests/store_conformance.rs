@@ -10,7 +10,7 @@ use shopflow_bus::{Bus, Consumer, Message, TopicSpec};
 use shopflow_envelope::{Envelope, Kind, Meta};
 use shopflow_log::Log;
 use shopflow_store::outbox::{self, Relay, RelayConfig};
-use shopflow_store::{AppendStream, Db, Error, EventStore, ExpectedVersion, inbox};
+use shopflow_store::{AppendStream, Db, Error, EventStore, ExpectedVersion, inbox, sequence};
 
 struct TestDb {
     db: Db,
@@ -358,6 +358,114 @@ async fn inbox_records_once_and_rolls_back(t: &TestDb) {
     assert_eq!(inbox::purge_before(&t.db, i64::MAX).await.unwrap(), 2);
 }
 
+/// A batch's ids checked in one go: across the padded `IN` lists (1, 5, 17 and 70 ids: every
+/// width and more than one run), inside the transaction (its own writes seen), per consumer; an
+/// id recorded as new that another transaction holds fails instead of being skipped.
+async fn inbox_checks_a_batch_and_records_new_ids(t: &TestDb) {
+    let ids: Vec<String> = (0..70).map(|i| format!("evt-{i}")).collect();
+    let mut tx = t.db.begin().await.unwrap();
+    for id in ids.iter().step_by(3) {
+        assert!(inbox::record(&mut tx, "payment", id).await.unwrap());
+    }
+    assert!(inbox::record(&mut tx, "shipping", "evt-1").await.unwrap());
+    tx.commit().await.unwrap();
+    let mut tx = t.db.begin().await.unwrap();
+    inbox::record_new(&mut tx, "payment", "evt-1")
+        .await
+        .unwrap();
+    for n in [1, 5, 17, 70] {
+        let batch: Vec<&str> = ids[..n].iter().map(String::as_str).collect();
+        let mut got: Vec<String> = inbox::handled_among(&mut tx, "payment", &batch)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+        got.sort_by_key(|id| id[4..].parse::<u32>().unwrap());
+        let want: Vec<String> = ids[..n]
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 3 == 0 || *i == 1)
+            .map(|(_, id)| id.clone())
+            .collect();
+        assert_eq!(got, want, "{n} ids");
+    }
+    assert!(
+        inbox::handled_among(&mut tx, "orders", &["evt-0"])
+            .await
+            .unwrap()
+            .is_empty(),
+        "another consumer's ids are not this one's"
+    );
+    tx.commit().await.unwrap();
+    assert!(inbox::contains(&t.db, "payment", "evt-1").await.unwrap());
+
+    let mut tx = t.db.begin().await.unwrap();
+    let failed = match inbox::record_new(&mut tx, "payment", "evt-3").await {
+        Err(e) => e,
+        Ok(()) => tx
+            .commit()
+            .await
+            .expect_err("recording a handled id as new fails the transaction"),
+    };
+    assert!(failed.is_unique_violation(), "{failed}");
+}
+
+/// The last numbers of a batch's aggregates read in one go: per source, 0 for one never seen,
+/// and what [`observe_after`](sequence::observe_after) records is what `observe` would.
+async fn sequence_reads_a_batch_and_observes_after(t: &TestDb) {
+    let mut tx = t.db.begin().await.unwrap();
+    // `inv` read in part (5 first is no gap), `pay` completely.
+    for (source, aggregate, seq) in [("pay", "o-1", 1), ("pay", "o-1", 2), ("inv", "o-1", 5)] {
+        sequence::observe(&mut tx, "order", source, aggregate, seq, source == "pay")
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let aggregates: Vec<String> = (0..20).map(|i| format!("o-{i}")).collect();
+    let mut keys: Vec<(&str, &str)> = aggregates.iter().map(|a| ("pay", a.as_str())).collect();
+    keys.push(("inv", "o-1"));
+    keys.push(("ship", "o-1"));
+    let mut tx = t.db.begin().await.unwrap();
+    let last = sequence::last_among(&mut tx, "order", &keys).await.unwrap();
+    assert_eq!(last["pay"]["o-1"], 2);
+    assert_eq!(last["pay"]["o-19"], 0);
+    assert_eq!(last["inv"]["o-1"], 5);
+    assert_eq!(last["ship"]["o-1"], 0);
+    assert_eq!(last["pay"].len(), 20);
+    let other = sequence::last_among(&mut tx, "shipping", &[("pay", "o-1")])
+        .await
+        .unwrap();
+    assert_eq!(
+        other["pay"]["o-1"], 0,
+        "another consumer's numbers are not this one's"
+    );
+    // 4 after 2 of a complete reader: a gap; then 3, late: a reordering.
+    let observed = sequence::observe_after(&mut tx, "order", "pay", "o-1", 4, true, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        observed,
+        sequence::Observed::Gap {
+            expected: 3,
+            got: 4
+        }
+    );
+    let observed = sequence::observe_after(&mut tx, "order", "pay", "o-1", 3, true, 4)
+        .await
+        .unwrap();
+    assert_eq!(observed, sequence::Observed::Reordered { last: 4, got: 3 });
+    tx.commit().await.unwrap();
+    assert!(
+        sequence::gaps(&t.db).await.unwrap().is_empty(),
+        "1, 2, 3, 4 all seen: {:?}",
+        sequence::gaps(&t.db).await.unwrap()
+    );
+    assert_eq!(
+        sequence::anomalies(&t.db).await.unwrap(),
+        vec![("order".to_owned(), 2)]
+    );
+}
+
 /// A relaxed transaction is atomic and visible like any other, rolls back when dropped, and
 /// leaves the connection durable for the next one.
 async fn relaxed_transactions_are_atomic_and_leave_durability_on(t: &TestDb) {
@@ -590,6 +698,8 @@ suite!(sqlite:
     read_all_in_commit_order_and_batches,
     snapshots,
     inbox_records_once_and_rolls_back,
+    inbox_checks_a_batch_and_records_new_ids,
+    sequence_reads_a_batch_and_observes_after,
     outbox_relays_committed_rows_in_key_order,
     relay_crash_republishes_and_inbox_dedups,
     relay_wakes_on_commit,
@@ -604,6 +714,8 @@ suite!(postgres:
     read_all_in_commit_order_and_batches,
     snapshots,
     inbox_records_once_and_rolls_back,
+    inbox_checks_a_batch_and_records_new_ids,
+    sequence_reads_a_batch_and_observes_after,
     outbox_relays_committed_rows_in_key_order,
     relay_crash_republishes_and_inbox_dedups,
     relay_wakes_on_commit,

@@ -24,6 +24,10 @@ impl Decode {
 impl Stage for Decode {
     fn call<'a>(&'a self, ctx: &'a mut Ctx<'_>, next: Next<'a>) -> BoxFuture<'a, StageResult> {
         Box::pin(async move {
+            if ctx.envelope.is_some() {
+                // Decoded ahead with the rest of the batch.
+                return next.run(ctx).await;
+            }
             match self.registry.decode(&ctx.record.value) {
                 Ok(env) => {
                     ctx.envelope = Some(env);

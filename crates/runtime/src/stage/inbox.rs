@@ -1,10 +1,13 @@
 //! The idempotent consumer: the event id is recorded in the consumer's inbox in the same
 //! transaction as the handler's effects. A redelivered event finds it there and stops here as a
 //! duplicate; effects happen exactly once though delivery is at least once.
+//!
+//! A record of the lane's batch is looked up in what the lane read of the inbox for the whole
+//! batch ([`super::Batch`]), not one statement each.
 
 use shopflow_store::inbox;
 
-use super::{Ctx, Next, Outcome, Stage, StageResult};
+use super::{Ctx, Next, Outcome, Seen, Stage, StageResult};
 use crate::HandlerError;
 use crate::handler::BoxFuture;
 
@@ -23,10 +26,27 @@ impl Stage for Inbox {
             if shopflow_envelope::sim::planted(shopflow_envelope::sim::Bug::EffectWithoutInbox) {
                 return next.run(ctx).await;
             }
-            if !inbox::record(ctx.tx, ctx.consumer, &id).await? {
-                return Ok(Outcome::Duplicate);
+            if !ctx.read_ahead {
+                ctx.batch.forget();
             }
-            next.run(ctx).await
+            match ctx.batch.inbox(&id) {
+                Seen::Handled => Ok(Outcome::Duplicate),
+                Seen::New => {
+                    inbox::record_new(ctx.tx, ctx.consumer, &id).await?;
+                    let outcome = next.run(ctx).await?;
+                    if !matches!(outcome, Outcome::Handled | Outcome::Duplicate) {
+                        // The savepoint outside takes the inbox row back with the attempt.
+                        ctx.batch.unrecord(&id);
+                    }
+                    Ok(outcome)
+                }
+                Seen::Unknown => {
+                    if !inbox::record(ctx.tx, ctx.consumer, &id).await? {
+                        return Ok(Outcome::Duplicate);
+                    }
+                    next.run(ctx).await
+                }
+            }
         })
     }
 }

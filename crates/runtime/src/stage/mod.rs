@@ -42,8 +42,10 @@ pub mod savepoint;
 pub mod sequence;
 pub mod timeout;
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -66,10 +68,131 @@ pub struct Ctx<'a> {
     pub envelope: Option<Envelope>,
     /// Why the record was dead-lettered (set by the dead-letter stage).
     pub failure: Option<String>,
-    /// Whether a key of this consumer may be parked behind a dead letter: read once per batch,
-    /// set by the park stage when it parks one. While false, the park stage does not look the
-    /// record's key up.
-    pub parked: &'a std::sync::atomic::AtomicBool,
+    /// What the lane read once for its whole batch.
+    pub batch: &'a Batch,
+    /// Whether this record is one of the batch's, which [`Batch`] read ahead for (a record
+    /// released from the park table is not).
+    pub read_ahead: bool,
+}
+
+/// What a lane reads once for its whole batch instead of once per record (a round trip each on
+/// PostgreSQL, a statement each on SQLite): whether any key is parked, which of the batch's
+/// event ids the inbox holds, and the last sequence number handled of each of its aggregates.
+/// The inbox and sequence stages answer a read-ahead record from here and keep it up to date as
+/// records are handled; their writes are unchanged, in the same transaction.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Whether a key of this consumer may be parked behind a dead letter: set by the park stage
+    /// when it parks one. While false, the park stage does not look the record's key up.
+    pub parked: AtomicBool,
+    /// `None` before [`Batch::read_ahead`], and after a record that was not read ahead went
+    /// through the inbox or sequence stage (a parked record released: its writes may be undone
+    /// with its release, so the rest of the batch asks the database again).
+    ahead: Mutex<Option<Ahead>>,
+}
+
+#[derive(Debug, Default)]
+struct Ahead {
+    /// Event ids of the batch that the consumer handled in earlier transactions.
+    handled_before: HashSet<String>,
+    /// Event ids handled in this transaction so far.
+    recorded: HashSet<String>,
+    /// The highest number handled per source and aggregate of the batch's events (0: none).
+    last: HashMap<String, HashMap<String, u64>>,
+}
+
+/// What the read-ahead knows of an event id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// Handled before (or earlier in this batch): a duplicate.
+    Handled,
+    /// Not handled: the caller records it now (without asking the database).
+    New,
+    /// Not read ahead: ask the database.
+    Unknown,
+}
+
+impl Batch {
+    /// A batch whose `parked` flag is `parked` and that has read nothing ahead.
+    pub fn new(parked: bool) -> Self {
+        Self {
+            parked: AtomicBool::new(parked),
+            ahead: Mutex::new(None),
+        }
+    }
+
+    /// Reads ahead, in `tx`, what `consumer`'s inbox and sequence stages need for `envelopes`.
+    pub async fn read_ahead(
+        &self,
+        tx: &mut Tx,
+        consumer: &str,
+        envelopes: &[&Envelope],
+    ) -> Result<(), shopflow_store::Error> {
+        let ids: Vec<String> = envelopes.iter().map(|e| e.event_id().to_string()).collect();
+        let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let handled_before = shopflow_store::inbox::handled_among(tx, consumer, &id_refs).await?;
+        let keys: Vec<(&str, &str)> = envelopes
+            .iter()
+            .filter(|e| e.sequence() > 0)
+            .map(|e| (e.source(), e.aggregate_id()))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let last = shopflow_store::sequence::last_among(tx, consumer, &keys).await?;
+        *self.lock() = Some(Ahead {
+            handled_before,
+            recorded: HashSet::new(),
+            last,
+        });
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Ahead>> {
+        self.ahead.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A record that was not read ahead is going through the stack: from here on the stages
+    /// ask the database.
+    pub fn forget(&self) {
+        *self.lock() = None;
+    }
+
+    /// What is known of event `id` of a read-ahead record; [`Seen::New`] counts it as recorded
+    /// in this transaction.
+    pub fn inbox(&self, id: &str) -> Seen {
+        let mut ahead = self.lock();
+        let Some(a) = ahead.as_mut() else {
+            return Seen::Unknown;
+        };
+        if a.handled_before.contains(id) || !a.recorded.insert(id.to_owned()) {
+            Seen::Handled
+        } else {
+            Seen::New
+        }
+    }
+
+    /// The recording of `id` was rolled back with its record's savepoint.
+    pub fn unrecord(&self, id: &str) {
+        if let Some(a) = self.lock().as_mut() {
+            a.recorded.remove(id);
+        }
+    }
+
+    /// The highest number handled of `(source, aggregate)`, when read ahead.
+    pub fn last(&self, source: &str, aggregate: &str) -> Option<u64> {
+        let ahead = self.lock();
+        let a = ahead.as_ref()?;
+        a.last.get(source)?.get(aggregate).copied()
+    }
+
+    /// Number `seq` of `(source, aggregate)` was handled.
+    pub fn observed(&self, source: &str, aggregate: &str, seq: u64) {
+        if let Some(a) = self.lock().as_mut()
+            && let Some(last) = a.last.get_mut(source).and_then(|m| m.get_mut(aggregate))
+        {
+            *last = (*last).max(seq);
+        }
+    }
 }
 
 /// Failures of one record so far (kept in memory: a restart starts counting again).
@@ -351,14 +474,15 @@ pub(crate) mod testing {
         let stack = Stack::new(stages, handler);
         let mut tx = db.begin().await.unwrap();
         let outcome = {
-            let parked = std::sync::atomic::AtomicBool::new(true);
+            let batch = Batch::new(true);
             let mut ctx = Ctx {
                 consumer: "probe",
                 tx: &mut tx,
                 record,
                 envelope: decoded,
                 failure: None,
-                parked: &parked,
+                batch: &batch,
+                read_ahead: false,
             };
             stack.handle(&mut ctx).await.unwrap()
         };

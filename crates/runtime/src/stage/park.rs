@@ -85,7 +85,7 @@ impl Stage for Park {
             let redriven = ctx.record.header(headers::REDRIVEN_ORIGIN).is_some();
             // While no key of the group is parked, an ordinary record has nothing to look up.
             let may_be_parked =
-                marker || redriven || ctx.parked.load(std::sync::atomic::Ordering::Relaxed);
+                marker || redriven || ctx.batch.parked.load(std::sync::atomic::Ordering::Relaxed);
             let head = if may_be_parked {
                 parked::head(ctx.tx, ctx.consumer, &key).await?
             } else {
@@ -163,7 +163,9 @@ async fn park(ctx: &mut Ctx<'_>, key: &str) -> Result<(), shopflow_store::Error>
         "key parked behind its dead letter: its later records wait"
     );
     parked::park_key(ctx.tx, ctx.consumer, key, &head).await?;
-    ctx.parked.store(true, std::sync::atomic::Ordering::Relaxed);
+    ctx.batch
+        .parked
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     Ok(())
 }
 
@@ -185,7 +187,8 @@ async fn release(
                 record,
                 envelope: None,
                 failure: None,
-                parked: ctx.parked,
+                batch: ctx.batch,
+                read_ahead: false,
             };
             let out = next.run(&mut c).await?;
             if matches!(out, Outcome::DeadLettered) {

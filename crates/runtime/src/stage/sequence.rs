@@ -55,8 +55,28 @@ impl Stage for Sequence {
                 return Ok(outcome);
             }
             let complete = self.complete.iter().any(|s| *s == source);
-            let observed =
-                sequence::observe(ctx.tx, ctx.consumer, &source, &aggregate, seq, complete).await?;
+            if !ctx.read_ahead {
+                ctx.batch.forget();
+            }
+            let observed = match ctx.batch.last(&source, &aggregate) {
+                Some(last) => {
+                    ctx.batch.observed(&source, &aggregate, seq);
+                    sequence::observe_after(
+                        ctx.tx,
+                        ctx.consumer,
+                        &source,
+                        &aggregate,
+                        seq,
+                        complete,
+                        last,
+                    )
+                    .await?
+                }
+                None => {
+                    sequence::observe(ctx.tx, ctx.consumer, &source, &aggregate, seq, complete)
+                        .await?
+                }
+            };
             if let Some(kind) = observed.kind() {
                 self.count(ctx.consumer, kind);
                 match observed {
