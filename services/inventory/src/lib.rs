@@ -458,7 +458,7 @@ impl StockHandler {
                 // late PaymentCompleted does not reserve for an order that will not ship.
                 let items_json = serde_json::to_string(&items)
                     .map_err(|e| HandlerError::Permanent(e.to_string()))?;
-                tx.execute(
+                tx.execute_deferred(
                     "INSERT INTO reservations (order_id, status, items, reason, updated_at) VALUES ($1, 'RELEASED', $2, 'compensated before reservation', $3)",
                     params![order, items_json, now],
                 )
@@ -471,10 +471,12 @@ impl StockHandler {
         } else {
             "UPDATE products SET reserved = reserved - $2, available = available + $2, updated_at = $3 WHERE sku = $1"
         };
+        // No answer needed: on PostgreSQL these travel with the next statement (or the commit)
+        // instead of costing a round trip each; a failure still fails the transaction.
         for (sku, q) in quantities(&items) {
-            tx.execute(sql, params![sku, q, now]).await?;
+            tx.execute_deferred(sql, params![sku, q, now]).await?;
         }
-        tx.execute(
+        tx.execute_deferred(
             "UPDATE reservations SET status = $2, updated_at = $3 WHERE order_id = $1",
             params![order, if shipped { "SHIPPED" } else { "RELEASED" }, now],
         )

@@ -315,7 +315,8 @@ impl<M: Mailer> Notifications<M> {
                 let mailer = self.mailer.clone();
                 Box::new(move || mailer.sync())
             });
-            tx.execute(
+            // No answer needed: on PostgreSQL it travels with the next statement.
+            tx.execute_deferred(
                 "UPDATE notifications SET location = $2 WHERE id = $1",
                 params![id.as_str(), location],
             )
@@ -341,7 +342,7 @@ impl<M: Mailer> Notifications<M> {
         // keeps the rest as they were deferred).
         waiting.sort_by_key(|(_, env)| !env.is::<OrderCreated>());
         for (id, env) in waiting {
-            tx.execute("DELETE FROM deferred WHERE event_id = $1", params![id])
+            tx.execute_deferred("DELETE FROM deferred WHERE event_id = $1", params![id])
                 .await?;
             Box::pin(self.notify(tx, &env)).await?;
         }

@@ -335,7 +335,7 @@ impl<G: PaymentGateway> Payments<G> {
         let now = chrono::Utc::now().timestamp_millis();
         match outcome {
             ChargeOutcome::Approved { payment_id } => {
-                tx.execute(
+                tx.execute_deferred(
                     "INSERT INTO payments (order_id, payment_id, status, amount_minor, currency, card_last4, created_at, updated_at)
                      VALUES ($1, $2, 'COMPLETED', $3, $4, $5, $6, $6)",
                     params![e.order_id.as_str(), payment_id.as_str(), e.total_minor, e.currency.as_str(), e.card_last4.as_str(), now],
@@ -352,7 +352,7 @@ impl<G: PaymentGateway> Payments<G> {
                 Ok(vec![Outgoing::event(&done, meta)?])
             }
             ChargeOutcome::Declined { reason } => {
-                tx.execute(
+                tx.execute_deferred(
                     "INSERT INTO payments (order_id, status, amount_minor, currency, card_last4, reason, created_at, updated_at)
                      VALUES ($1, 'FAILED', $2, $3, $4, $5, $6, $6)",
                     params![e.order_id.as_str(), e.total_minor, e.currency.as_str(), e.card_last4.as_str(), reason.as_str(), now],
@@ -382,7 +382,7 @@ impl<G: PaymentGateway> Payments<G> {
         let now = chrono::Utc::now().timestamp_millis();
         let Some(r) = rows.first() else {
             // The compensation overtook the charge: remember it, so the charge never happens.
-            tx.execute(
+            tx.execute_deferred(
                 "INSERT INTO payments (order_id, status, amount_minor, currency, card_last4, reason, created_at, updated_at)
                  VALUES ($1, 'CANCELLED', 0, 'XXX', '', $2, $3, $3)",
                 params![order_id.as_str(), reason.as_str(), now],
@@ -400,7 +400,7 @@ impl<G: PaymentGateway> Payments<G> {
             .refund(&payment_id, amount)
             .await
             .map_err(|e| HandlerError::dependency(&self.breaker, e))?;
-        tx.execute(
+        tx.execute_deferred(
             "UPDATE payments SET status = 'REFUNDED', reason = $2, updated_at = $3 WHERE order_id = $1",
             params![order_id.as_str(), reason.as_str(), now],
         )

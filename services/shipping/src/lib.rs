@@ -213,7 +213,7 @@ impl Shipping {
                     &id.as_str()[id.as_str().len() - 12..]
                 )
                 .to_ascii_uppercase();
-                tx.execute(
+                tx.execute_deferred(
                     "INSERT INTO shipments (order_id, shipment_id, status, country, carrier, tracking_number, created_at)
                      VALUES ($1, $2, 'SHIPPED', $3, $4, $5, $6)",
                     params![order, id.as_str(), country.as_str(), carrier, tracking.as_str(), now],
@@ -230,7 +230,7 @@ impl Shipping {
             }
             None => {
                 let reason = format!("we do not ship to {country}");
-                tx.execute(
+                tx.execute_deferred(
                     "INSERT INTO shipments (order_id, status, country, reason, created_at) VALUES ($1, 'FAILED', $2, $3, $4)",
                     params![order, country.as_str(), reason.as_str(), now],
                 )
