@@ -100,6 +100,15 @@ pub trait Handler: Send + Sync + 'static {
     fn sequenced_dead_letters(&self) -> bool {
         true
     }
+    /// Whether everything the handler does is in its transaction: it calls nothing outside
+    /// (no gateway, no mailer, no other service), so running it again for a record whose first
+    /// run was rolled back changes nothing outside the database. Then the runtime runs a batch
+    /// without a savepoint per record and, when a record fails, drops the batch's transaction
+    /// and runs it again with savepoints (see `Runner`). Off by default: a handler with an
+    /// external effect would repeat it.
+    fn only_database_effects(&self) -> bool {
+        false
+    }
     /// Handles one event inside the runtime's transaction: write state through `tx`, return what
     /// to publish (the runtime puts it in the outbox of the same transaction). Events of types it
     /// does not handle should return `Ok(vec![])`.
@@ -158,6 +167,9 @@ impl Handler for BoxHandler {
     fn sequenced_dead_letters(&self) -> bool {
         self.0.sequenced_dead_letters()
     }
+    fn only_database_effects(&self) -> bool {
+        self.0.only_database_effects()
+    }
     fn handle<'a>(
         &'a self,
         tx: &'a mut Tx,
@@ -175,6 +187,7 @@ trait ErasedHandler: Send + Sync {
     fn complete_sources(&self) -> Vec<&'static str>;
     fn lanes(&self) -> usize;
     fn sequenced_dead_letters(&self) -> bool;
+    fn only_database_effects(&self) -> bool;
     fn call<'a>(
         &'a self,
         tx: &'a mut Tx,
@@ -200,6 +213,9 @@ impl<H: Handler> ErasedHandler for H {
     }
     fn sequenced_dead_letters(&self) -> bool {
         Handler::sequenced_dead_letters(self)
+    }
+    fn only_database_effects(&self) -> bool {
+        Handler::only_database_effects(self)
     }
     fn call<'a>(
         &'a self,

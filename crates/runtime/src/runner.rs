@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use shopflow_bus::{Bus, Consumer, Record, TopicPartition};
@@ -61,6 +61,8 @@ pub struct RunnerStats {
     pub transient_failures: AtomicU64,
     /// Times the consumer paused because a dependency was unavailable.
     pub paused: AtomicU64,
+    /// Batches run again with savepoints because a record failed in a run without them.
+    pub replays: AtomicU64,
     /// What the consumer waits for right now, if it waits (for operators: the dashboard's
     /// "paused, and why").
     pub waiting: std::sync::Mutex<Option<Waiting>>,
@@ -109,6 +111,7 @@ struct Meters {
     failed_unavailable: metrics::Counter,
     /// Transactions committed (one per polled batch): events per batch = consumed / batches.
     batches: metrics::Counter,
+    replays: metrics::Counter,
 }
 
 impl Meters {
@@ -122,6 +125,7 @@ impl Meters {
             failed_transient: failed("transient"),
             failed_unavailable: failed("unavailable"),
             batches: metrics::counter!("shopflow_consumer_batches_total", "consumer" => consumer),
+            replays: metrics::counter!("shopflow_consumer_replays_total", "consumer" => consumer),
         }
     }
 }
@@ -181,6 +185,11 @@ pub struct Runner<B: Bus> {
     parks: bool,
     /// Decodes a batch's records ahead of the stack (the decode stage takes them as decoded).
     registry: Arc<Registry>,
+    /// The handler's effects are all in its database: batches run without savepoints until a
+    /// record fails (see [`Runner::handle_lane`]).
+    optimistic: bool,
+    /// Batches still to run with savepoints after a rerun.
+    careful_batches: AtomicU32,
 }
 
 impl<B: Bus> Runner<B> {
@@ -193,6 +202,7 @@ impl<B: Bus> Runner<B> {
     ) -> Self {
         let lanes = config.lanes.unwrap_or(1).min(handler.lanes()).max(1);
         let parks = handler.sequenced_dead_letters();
+        let optimistic = handler.only_database_effects() && handler.breakers().is_empty();
         let handler = BoxHandler::from_arc(handler);
         let (name, topics) = (handler.name(), handler.topics());
         Self {
@@ -212,6 +222,8 @@ impl<B: Bus> Runner<B> {
             stats: Arc::new(RunnerStats::default()),
             meters: Meters::new(name),
             registry,
+            optimistic,
+            careful_batches: AtomicU32::new(0),
         }
     }
 
@@ -388,12 +400,46 @@ impl<B: Bus> Runner<B> {
         Ok(out)
     }
 
-    /// Handles records in one transaction, in order.
+    /// Handles records in one transaction, in order. A handler whose effects are all in its
+    /// database ([`Handler::only_database_effects`], and no breakers) runs without a savepoint
+    /// per record; when a record fails then, the transaction is dropped and the batch runs
+    /// again with savepoints (its failure is counted in that run), and so do the lane's next
+    /// [`CAREFUL_AFTER_REPLAY`] batches. A handler that calls out keeps its savepoints: a rerun
+    /// would call out again.
     async fn handle_lane<'r>(
         &self,
         records: impl Iterator<Item = &'r Record>,
     ) -> Result<BatchOutcome, shopflow_store::Error> {
         let records: Vec<&Record> = records.collect();
+        let careful = !self.optimistic
+            || self
+                .careful_batches
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok();
+        if !careful {
+            if let Some(out) = self.run_lane(&records, false).await? {
+                return Ok(out);
+            }
+            self.careful_batches
+                .store(CAREFUL_AFTER_REPLAY, Ordering::Relaxed);
+            tally(&self.stats.replays, &self.meters.replays);
+        }
+        match self.run_lane(&records, true).await? {
+            Some(out) => Ok(out),
+            None => Err(shopflow_store::Error::Invalid {
+                what: "consumer batch",
+                reason: "a run with savepoints asked to be run again".into(),
+            }),
+        }
+    }
+
+    /// One run of [`Runner::handle_lane`]: `None` when a record failed while `careful` was off
+    /// (nothing of the run was committed).
+    async fn run_lane(
+        &self,
+        records: &[&Record],
+        careful: bool,
+    ) -> Result<Option<BatchOutcome>, shopflow_store::Error> {
         // Decoded once here, for the read-ahead and the decode stage; one that does not decode
         // is left to the decode stage, which gives it up.
         let mut envelopes: Vec<Option<Envelope>> = records
@@ -408,7 +454,9 @@ impl<B: Bus> Runner<B> {
             Batch::new(self.parks && shopflow_store::parked::any(&mut tx, self.name).await?);
         let known: Vec<&Envelope> = envelopes.iter().flatten().collect();
         batch.read_ahead(&mut tx, self.name, &known).await?;
-        for (r, envelope) in records.into_iter().zip(envelopes.iter_mut()) {
+        // Counted once the transaction has committed: a run dropped for a rerun counts nothing.
+        let mut done = Vec::with_capacity(records.len());
+        for (r, envelope) in records.iter().copied().zip(envelopes.iter_mut()) {
             let tp = r.topic_partition();
             if out.stop.is_some() || out.resume.contains_key(&tp) {
                 out.resume.entry(tp).or_insert(r.offset);
@@ -423,14 +471,20 @@ impl<B: Bus> Runner<B> {
                     failure: None,
                     batch: &batch,
                     read_ahead: true,
+                    careful,
                 };
                 self.stack.handle(&mut ctx).await?
             };
-            match self.count(outcome) {
-                None => {
+            if matches!(outcome, Outcome::Replay) && !careful {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+            match self.classify(outcome) {
+                Ok(kind) => {
+                    done.push(kind);
                     out.next.insert(tp, r.offset + 1);
                 }
-                Some(why) => {
+                Err(why) => {
                     out.resume.insert(tp, r.offset);
                     out.stop = Some(why);
                 }
@@ -442,46 +496,68 @@ impl<B: Bus> Runner<B> {
         }
         tx.commit().await?;
         self.meters.batches.increment(1);
-        Ok(out)
+        for kind in done {
+            self.tally_done(kind);
+        }
+        Ok(Some(out))
     }
 
-    /// Counts what became of a record; `Some` when its partition must stop there.
-    fn count(&self, outcome: Outcome) -> Option<Stop> {
+    /// What became of a record: done (of which kind), or `Err` when its partition must stop
+    /// there.
+    fn classify(&self, outcome: Outcome) -> Result<Done, Stop> {
         match outcome {
-            Outcome::Handled => {
-                tally(&self.stats.handled, &self.meters.consumed);
-                None
-            }
-            Outcome::Duplicate => {
-                tally(&self.stats.duplicates, &self.meters.duplicates);
-                None
-            }
-            Outcome::DeadLettered => {
-                tally(&self.stats.dead_lettered, &self.meters.dead_lettered);
-                None
-            }
-            Outcome::Parked => {
-                tally(&self.stats.parked, &self.meters.parked);
-                None
-            }
-            Outcome::Retry { delay, reason } => Some(Stop::Retry { delay, reason }),
+            Outcome::Handled => Ok(Done::Handled),
+            Outcome::Duplicate => Ok(Done::Duplicate),
+            Outcome::DeadLettered => Ok(Done::DeadLettered),
+            Outcome::Parked => Ok(Done::Parked),
+            Outcome::Retry { delay, reason } => Err(Stop::Retry { delay, reason }),
             Outcome::Pause {
                 retry_after,
                 reason,
-            } => Some(Stop::Pause {
+            } => Err(Stop::Pause {
                 retry_after,
                 reason,
             }),
             // The stack always ends in the dead-letter stage, which takes these; a custom stack
             // that lets one through retries the record rather than losing it.
-            Outcome::Failed(e) => Some(Stop::Retry {
+            Outcome::Failed(e) => Err(Stop::Retry {
                 delay: self.config.reconnect_backoff,
                 reason: e.to_string(),
             }),
-            Outcome::GiveUp { reason, .. } => Some(Stop::Retry {
+            Outcome::GiveUp { reason, .. } => Err(Stop::Retry {
                 delay: self.config.reconnect_backoff,
                 reason,
             }),
+            // Only a run without savepoints asks for a rerun, and that run is dropped first.
+            Outcome::Replay => Err(Stop::Retry {
+                delay: self.config.reconnect_backoff,
+                reason: "a record asked for its batch to be run again".into(),
+            }),
         }
     }
+
+    /// Counts a record the consumer is done with, in its stat and its metric.
+    fn tally_done(&self, kind: Done) {
+        let (stat, meter) = match kind {
+            Done::Handled => (&self.stats.handled, &self.meters.consumed),
+            Done::Duplicate => (&self.stats.duplicates, &self.meters.duplicates),
+            Done::DeadLettered => (&self.stats.dead_lettered, &self.meters.dead_lettered),
+            Done::Parked => (&self.stats.parked, &self.meters.parked),
+        };
+        tally(stat, meter);
+    }
+}
+
+/// Batches a lane runs with savepoints after one it had to run again (see
+/// [`Runner::handle_lane`]): failures come in runs (an outage, a bad deploy), and a run of
+/// reruns would cost more than the savepoints.
+pub(crate) const CAREFUL_AFTER_REPLAY: u32 = 16;
+
+/// What a record the consumer is done with became.
+#[derive(Clone, Copy, Debug)]
+enum Done {
+    Handled,
+    Duplicate,
+    DeadLettered,
+    Parked,
 }

@@ -1,6 +1,7 @@
 //! A lane reads its batch's inbox rows and sequence numbers once, before the records go through
 //! the stack: duplicates inside a batch and across batches, a handled record's numbers and a
-//! failed attempt's rollback must come out as they did with a statement per record. Run on
+//! failed attempt's rollback must come out as they did with a statement per record; a failure
+//! in a run without savepoints reruns the batch with them and is counted once. Run on
 //! SQLite and, when `SHOPFLOW_TEST_POSTGRES` names a server, on PostgreSQL.
 
 use std::sync::Arc;
@@ -26,6 +27,9 @@ impl Handler for Tally {
     }
     fn complete_sources(&self) -> Vec<&'static str> {
         vec!["counter"]
+    }
+    fn only_database_effects(&self) -> bool {
+        true
     }
     async fn handle(&self, tx: &mut Tx, env: &Envelope) -> Result<Vec<Outgoing>, HandlerError> {
         let n = env.data()["n"].as_i64().unwrap_or(-1);
@@ -143,6 +147,11 @@ async fn duplicates_numbers_and_rollbacks_as_per_record(db: &Db) {
     assert!(d.commit.is_empty(), "{d:?}");
     assert_eq!(d.resume, vec![(tp.clone(), 7)]);
     assert_eq!(seen(db).await, vec![1, 2, 3, 4, 5, 6]);
+    // The handler's effects are all in the database: its batches ran without savepoints, and
+    // this one was run again with them when 7 failed — counted once, by that second run.
+    assert_eq!(stats.replays.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.transient_failures.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.handled.load(Ordering::Relaxed), 6);
     fail_on.store(0, Ordering::SeqCst);
     let d = runner
         .deliver(&[at(&e[7], 7), at(&e[7], 8), at(&e[8], 9)])

@@ -575,6 +575,10 @@ impl Handler for SagaHandler {
     fn topics(&self) -> Vec<String> {
         self.0.def.topics()
     }
+    /// Its effects are rows of its own database: a batch may run without savepoints.
+    fn only_database_effects(&self) -> bool {
+        true
+    }
 
     async fn handle(&self, tx: &mut Tx, env: &Envelope) -> Result<Vec<Outgoing>, HandlerError> {
         self.0.handle(tx, env).await

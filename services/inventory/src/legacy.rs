@@ -128,6 +128,10 @@ impl Handler for LegacyProducts {
     fn topics(&self) -> Vec<String> {
         vec![format!("{}.products", self.0)]
     }
+    /// Its effects are rows of its own database: a batch may run without savepoints.
+    fn only_database_effects(&self) -> bool {
+        true
+    }
 
     async fn handle(&self, tx: &mut Tx, env: &Envelope) -> Result<Vec<Outgoing>, HandlerError> {
         let Some(c) = change(env)? else {
@@ -247,6 +251,10 @@ impl Handler for LegacyStock {
 
     fn topics(&self) -> Vec<String> {
         vec![format!("{}.stock", self.0)]
+    }
+    /// Its effects are rows of its own database: a batch may run without savepoints.
+    fn only_database_effects(&self) -> bool {
+        true
     }
 
     async fn handle(&self, tx: &mut Tx, env: &Envelope) -> Result<Vec<Outgoing>, HandlerError> {

@@ -507,6 +507,10 @@ impl Handler for StockHandler {
             OrderShipped::topic(),
         ]
     }
+    /// Its effects are rows of its own database: a batch may run without savepoints.
+    fn only_database_effects(&self) -> bool {
+        true
+    }
 
     async fn handle(&self, tx: &mut Tx, env: &Envelope) -> Result<Vec<Outgoing>, HandlerError> {
         if env.is::<PaymentCompleted>() {
@@ -542,6 +546,10 @@ impl Handler for StockCommands {
 
     fn topics(&self) -> Vec<String> {
         vec![ReserveStock::topic(), OrderShipped::topic()]
+    }
+    /// Its effects are rows of its own database: a batch may run without savepoints.
+    fn only_database_effects(&self) -> bool {
+        true
     }
 
     async fn handle(&self, tx: &mut Tx, env: &Envelope) -> Result<Vec<Outgoing>, HandlerError> {

@@ -98,6 +98,10 @@ impl Handler for OutcomeHandler {
             OrderShipped::topic(),
         ]
     }
+    /// Its effects are rows of its own database: a batch may run without savepoints.
+    fn only_database_effects(&self) -> bool {
+        true
+    }
 
     async fn handle(&self, tx: &mut Tx, env: &Envelope) -> Result<Vec<Outgoing>, HandlerError> {
         if let Some(out) = self.0.copies(tx, env).await? {
@@ -166,6 +170,10 @@ impl Handler for OrderCommands {
             UserRegistered::topic(),
             CancelOrder::topic(),
         ]
+    }
+    /// Its effects are rows of its own database: a batch may run without savepoints.
+    fn only_database_effects(&self) -> bool {
+        true
     }
 
     async fn handle(&self, tx: &mut Tx, env: &Envelope) -> Result<Vec<Outgoing>, HandlerError> {

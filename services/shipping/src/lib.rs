@@ -137,6 +137,10 @@ impl Handler for Shipping {
     fn topics(&self) -> Vec<String> {
         vec![StockReserved::topic()]
     }
+    /// Its effects are rows of its own database: a batch may run without savepoints.
+    fn only_database_effects(&self) -> bool {
+        true
+    }
 
     async fn handle(&self, tx: &mut Tx, env: &Envelope) -> Result<Vec<Outgoing>, HandlerError> {
         if !env.is::<StockReserved>() {
@@ -172,6 +176,10 @@ impl Handler for ShippingCommands {
 
     fn topics(&self) -> Vec<String> {
         vec![ShipOrder::topic()]
+    }
+    /// Its effects are rows of its own database: a batch may run without savepoints.
+    fn only_database_effects(&self) -> bool {
+        true
     }
 
     async fn handle(&self, tx: &mut Tx, env: &Envelope) -> Result<Vec<Outgoing>, HandlerError> {

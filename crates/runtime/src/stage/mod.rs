@@ -73,6 +73,9 @@ pub struct Ctx<'a> {
     /// Whether this record is one of the batch's, which [`Batch`] read ahead for (a record
     /// released from the park table is not).
     pub read_ahead: bool,
+    /// Whether each record runs in a savepoint of its own; without, a failure asks for the
+    /// whole batch to be run again with them ([`Outcome::Replay`]).
+    pub careful: bool,
 }
 
 /// What a lane reads once for its whole batch instead of once per record (a round trip each on
@@ -229,6 +232,9 @@ pub enum Outcome {
     Failed(HandlerError),
     /// Give the record up: the dead-letter stage writes it to `<topic>.dlq`.
     GiveUp { reason: String, failures: Failures },
+    /// The record failed in a batch run without savepoints (see [`savepoint`]): the lane drops
+    /// its transaction and runs the batch again with them, where the failure is counted.
+    Replay,
     /// Stop the record's partition here and try it again after `delay`.
     Retry { delay: Duration, reason: String },
     /// A dependency is down: pause the consumer, then try the same record again.
@@ -483,6 +489,7 @@ pub(crate) mod testing {
                 failure: None,
                 batch: &batch,
                 read_ahead: false,
+                careful: true,
             };
             stack.handle(&mut ctx).await.unwrap()
         };

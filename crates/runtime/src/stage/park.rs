@@ -189,6 +189,7 @@ async fn release(
                 failure: None,
                 batch: ctx.batch,
                 read_ahead: false,
+                careful: ctx.careful,
             };
             let out = next.run(&mut c).await?;
             if matches!(out, Outcome::DeadLettered) {
