@@ -12,6 +12,7 @@
 //! - **Rebuilds while serving.** [`Projector::rebuild`] replays the whole store into a shadow
 //!   table while the live projector goes on, catches up inside one transaction and swaps.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -195,61 +196,117 @@ impl<V: View> Projector<V> {
             tx.rollback().await?;
             return Ok(0);
         };
-        for e in &events {
-            self.project_one(&mut tx, table, e).await?;
-        }
+        self.project(&mut tx, table, &events).await?;
         checkpoint::set(&mut tx, name, last).await?;
         tx.commit().await?;
         Ok(events.len())
     }
 
-    async fn project_one(&self, tx: &mut Tx, table: &str, e: &StoredEvent) -> Result<()> {
-        let rows = tx
-            .query(
-                &format!(
-                    "SELECT version, state FROM {table} WHERE {} = $1",
-                    self.table.key
-                ),
-                shopflow_store::params![e.stream_id.as_str()],
-            )
-            .await?;
-        let (mut version, mut state) = match rows.first() {
-            Some(r) => (r.u64(0)?, self.parse(&e.stream_id, r.str(1)?)?),
-            None => (0, V::State::default()),
-        };
-        if e.version <= version {
-            return Ok(()); // applied already
+    /// Projects `events` into `table`: each row they touch read once and written once, after
+    /// its last event here.
+    async fn project(&self, tx: &mut Tx, table: &str, events: &[StoredEvent]) -> Result<()> {
+        let mut rows = self.rows(tx, table, events).await?;
+        // The streams changed, in the order of their first change, and each one's last event.
+        let mut order: Vec<&str> = Vec::new();
+        let mut touched: HashMap<&str, &StoredEvent> = HashMap::new();
+        for e in events {
+            let Some(row) = rows.get_mut(e.stream_id.as_str()) else {
+                continue;
+            };
+            if self.project_one(tx, row, e).await?
+                && touched.insert(e.stream_id.as_str(), e).is_none()
+            {
+                order.push(e.stream_id.as_str());
+            }
         }
-        if e.version != version + 1 {
+        for key in order {
+            let (Some((version, state)), Some(e)) = (rows.get(key), touched.get(key)) else {
+                continue;
+            };
+            let json = serde_json::to_string(state).map_err(|err| Error::Corrupt {
+                what: "view state",
+                stream: key.to_owned(),
+                reason: err.to_string(),
+            })?;
+            let mut params = vec![Value::from(key)];
+            params.extend(self.view.columns(state));
+            params.extend([
+                Value::from(*version),
+                Value::from(e.position),
+                Value::from(e.recorded_at_ms),
+                Value::from(json),
+            ]);
+            // Nothing reads its answer: on PostgreSQL it travels with the next statement.
+            tx.execute_deferred(&self.table.upsert(table), &params)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The rows of `table` the streams of `events` have now (version 0 and the default state
+    /// for one not projected yet): one primary-key probe per stream, 64 streams a statement.
+    async fn rows(
+        &self,
+        tx: &mut Tx,
+        table: &str,
+        events: &[StoredEvent],
+    ) -> Result<HashMap<String, (u64, V::State)>> {
+        let mut keys: Vec<&str> = Vec::new();
+        let mut rows: HashMap<String, (u64, V::State)> = HashMap::new();
+        for e in events {
+            if !rows.contains_key(e.stream_id.as_str()) {
+                rows.insert(e.stream_id.clone(), (0, V::State::default()));
+                keys.push(e.stream_id.as_str());
+            }
+        }
+        let key = self.table.key;
+        for run in shopflow_store::in_lists(&keys) {
+            let sql = format!(
+                "SELECT v.column1, (SELECT version FROM {table} WHERE {key} = v.column1),
+                     (SELECT state FROM {table} WHERE {key} = v.column1)
+                 FROM (VALUES {}) AS v",
+                shopflow_store::values(1, run.len())
+            );
+            let params: Vec<Value> = run.into_iter().map(Value::from).collect();
+            for r in tx.query(&sql, &params).await? {
+                let (Some(version), Some(state)) = (r.opt_i64(1)?, r.opt_str(2)?) else {
+                    continue;
+                };
+                let stream = r.str(0)?;
+                let state = self.parse(stream, state)?;
+                rows.insert(stream.to_owned(), (version.max(0) as u64, state));
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Applies `e` to its stream's `row` (version, state); `false` when it was applied already.
+    async fn project_one(
+        &self,
+        tx: &mut Tx,
+        row: &mut (u64, V::State),
+        e: &StoredEvent,
+    ) -> Result<bool> {
+        let (version, state) = row;
+        if e.version <= *version {
+            return Ok(false); // applied already
+        }
+        if e.version != *version + 1 {
             // A gap: never guess. Refold the row from its stream, up to this event.
-            tracing::warn!(projection = self.table.name, stream = %e.stream_id, have = version, got = e.version, "gap in the projection; refolding the stream");
-            state = V::State::default();
+            tracing::warn!(projection = self.table.name, stream = %e.stream_id, have = *version, got = e.version, "gap in the projection; refolding the stream");
+            *state = V::State::default();
             for s in self
                 .store
                 .read_stream_in(tx, &e.stream_id, 1, e.version as usize)
                 .await?
             {
-                self.view.apply(&mut state, &s.decode(&self.registry)?)?;
+                self.view.apply(state, &s.decode(&self.registry)?)?;
             }
         } else {
-            self.view.apply(&mut state, &e.decode(&self.registry)?)?;
+            self.view.apply(state, &e.decode(&self.registry)?)?;
         }
-        version = e.version;
-        let json = serde_json::to_string(&state).map_err(|err| Error::Corrupt {
-            what: "view state",
-            stream: e.stream_id.clone(),
-            reason: err.to_string(),
-        })?;
-        let mut params = vec![Value::from(e.stream_id.as_str())];
-        params.extend(self.view.columns(&state));
-        params.extend([
-            Value::from(version),
-            Value::from(e.position),
-            Value::from(e.recorded_at_ms),
-            Value::from(json),
-        ]);
-        tx.execute(&self.table.upsert(table), &params).await?;
-        Ok(())
+        *version = e.version;
+        Ok(true)
     }
 
     fn parse(&self, key: &str, json: &str) -> Result<V::State> {
@@ -339,11 +396,11 @@ impl<V: View> Projector<V> {
             if events.is_empty() {
                 break;
             }
-            for e in &events {
-                self.project_one(&mut tx, &shadow, e).await?;
+            self.project(&mut tx, &shadow, &events).await?;
+            if let Some(e) = events.last() {
                 position = e.position;
-                replayed += 1;
             }
+            replayed += events.len() as u64;
         }
         let (table, cols) = (self.table.table, self.table.column_list());
         tx.batch(&format!(

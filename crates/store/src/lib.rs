@@ -26,7 +26,7 @@ pub use value::{Row, Value};
 /// Splits `items` into runs for a statement with a `VALUES` list, each padded to 4, 16 or 64
 /// entries by repeating its last one, so that a few prepared statements serve every batch size
 /// (SQLite and PostgreSQL cache a statement per text).
-pub(crate) fn in_lists<T: Clone>(items: &[T]) -> impl Iterator<Item = Vec<T>> + '_ {
+pub fn in_lists<T: Clone>(items: &[T]) -> impl Iterator<Item = Vec<T>> + '_ {
     items.chunks(64).map(|chunk| {
         let width = [4, 16, 64]
             .into_iter()
@@ -40,7 +40,7 @@ pub(crate) fn in_lists<T: Clone>(items: &[T]) -> impl Iterator<Item = Vec<T>> + 
 }
 
 /// `($from), ($from+1), …` — `count` one-column rows of placeholders for a `VALUES` list.
-pub(crate) fn values(from: usize, count: usize) -> String {
+pub fn values(from: usize, count: usize) -> String {
     (from..from + count)
         .map(|i| format!("(${i})"))
         .collect::<Vec<_>>()
