@@ -490,6 +490,7 @@ impl<B: Bus> Runner<B> {
                 }
             }
         }
+        batch.settle(&mut tx, self.name).await?;
         // Everything handled and nothing committed: a crash here redoes the whole batch.
         if shopflow_envelope::sim::crash_point("consumer.before-commit") {
             return Err(shopflow_store::Error::Crashed("consumer.before-commit"));

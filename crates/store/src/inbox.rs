@@ -21,7 +21,7 @@ pub async fn record(tx: &mut Tx, consumer: &str, message_id: &str) -> Result<boo
 
 /// Which of `message_ids` `consumer` has handled, within the transaction `tx`: one statement
 /// per 64 ids, for a consumer that checks a whole batch before handling it and then records
-/// each new id with [`record_new`].
+/// the new ids with [`record_all`].
 pub async fn handled_among(
     tx: &mut Tx,
     consumer: &str,
@@ -46,17 +46,30 @@ pub async fn handled_among(
     Ok(handled)
 }
 
-/// Records `message_id`, which the caller knows `consumer` has not handled (it asked
-/// [`handled_among`] in this transaction). Nothing waits on its answer: on PostgreSQL it travels
-/// with the transaction's next statement. If another transaction recorded the same id meanwhile
-/// (a second member of the group, before a rebalance settled), the insert fails and with it the
-/// transaction, whose records are then delivered again and found handled.
-pub async fn record_new(tx: &mut Tx, consumer: &str, message_id: &str) -> Result<()> {
-    tx.execute_deferred(
-        "INSERT INTO inbox (consumer, message_id, handled_at) VALUES ($1, $2, $3)",
-        params![consumer, message_id, chrono::Utc::now().timestamp_millis()],
-    )
-    .await
+/// Records every one of `message_ids`, which the caller knows `consumer` has not handled (it
+/// asked [`handled_among`] in this transaction): a few multi-row statements, deferred — on
+/// PostgreSQL they travel with the transaction's next statement. If another transaction
+/// recorded one of the ids meanwhile (a second member of the group, before a rebalance
+/// settled), the insert fails and with it the transaction, whose records are then delivered
+/// again and found handled.
+pub async fn record_all(tx: &mut Tx, consumer: &str, message_ids: &[String]) -> Result<()> {
+    let now = chrono::Utc::now().timestamp_millis();
+    for run in crate::exact_runs(message_ids) {
+        let rows = (0..run.len())
+            .map(|i| format!("($1, ${}, $2)", i + 3))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut params = Vec::with_capacity(run.len() + 2);
+        params.push(Value::from(consumer));
+        params.push(Value::from(now));
+        params.extend(run.iter().map(Value::from));
+        tx.execute_deferred(
+            &format!("INSERT INTO inbox (consumer, message_id, handled_at) VALUES {rows}"),
+            &params,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Whether `consumer` has handled `message_id` (committed records only).

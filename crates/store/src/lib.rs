@@ -39,6 +39,21 @@ pub fn in_lists<T: Clone>(items: &[T]) -> impl Iterator<Item = Vec<T>> + '_ {
     })
 }
 
+/// Splits `items` into runs of exactly 64, 16, 4 or 1, for a multi-row statement: a few
+/// statement texts serve every count, and no row is repeated (an insert cannot pad).
+pub fn exact_runs<T>(items: &[T]) -> Vec<&[T]> {
+    let mut runs = Vec::new();
+    let mut rest = items;
+    for width in [64, 16, 4, 1] {
+        while rest.len() >= width {
+            let (run, tail) = rest.split_at(width);
+            runs.push(run);
+            rest = tail;
+        }
+    }
+    runs
+}
+
 /// `($from), ($from+1), …` — `count` one-column rows of placeholders for a `VALUES` list.
 pub fn values(from: usize, count: usize) -> String {
     (from..from + count)

@@ -111,6 +111,83 @@ pub async fn last_among(
     Ok(last)
 }
 
+/// What handling number `seq` says when `last` is the highest handled before (`complete`: the
+/// consumer reads every topic of the source).
+pub fn classify(seq: u64, last: u64, complete: bool) -> Observed {
+    if seq < last {
+        Observed::Reordered { last, got: seq }
+    } else if complete && seq > last + 1 {
+        Observed::Gap {
+            expected: last + 1,
+            got: seq,
+        }
+    } else {
+        Observed::InOrder
+    }
+}
+
+/// What a consumer handled of one `(source, aggregate)` in a batch, for [`record_all`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Handled {
+    pub source: String,
+    pub aggregate: String,
+    /// The highest number handled.
+    pub last: u64,
+    /// How many numbers were handled.
+    pub seen: u64,
+    pub complete: bool,
+    /// How many of them were gaps or reorderings.
+    pub anomalies: u64,
+}
+
+/// Records what `consumer` handled of each `(source, aggregate)` (one entry each): what
+/// [`observe_after`] records one number at a time, in a few multi-row statements, deferred.
+pub async fn record_all(tx: &mut Tx, consumer: &str, handled: &[Handled]) -> Result<()> {
+    for run in crate::exact_runs(handled) {
+        let rows = (0..run.len())
+            .map(|i| {
+                let p = 2 + i * 6;
+                format!(
+                    "($1, ${}, ${}, ${}, ${}, ${}, ${})",
+                    p,
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut params = Vec::with_capacity(1 + run.len() * 6);
+        params.push(Value::from(consumer));
+        for h in run {
+            params.extend([
+                Value::from(h.source.as_str()),
+                Value::from(h.aggregate.as_str()),
+                Value::from(h.last),
+                Value::from(h.seen),
+                Value::from(h.complete),
+                Value::from(h.anomalies),
+            ]);
+        }
+        tx.execute_deferred(
+            &format!(
+                "INSERT INTO sequence_seen (consumer, source, aggregate_id, last, seen, complete, anomalies)
+                 VALUES {rows}
+                 ON CONFLICT (consumer, source, aggregate_id) DO UPDATE SET
+                     last = CASE WHEN sequence_seen.last > excluded.last THEN sequence_seen.last ELSE excluded.last END,
+                     seen = sequence_seen.seen + excluded.seen,
+                     complete = excluded.complete,
+                     anomalies = sequence_seen.anomalies + excluded.anomalies"
+            ),
+            &params,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// [`observe`] for a caller that knows the highest number handled before, `last` (from
 /// [`last_among`] in this transaction and what it observed since).
 pub async fn observe_after(
@@ -122,16 +199,7 @@ pub async fn observe_after(
     complete: bool,
     last: u64,
 ) -> Result<Observed> {
-    let observed = if seq < last {
-        Observed::Reordered { last, got: seq }
-    } else if complete && seq > last + 1 {
-        Observed::Gap {
-            expected: last + 1,
-            got: seq,
-        }
-    } else {
-        Observed::InOrder
-    };
+    let observed = classify(seq, last, complete);
     let anomaly = u64::from(observed.kind().is_some());
     // Nothing waits on its answer: on PostgreSQL it travels with the next statement.
     tx.execute_deferred(

@@ -360,7 +360,7 @@ async fn inbox_records_once_and_rolls_back(t: &TestDb) {
 
 /// A batch's ids checked in one go: across the padded `IN` lists (1, 5, 17 and 70 ids: every
 /// width and more than one run), inside the transaction (its own writes seen), per consumer; an
-/// id recorded as new that another transaction holds fails instead of being skipped.
+/// id recorded as new (`record_all`) that another transaction holds fails instead of being skipped.
 async fn inbox_checks_a_batch_and_records_new_ids(t: &TestDb) {
     let ids: Vec<String> = (0..70).map(|i| format!("evt-{i}")).collect();
     let mut tx = t.db.begin().await.unwrap();
@@ -370,7 +370,7 @@ async fn inbox_checks_a_batch_and_records_new_ids(t: &TestDb) {
     assert!(inbox::record(&mut tx, "shipping", "evt-1").await.unwrap());
     tx.commit().await.unwrap();
     let mut tx = t.db.begin().await.unwrap();
-    inbox::record_new(&mut tx, "payment", "evt-1")
+    inbox::record_all(&mut tx, "payment", &["evt-1".to_owned()])
         .await
         .unwrap();
     for n in [1, 5, 17, 70] {
@@ -399,8 +399,23 @@ async fn inbox_checks_a_batch_and_records_new_ids(t: &TestDb) {
     tx.commit().await.unwrap();
     assert!(inbox::contains(&t.db, "payment", "evt-1").await.unwrap());
 
+    // Many at once: 85 = 64 + 16 + 4 + 1, every run width.
+    let more: Vec<String> = (100..185).map(|i| format!("evt-{i}")).collect();
     let mut tx = t.db.begin().await.unwrap();
-    let failed = match inbox::record_new(&mut tx, "payment", "evt-3").await {
+    inbox::record_all(&mut tx, "payment", &more).await.unwrap();
+    inbox::record_all(&mut tx, "payment", &[]).await.unwrap();
+    let refs: Vec<&str> = more.iter().map(String::as_str).collect();
+    assert_eq!(
+        inbox::handled_among(&mut tx, "payment", &refs)
+            .await
+            .unwrap()
+            .len(),
+        85
+    );
+    tx.commit().await.unwrap();
+
+    let mut tx = t.db.begin().await.unwrap();
+    let failed = match inbox::record_all(&mut tx, "payment", &["evt-3".to_owned()]).await {
         Err(e) => e,
         Ok(()) => tx
             .commit()
@@ -454,10 +469,30 @@ async fn sequence_reads_a_batch_and_observes_after(t: &TestDb) {
         .await
         .unwrap();
     assert_eq!(observed, sequence::Observed::Reordered { last: 4, got: 3 });
+    // A batch's tallies at once: `pay` 5 and 6 after 4 (no anomaly), a new aggregate's 1.
+    let handled = |aggregate: &str, last, seen, anomalies| sequence::Handled {
+        source: "pay".into(),
+        aggregate: aggregate.into(),
+        last,
+        seen,
+        complete: true,
+        anomalies,
+    };
+    sequence::record_all(
+        &mut tx,
+        "order",
+        &[handled("o-1", 6, 2, 0), handled("o-7", 1, 1, 0)],
+    )
+    .await
+    .unwrap();
+    let last = sequence::last_among(&mut tx, "order", &[("pay", "o-1"), ("pay", "o-7")])
+        .await
+        .unwrap();
+    assert_eq!((last["pay"]["o-1"], last["pay"]["o-7"]), (6, 1));
     tx.commit().await.unwrap();
     assert!(
         sequence::gaps(&t.db).await.unwrap().is_empty(),
-        "1, 2, 3, 4 all seen: {:?}",
+        "1 to 6 of o-1 and 1 of o-7 all seen: {:?}",
         sequence::gaps(&t.db).await.unwrap()
     );
     assert_eq!(

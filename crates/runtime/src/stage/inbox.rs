@@ -3,7 +3,8 @@
 //! duplicate; effects happen exactly once though delivery is at least once.
 //!
 //! A record of the lane's batch is looked up in what the lane read of the inbox for the whole
-//! batch ([`super::Batch`]), not one statement each.
+//! batch ([`super::Batch`]), not one statement each, and its row is written with the batch's
+//! other new rows when the batch settles.
 
 use shopflow_store::inbox;
 
@@ -27,15 +28,14 @@ impl Stage for Inbox {
                 return next.run(ctx).await;
             }
             if !ctx.read_ahead {
-                ctx.batch.forget();
+                ctx.batch.settle(ctx.tx, ctx.consumer).await?;
             }
             match ctx.batch.inbox(&id) {
                 Seen::Handled => Ok(Outcome::Duplicate),
                 Seen::New => {
-                    inbox::record_new(ctx.tx, ctx.consumer, &id).await?;
+                    // Written with the rest of the batch's when it settles.
                     let outcome = next.run(ctx).await?;
                     if !matches!(outcome, Outcome::Handled | Outcome::Duplicate) {
-                        // The savepoint outside takes the inbox row back with the attempt.
                         ctx.batch.unrecord(&id);
                     }
                     Ok(outcome)

@@ -81,27 +81,32 @@ pub struct Ctx<'a> {
 /// What a lane reads once for its whole batch instead of once per record (a round trip each on
 /// PostgreSQL, a statement each on SQLite): whether any key is parked, which of the batch's
 /// event ids the inbox holds, and the last sequence number handled of each of its aggregates.
-/// The inbox and sequence stages answer a read-ahead record from here and keep it up to date as
-/// records are handled; their writes are unchanged, in the same transaction.
+/// The inbox and sequence stages answer a read-ahead record from here and keep what it handled
+/// here too: the inbox rows and sequence tallies of the handled records are written together,
+/// a few multi-row statements, when the lane [`settle`](Batch::settle)s — before its commit,
+/// and before anything that could roll back more than one record (a parked key's release).
 #[derive(Debug, Default)]
 pub struct Batch {
     /// Whether a key of this consumer may be parked behind a dead letter: set by the park stage
     /// when it parks one. While false, the park stage does not look the record's key up.
     pub parked: AtomicBool,
-    /// `None` before [`Batch::read_ahead`], and after a record that was not read ahead went
-    /// through the inbox or sequence stage (a parked record released: its writes may be undone
-    /// with its release, so the rest of the batch asks the database again).
-    ahead: Mutex<Option<Ahead>>,
+    ahead: Mutex<Ahead>,
 }
 
 #[derive(Debug, Default)]
 struct Ahead {
+    /// Answers from here: after [`Batch::read_ahead`], until [`Batch::settle`].
+    active: bool,
     /// Event ids of the batch that the consumer handled in earlier transactions.
     handled_before: HashSet<String>,
-    /// Event ids handled in this transaction so far.
+    /// Event ids handled in this transaction and not written yet, and their order.
     recorded: HashSet<String>,
+    order: Vec<String>,
     /// The highest number handled per source and aggregate of the batch's events (0: none).
     last: HashMap<String, HashMap<String, u64>>,
+    /// What was handled per source and aggregate, not written yet, in order of first.
+    tallies: Vec<shopflow_store::sequence::Handled>,
+    tally_of: HashMap<(String, String), usize>,
 }
 
 /// What the read-ahead knows of an event id.
@@ -109,7 +114,8 @@ struct Ahead {
 pub enum Seen {
     /// Handled before (or earlier in this batch): a duplicate.
     Handled,
-    /// Not handled: the caller records it now (without asking the database).
+    /// Not handled: counted as handled in this batch, written when the batch settles (taken
+    /// back by [`Batch::unrecord`] if the record is not handled after all).
     New,
     /// Not read ahead: ask the database.
     Unknown,
@@ -120,7 +126,7 @@ impl Batch {
     pub fn new(parked: bool) -> Self {
         Self {
             parked: AtomicBool::new(parked),
-            ahead: Mutex::new(None),
+            ahead: Mutex::new(Ahead::default()),
         }
     }
 
@@ -142,58 +148,96 @@ impl Batch {
             .into_iter()
             .collect();
         let last = shopflow_store::sequence::last_among(tx, consumer, &keys).await?;
-        *self.lock() = Some(Ahead {
+        *self.lock() = Ahead {
+            active: true,
             handled_before,
-            recorded: HashSet::new(),
             last,
-        });
+            ..Ahead::default()
+        };
         Ok(())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Ahead>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ahead> {
         self.ahead.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A record that was not read ahead is going through the stack: from here on the stages
-    /// ask the database.
-    pub fn forget(&self) {
-        *self.lock() = None;
+    /// Writes what the batch handled so far (inbox rows, sequence tallies) into `tx` and stops
+    /// answering from the read-ahead: from here on the stages ask the database.
+    pub async fn settle(&self, tx: &mut Tx, consumer: &str) -> Result<(), shopflow_store::Error> {
+        let (ids, tallies) = {
+            let mut a = self.lock();
+            a.active = false;
+            let order = std::mem::take(&mut a.order);
+            let recorded = std::mem::take(&mut a.recorded);
+            let ids: Vec<String> = order
+                .into_iter()
+                .filter(|id| recorded.contains(id))
+                .collect();
+            a.tally_of.clear();
+            (ids, std::mem::take(&mut a.tallies))
+        };
+        shopflow_store::inbox::record_all(tx, consumer, &ids).await?;
+        shopflow_store::sequence::record_all(tx, consumer, &tallies).await
     }
 
     /// What is known of event `id` of a read-ahead record; [`Seen::New`] counts it as recorded
     /// in this transaction.
     pub fn inbox(&self, id: &str) -> Seen {
-        let mut ahead = self.lock();
-        let Some(a) = ahead.as_mut() else {
+        let mut a = self.lock();
+        if !a.active {
             return Seen::Unknown;
-        };
-        if a.handled_before.contains(id) || !a.recorded.insert(id.to_owned()) {
+        }
+        if a.handled_before.contains(id) || a.recorded.contains(id) {
             Seen::Handled
         } else {
+            a.recorded.insert(id.to_owned());
+            a.order.push(id.to_owned());
             Seen::New
         }
     }
 
-    /// The recording of `id` was rolled back with its record's savepoint.
+    /// The record of `id` was not handled after all: nothing of it is to be written.
     pub fn unrecord(&self, id: &str) {
-        if let Some(a) = self.lock().as_mut() {
-            a.recorded.remove(id);
-        }
+        self.lock().recorded.remove(id);
     }
 
     /// The highest number handled of `(source, aggregate)`, when read ahead.
     pub fn last(&self, source: &str, aggregate: &str) -> Option<u64> {
-        let ahead = self.lock();
-        let a = ahead.as_ref()?;
+        let a = self.lock();
+        if !a.active {
+            return None;
+        }
         a.last.get(source)?.get(aggregate).copied()
     }
 
-    /// Number `seq` of `(source, aggregate)` was handled.
-    pub fn observed(&self, source: &str, aggregate: &str, seq: u64) {
-        if let Some(a) = self.lock().as_mut()
-            && let Some(last) = a.last.get_mut(source).and_then(|m| m.get_mut(aggregate))
-        {
+    /// Number `seq` of `(source, aggregate)` was handled (`anomaly`: a gap or a reordering).
+    pub fn observed(&self, source: &str, aggregate: &str, seq: u64, complete: bool, anomaly: bool) {
+        let mut a = self.lock();
+        if let Some(last) = a.last.get_mut(source).and_then(|m| m.get_mut(aggregate)) {
             *last = (*last).max(seq);
+        }
+        let key = (source.to_owned(), aggregate.to_owned());
+        let anomalies = u64::from(anomaly);
+        match a.tally_of.get(&key).copied() {
+            Some(i) => {
+                let t = &mut a.tallies[i];
+                t.last = t.last.max(seq);
+                t.seen += 1;
+                t.complete = complete;
+                t.anomalies += anomalies;
+            }
+            None => {
+                let i = a.tallies.len();
+                a.tallies.push(shopflow_store::sequence::Handled {
+                    source: key.0.clone(),
+                    aggregate: key.1.clone(),
+                    last: seq,
+                    seen: 1,
+                    complete,
+                    anomalies,
+                });
+                a.tally_of.insert(key, i);
+            }
         }
     }
 }

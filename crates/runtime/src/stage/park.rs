@@ -135,7 +135,9 @@ impl Stage for Park {
                 // The head itself delivered again: the dead-letter stage knows it.
                 return next.run(ctx).await;
             }
-            // A redelivery of a record handled before the key was parked: nothing to keep.
+            // A redelivery of a record handled before the key was parked: nothing to keep. (What
+            // the batch handled so far is written first, so that the lookup sees it.)
+            ctx.batch.settle(ctx.tx, ctx.consumer).await?;
             if let Some(id) = event_id(ctx.record)
                 && shopflow_store::inbox::contains_in(ctx.tx, ctx.consumer, &id).await?
             {
@@ -177,6 +179,9 @@ async fn release(
     next: Next<'_>,
     key: &str,
 ) -> Result<Option<Outcome>, shopflow_store::Error> {
+    // What the batch handled so far is written first: the release may be rolled back, and
+    // must not take those records' inbox rows with it.
+    ctx.batch.settle(ctx.tx, ctx.consumer).await?;
     ctx.tx.execute("SAVEPOINT park_release", &[]).await?;
     let waiting = parked::records(ctx.tx, ctx.consumer, key).await?;
     for (seq, record) in &waiting {

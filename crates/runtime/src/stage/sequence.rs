@@ -56,21 +56,20 @@ impl Stage for Sequence {
             }
             let complete = self.complete.iter().any(|s| *s == source);
             if !ctx.read_ahead {
-                ctx.batch.forget();
+                ctx.batch.settle(ctx.tx, ctx.consumer).await?;
             }
             let observed = match ctx.batch.last(&source, &aggregate) {
                 Some(last) => {
-                    ctx.batch.observed(&source, &aggregate, seq);
-                    sequence::observe_after(
-                        ctx.tx,
-                        ctx.consumer,
+                    // Recorded with the batch's other numbers when it settles.
+                    let observed = sequence::classify(seq, last, complete);
+                    ctx.batch.observed(
                         &source,
                         &aggregate,
                         seq,
                         complete,
-                        last,
-                    )
-                    .await?
+                        observed.kind().is_some(),
+                    );
+                    observed
                 }
                 None => {
                     sequence::observe(ctx.tx, ctx.consumer, &source, &aggregate, seq, complete)
