@@ -200,19 +200,15 @@ pub async fn observe_after(
     last: u64,
 ) -> Result<Observed> {
     let observed = classify(seq, last, complete);
-    let anomaly = u64::from(observed.kind().is_some());
-    // Nothing waits on its answer: on PostgreSQL it travels with the next statement.
-    tx.execute_deferred(
-        "INSERT INTO sequence_seen (consumer, source, aggregate_id, last, seen, complete, anomalies)
-         VALUES ($1, $2, $3, $4, 1, $5, $6)
-         ON CONFLICT (consumer, source, aggregate_id) DO UPDATE SET
-             last = CASE WHEN sequence_seen.last > excluded.last THEN sequence_seen.last ELSE excluded.last END,
-             seen = sequence_seen.seen + 1,
-             complete = excluded.complete,
-             anomalies = sequence_seen.anomalies + excluded.anomalies",
-        params![consumer, source, aggregate, seq, complete, anomaly],
-    )
-    .await?;
+    let handled = Handled {
+        source: source.to_owned(),
+        aggregate: aggregate.to_owned(),
+        last: seq,
+        seen: 1,
+        complete,
+        anomalies: u64::from(observed.kind().is_some()),
+    };
+    record_all(tx, consumer, &[handled]).await?;
     Ok(observed)
 }
 
