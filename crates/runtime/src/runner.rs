@@ -470,7 +470,6 @@ impl<B: Bus> Runner<B> {
                     envelope: envelope.take(),
                     failure: None,
                     batch: &batch,
-                    read_ahead: true,
                     careful,
                 };
                 self.stack.handle(&mut ctx).await?

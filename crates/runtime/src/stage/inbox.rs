@@ -27,9 +27,6 @@ impl Stage for Inbox {
             if shopflow_envelope::sim::planted(shopflow_envelope::sim::Bug::EffectWithoutInbox) {
                 return next.run(ctx).await;
             }
-            if !ctx.read_ahead {
-                ctx.batch.settle(ctx.tx, ctx.consumer).await?;
-            }
             match ctx.batch.inbox(&id) {
                 Seen::Handled => Ok(Outcome::Duplicate),
                 Seen::New => {

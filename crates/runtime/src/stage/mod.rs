@@ -70,9 +70,6 @@ pub struct Ctx<'a> {
     pub failure: Option<String>,
     /// What the lane read once for its whole batch.
     pub batch: &'a Batch,
-    /// Whether this record is one of the batch's, which [`Batch`] read ahead for (a record
-    /// released from the park table is not).
-    pub read_ahead: bool,
     /// Whether each record runs in a savepoint of its own; without, a failure asks for the
     /// whole batch to be run again with them ([`Outcome::Replay`]).
     pub careful: bool,
@@ -532,7 +529,6 @@ pub(crate) mod testing {
                 envelope: decoded,
                 failure: None,
                 batch: &batch,
-                read_ahead: false,
                 careful: true,
             };
             stack.handle(&mut ctx).await.unwrap()

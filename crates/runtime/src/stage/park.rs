@@ -193,7 +193,6 @@ async fn release(
                 envelope: None,
                 failure: None,
                 batch: ctx.batch,
-                read_ahead: false,
                 careful: ctx.careful,
             };
             let out = next.run(&mut c).await?;

@@ -72,7 +72,6 @@ mod tests {
                 envelope: Some(env),
                 failure: None,
                 batch: &batch,
-                read_ahead: false,
                 careful: false,
             };
             outcomes.push(stack.handle(&mut ctx).await.unwrap());

@@ -55,9 +55,6 @@ impl Stage for Sequence {
                 return Ok(outcome);
             }
             let complete = self.complete.iter().any(|s| *s == source);
-            if !ctx.read_ahead {
-                ctx.batch.settle(ctx.tx, ctx.consumer).await?;
-            }
             let observed = match ctx.batch.last(&source, &aggregate) {
                 Some(last) => {
                     // Recorded with the batch's other numbers when it settles.
