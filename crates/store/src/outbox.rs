@@ -15,6 +15,7 @@
 //! commit order; one relay per schema runs at a time (a session advisory lock), so two relays can
 //! never interleave.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -76,45 +77,112 @@ impl Outgoing {
 /// they are published if and only if it commits. Event handlers, command handlers and HTTP write
 /// paths all end here.
 ///
-/// Every envelope is numbered here: the next number of its producer (`source`) for its
-/// aggregate, gap-free and committed with the producer's state (see [`crate::sequence`]).
+/// The envelopes wait in the transaction until it commits ([`Tx::commit`] writes them, with
+/// everything else the transaction emitted, in a few statements), and a rollback to a savepoint
+/// taken before this call ([`Tx::rollback_to_savepoint`]) takes them back. Every envelope is
+/// numbered then: the next number of its producer (`source`) for its aggregate, gap-free and
+/// committed with the producer's state (see [`crate::sequence`]), in the order of the calls.
 pub async fn emit(tx: &mut Tx, outgoing: Vec<Outgoing>) -> Result<()> {
-    if outgoing.is_empty() {
-        return Ok(());
-    }
-    // How many numbers each (source, aggregate) takes, in order of first appearance.
-    let mut wanted: Vec<(String, String, u64)> = Vec::new();
-    for o in &outgoing {
-        let (src, agg) = (o.envelope.source(), o.envelope.aggregate_id());
-        match wanted.iter_mut().find(|(s, a, _)| s == src && a == agg) {
-            Some(w) => w.2 += 1,
-            None => wanted.push((src.to_owned(), agg.to_owned(), 1)),
-        }
-    }
-    let mut next = Vec::with_capacity(wanted.len());
-    for (src, agg, n) in &wanted {
-        next.push(crate::sequence::take(tx, src, agg, *n).await?);
-    }
-    let mut messages = Vec::with_capacity(outgoing.len());
-    for mut o in outgoing {
-        let i = wanted
-            .iter()
-            .position(|(s, a, _)| s == o.envelope.source() && a == o.envelope.aggregate_id())
-            .unwrap_or_default();
-        o.envelope = o.envelope.renumbered(next[i]);
-        next[i] += 1;
-        messages.push(o.into_message()?);
-    }
-    enqueue(tx, &messages).await
+    tx.pending_mut()
+        .entries
+        .extend(outgoing.into_iter().map(Entry::Envelope));
+    Ok(())
 }
 
 /// Adds raw bus messages to the outbox inside the caller's transaction (dead letters and
-/// redrives, which carry records as they were; envelopes go through [`emit`]).
+/// redrives, which carry records as they were; envelopes go through [`emit`]). Like [`emit`],
+/// written when the transaction commits, in the order of the calls.
 pub async fn enqueue(tx: &mut Tx, messages: &[Message]) -> Result<()> {
-    if messages.is_empty() {
+    tx.pending_mut()
+        .entries
+        .extend(messages.iter().cloned().map(Entry::Raw));
+    Ok(())
+}
+
+/// What a transaction has emitted and not yet written, and where its savepoints began.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    entries: Vec<Entry>,
+    /// Open savepoints, oldest first: the name and how many entries there were when it began.
+    marks: Vec<(String, usize)>,
+}
+
+#[derive(Debug)]
+enum Entry {
+    /// Numbered when written.
+    Envelope(Outgoing),
+    Raw(Message),
+}
+
+impl Pending {
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub(crate) fn mark(&mut self, name: &str, at: usize) {
+        self.marks.push((name.to_owned(), at));
+    }
+
+    /// `ROLLBACK TO SAVEPOINT name`: the entries since it go; it stays, the ones inside it end.
+    pub(crate) fn rollback_to(&mut self, name: &str) {
+        if let Some(i) = self.marks.iter().rposition(|(n, _)| n == name) {
+            self.entries.truncate(self.marks[i].1);
+            self.marks.truncate(i + 1);
+        }
+    }
+
+    /// `RELEASE SAVEPOINT name`: it and the ones inside it end; the entries stay.
+    pub(crate) fn release(&mut self, name: &str) {
+        if let Some(i) = self.marks.iter().rposition(|(n, _)| n == name) {
+            self.marks.truncate(i);
+        }
+    }
+}
+
+/// Writes what the transaction emitted: takes the numbers of every `(source, aggregate)` at
+/// once, then the key locks and the rows (see [`Tx::commit`]).
+pub(crate) async fn flush(tx: &mut Tx) -> Result<()> {
+    let pending = tx.pending_mut();
+    pending.marks.clear();
+    let entries = std::mem::take(&mut pending.entries);
+    if entries.is_empty() {
         return Ok(());
     }
-    tx.insert_outbox(messages, now_us()).await
+    // How many numbers each (source, aggregate) takes, sorted: two transactions then lock
+    // their sequence rows in the same order.
+    let mut wanted: HashMap<(&str, &str), u64> = HashMap::new();
+    for e in &entries {
+        if let Entry::Envelope(o) = e {
+            *wanted
+                .entry((o.envelope.source(), o.envelope.aggregate_id()))
+                .or_default() += 1;
+        }
+    }
+    let mut wanted: Vec<(String, String, u64)> = wanted
+        .into_iter()
+        .map(|((s, a), n)| (s.to_owned(), a.to_owned(), n))
+        .collect();
+    wanted.sort_unstable();
+    let mut next = crate::sequence::take_all(tx, &wanted).await?;
+    let mut messages = Vec::with_capacity(entries.len());
+    for e in entries {
+        messages.push(match e {
+            Entry::Raw(m) => m,
+            Entry::Envelope(mut o) => {
+                let key = (o.envelope.source(), o.envelope.aggregate_id());
+                let i = wanted
+                    .binary_search_by(|(s, a, _)| (s.as_str(), a.as_str()).cmp(&key))
+                    .map_err(|_| crate::Error::Corrupt {
+                        what: "sequence numbers",
+                        reason: format!("none taken for {} / {}", key.0, key.1),
+                    })?;
+                o.envelope = o.envelope.renumbered(next[i]);
+                next[i] += 1;
+                o.into_message()?
+            }
+        });
+    }
+    tx.insert_outbox(&messages, now_us()).await
 }
 
 /// The oldest messages waiting in the outbox (at most `max`), without taking them: for tools and

@@ -11,18 +11,49 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::{Db, Result, Tx, Value, params};
 
-/// Takes `count` numbers of `(source, aggregate)`; returns the first.
-pub(crate) async fn take(tx: &mut Tx, source: &str, aggregate: &str, count: u64) -> Result<u64> {
-    let rows = tx
-        .query(
-            "INSERT INTO sequences (source, aggregate_id, next) VALUES ($1, $2, $3 + 1)
-             ON CONFLICT (source, aggregate_id) DO UPDATE SET next = sequences.next + $3
-             RETURNING next",
-            params![source, aggregate, count],
-        )
-        .await?;
-    let next = rows.first().map(|r| r.u64(0)).transpose()?.unwrap_or(1);
-    Ok(next.saturating_sub(count))
+/// Takes `count` numbers of each `(source, aggregate, count)` (one entry each); returns the first
+/// of each, in the order given. A few multi-row statements for all of them.
+pub(crate) async fn take_all(tx: &mut Tx, wanted: &[(String, String, u64)]) -> Result<Vec<u64>> {
+    let mut first = Vec::with_capacity(wanted.len());
+    for run in crate::exact_runs(wanted) {
+        let rows = (0..run.len())
+            .map(|i| format!("(${}, ${}, ${})", 1 + i * 3, 2 + i * 3, 3 + i * 3))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut params = Vec::with_capacity(run.len() * 3);
+        for (source, aggregate, count) in run {
+            params.extend([
+                Value::from(source.as_str()),
+                Value::from(aggregate.as_str()),
+                Value::from(count + 1),
+            ]);
+        }
+        // `next` is the number after the last one taken; a new row starts at 1.
+        let returned = tx
+            .query(
+                &format!(
+                    "INSERT INTO sequences (source, aggregate_id, next) VALUES {rows}
+                     ON CONFLICT (source, aggregate_id) DO UPDATE SET next = sequences.next + excluded.next - 1
+                     RETURNING source, aggregate_id, next"
+                ),
+                &params,
+            )
+            .await?;
+        let mut next: HashMap<(&str, &str), u64> = HashMap::with_capacity(returned.len());
+        for r in &returned {
+            next.insert((r.str(0)?, r.str(1)?), r.u64(2)?);
+        }
+        for (source, aggregate, count) in run {
+            let n = next
+                .get(&(source.as_str(), aggregate.as_str()))
+                .ok_or_else(|| crate::Error::Corrupt {
+                    what: "sequences",
+                    reason: format!("no number returned for {source} / {aggregate}"),
+                })?;
+            first.push(n.saturating_sub(*count));
+        }
+    }
+    Ok(first)
 }
 
 /// What a consumer's handling of one number says about the order it came in.

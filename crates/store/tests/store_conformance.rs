@@ -711,6 +711,99 @@ async fn relay_wakes_on_commit(t: &TestDb) {
     log.close().await.unwrap();
 }
 
+/// What a transaction emits waits in it until it commits: a rollback (whole or to a savepoint)
+/// takes back exactly what was emitted after it, raw records keep their place among envelopes,
+/// and the numbers of each `(source, aggregate)` are gap-free in the order of the calls —
+/// across transactions too, and over more aggregates than one statement takes.
+async fn emitted_messages_wait_for_commit_and_follow_savepoints(t: &TestDb) {
+    use shopflow_store::{Outgoing, emit};
+    let out = |aggregate: &str, what: &str| Outgoing {
+        topic: "out".into(),
+        envelope: Envelope::from_parts(
+            "ThingHappened",
+            1,
+            Kind::Domain,
+            serde_json::json!({ "what": what }),
+            Meta::new("t", aggregate, 0),
+        )
+        .unwrap(),
+    };
+    // A rolled-back transaction publishes nothing.
+    let mut tx = t.db.begin().await.unwrap();
+    emit(&mut tx, vec![out("o-1", "ghost")]).await.unwrap();
+    tx.rollback().await.unwrap();
+
+    let mut tx = t.db.begin().await.unwrap();
+    tx.savepoint("a").await.unwrap();
+    emit(&mut tx, vec![out("o-1", "kept-1")]).await.unwrap();
+    tx.savepoint("b").await.unwrap();
+    emit(&mut tx, vec![out("o-1", "undone-1")]).await.unwrap();
+    tx.rollback_to_savepoint("b").await.unwrap();
+    emit(&mut tx, vec![out("o-2", "kept-2")]).await.unwrap();
+    tx.release_savepoint("b").await.unwrap();
+    tx.release_savepoint("a").await.unwrap();
+    outbox::enqueue(&mut tx, &[Message::new("out", "raw", "raw")])
+        .await
+        .unwrap();
+    tx.savepoint("c").await.unwrap();
+    tx.savepoint("d").await.unwrap();
+    emit(&mut tx, vec![out("o-1", "undone-2")]).await.unwrap();
+    // Rolling back to the outer one ends the inner one and takes back what came after both.
+    tx.rollback_to_savepoint("c").await.unwrap();
+    tx.release_savepoint("c").await.unwrap();
+    emit(&mut tx, vec![out("o-1", "kept-3"), out("o-1", "kept-4")])
+        .await
+        .unwrap();
+    // Savepoints go through the methods that know about what waits.
+    for raw in [
+        "SAVEPOINT x",
+        "  release savepoint x",
+        "ROLLBACK TO SAVEPOINT x",
+    ] {
+        let err = tx.execute(raw, &[]).await.unwrap_err();
+        assert!(matches!(err, Error::Invalid { .. }), "{raw}: {err}");
+    }
+    assert!(tx.savepoint("x; DROP TABLE outbox").await.is_err());
+    assert_eq!(
+        outbox::backlog(&t.db).await.unwrap(),
+        0,
+        "nothing is written before the commit"
+    );
+    tx.commit().await.unwrap();
+
+    let published = |m: &Message| -> (String, String, u64) {
+        let env = Envelope::decode(&m.value).unwrap();
+        (
+            env.aggregate_id().to_owned(),
+            env.data()["what"].as_str().unwrap().to_owned(),
+            env.sequence(),
+        )
+    };
+    let rows = outbox::pending(&t.db, 100).await.unwrap();
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    assert_eq!(published(&rows[0]), ("o-1".into(), "kept-1".into(), 1));
+    assert_eq!(published(&rows[1]), ("o-2".into(), "kept-2".into(), 1));
+    assert_eq!(&rows[2].value[..], b"raw");
+    assert_eq!(published(&rows[3]), ("o-1".into(), "kept-3".into(), 2));
+    assert_eq!(published(&rows[4]), ("o-1".into(), "kept-4".into(), 3));
+
+    // The next transaction goes on from there, and one with more aggregates than a statement
+    // takes (64 + 4 + 1 + 1) numbers each from 1.
+    let mut tx = t.db.begin().await.unwrap();
+    let mut many = vec![out("o-1", "next")];
+    many.extend((0..70).map(|i| out(&format!("m-{i}"), "many")));
+    emit(&mut tx, many).await.unwrap();
+    tx.commit().await.unwrap();
+    let rows = outbox::pending(&t.db, 100).await.unwrap();
+    assert_eq!(rows.len(), 76);
+    assert_eq!(published(&rows[5]), ("o-1".into(), "next".into(), 4));
+    for r in &rows[6..] {
+        let (aggregate, _, seq) = published(r);
+        assert!(aggregate.starts_with("m-"), "{aggregate}");
+        assert_eq!(seq, 1, "{aggregate}");
+    }
+}
+
 macro_rules! suite {
     ($backend:ident: $($name:ident),* $(,)?) => {
         mod $backend {
@@ -740,6 +833,7 @@ suite!(sqlite:
     relay_wakes_on_commit,
     relaxed_transactions_are_atomic_and_leave_durability_on,
     deferred_statements_keep_their_order_and_their_failures,
+    emitted_messages_wait_for_commit_and_follow_savepoints,
 );
 
 suite!(postgres:
@@ -756,6 +850,7 @@ suite!(postgres:
     relay_wakes_on_commit,
     relaxed_transactions_are_atomic_and_leave_durability_on,
     deferred_statements_keep_their_order_and_their_failures,
+    emitted_messages_wait_for_commit_and_follow_savepoints,
 );
 
 /// A server error reads as what the server said (tokio-postgres alone prints "db error"), so a
@@ -868,19 +963,15 @@ async fn appends_overlap_and_readers_never_pass_a_late_commit_on_postgres() {
 async fn deferred_statements_keep_their_order_and_their_failures(t: &TestDb) {
     let insert = "INSERT INTO inbox (consumer, message_id, handled_at) VALUES ($1, $2, 0)";
     let mut tx = t.db.begin().await.unwrap();
-    tx.execute_deferred("SAVEPOINT a", &[]).await.unwrap();
+    tx.savepoint("a").await.unwrap();
     tx.execute_deferred(insert, shopflow_store::params!["c", "undone"])
         .await
         .unwrap();
-    tx.execute_deferred("ROLLBACK TO SAVEPOINT a", &[])
-        .await
-        .unwrap();
+    tx.rollback_to_savepoint("a").await.unwrap();
     tx.execute_deferred(insert, shopflow_store::params!["c", "kept"])
         .await
         .unwrap();
-    tx.execute_deferred("RELEASE SAVEPOINT a", &[])
-        .await
-        .unwrap();
+    tx.release_savepoint("a").await.unwrap();
     let rows = tx
         .query(
             "SELECT message_id FROM inbox WHERE consumer = 'c' ORDER BY message_id",

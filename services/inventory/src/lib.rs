@@ -381,7 +381,7 @@ impl StockHandler {
             serde_json::to_string(&e.items).map_err(|e| HandlerError::Permanent(e.to_string()))?;
         // Savepoints and the reservation row need no answer: deferred, they travel with the next
         // statement on PostgreSQL instead of costing a round trip each.
-        tx.execute_deferred("SAVEPOINT reserve", &[]).await?;
+        tx.savepoint("reserve").await?;
         let mut failure = None;
         for (sku, q) in quantities(&e.items) {
             let n = tx
@@ -407,8 +407,7 @@ impl StockHandler {
         let meta = Meta::caused_by(env, SOURCE, order, 1);
         match failure {
             None => {
-                tx.execute_deferred("RELEASE SAVEPOINT reserve", &[])
-                    .await?;
+                tx.release_savepoint("reserve").await?;
                 tx.execute_deferred(
                     "INSERT INTO reservations (order_id, status, items, updated_at) VALUES ($1, 'RESERVED', $2, $3)",
                     params![order, items_json, now],
@@ -422,10 +421,8 @@ impl StockHandler {
                 Ok(vec![Outgoing::event(&r, meta)?])
             }
             Some(reason) => {
-                tx.execute_deferred("ROLLBACK TO SAVEPOINT reserve", &[])
-                    .await?;
-                tx.execute_deferred("RELEASE SAVEPOINT reserve", &[])
-                    .await?;
+                tx.rollback_to_savepoint("reserve").await?;
+                tx.release_savepoint("reserve").await?;
                 tx.execute_deferred(
                     "INSERT INTO reservations (order_id, status, items, reason, updated_at) VALUES ($1, 'FAILED', $2, $3, $4)",
                     params![order, items_json, reason.as_str(), now],

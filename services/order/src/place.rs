@@ -196,15 +196,14 @@ impl Orders {
         for j in &jobs {
             let r = async {
                 // Savepoints travel with the next statement (no round trip of their own).
-                tx.execute_deferred("SAVEPOINT place", &[]).await?;
+                tx.savepoint("place").await?;
                 let r = self
                     .place_in(&mut tx, &j.req, j.key.as_deref(), j.correlation.clone())
                     .await;
                 if r.is_err() {
-                    tx.execute_deferred("ROLLBACK TO SAVEPOINT place", &[])
-                        .await?;
+                    tx.rollback_to_savepoint("place").await?;
                 }
-                tx.execute_deferred("RELEASE SAVEPOINT place", &[]).await?;
+                tx.release_savepoint("place").await?;
                 r
             }
             .await;

@@ -182,7 +182,7 @@ async fn release(
     // What the batch handled so far is written first: the release may be rolled back, and
     // must not take those records' inbox rows with it.
     ctx.batch.settle(ctx.tx, ctx.consumer).await?;
-    ctx.tx.execute("SAVEPOINT park_release", &[]).await?;
+    ctx.tx.savepoint("park_release").await?;
     let waiting = parked::records(ctx.tx, ctx.consumer, key).await?;
     for (seq, record) in &waiting {
         let out = {
@@ -201,7 +201,7 @@ async fn release(
                 parked::unpark_record(c.tx, *seq).await?;
                 let head = head_of(&c);
                 parked::park_key(c.tx, c.consumer, key, &head).await?;
-                c.tx.execute("RELEASE SAVEPOINT park_release", &[]).await?;
+                c.tx.release_savepoint("park_release").await?;
                 return Ok(None);
             }
             out
@@ -209,19 +209,13 @@ async fn release(
         match out {
             Outcome::Handled | Outcome::Duplicate => parked::unpark_record(ctx.tx, *seq).await?,
             other => {
-                ctx.tx
-                    .execute("ROLLBACK TO SAVEPOINT park_release", &[])
-                    .await?;
-                ctx.tx
-                    .execute("RELEASE SAVEPOINT park_release", &[])
-                    .await?;
+                ctx.tx.rollback_to_savepoint("park_release").await?;
+                ctx.tx.release_savepoint("park_release").await?;
                 return Ok(Some(other));
             }
         }
     }
     parked::release_key(ctx.tx, ctx.consumer, key).await?;
-    ctx.tx
-        .execute("RELEASE SAVEPOINT park_release", &[])
-        .await?;
+    ctx.tx.release_savepoint("park_release").await?;
     Ok(None)
 }

@@ -28,16 +28,12 @@ impl Stage for Savepoint {
             }
             // Deferred: on PostgreSQL each travels with the next statement instead of costing a
             // round trip of its own (a failure of one fails that statement, and the batch).
-            ctx.tx.execute_deferred("SAVEPOINT handler", &[]).await?;
+            ctx.tx.savepoint("handler").await?;
             let outcome = next.run(ctx).await?;
             if !matches!(outcome, Outcome::Handled | Outcome::Duplicate) {
-                ctx.tx
-                    .execute_deferred("ROLLBACK TO SAVEPOINT handler", &[])
-                    .await?;
+                ctx.tx.rollback_to_savepoint("handler").await?;
             }
-            ctx.tx
-                .execute_deferred("RELEASE SAVEPOINT handler", &[])
-                .await?;
+            ctx.tx.release_savepoint("handler").await?;
             Ok(outcome)
         })
     }

@@ -164,6 +164,41 @@ pub(crate) fn run_before_commit(hooks: Hooks) -> Result<()> {
     Ok(())
 }
 
+/// Statements that would move a transaction's savepoints behind the back of its pending
+/// messages are refused (see [`Tx::savepoint`]).
+fn not_a_savepoint(sql: &str) -> Result<()> {
+    let head = sql.trim_start().as_bytes();
+    for word in ["SAVEPOINT", "RELEASE", "ROLLBACK"] {
+        if head.len() >= word.len() && head[..word.len()].eq_ignore_ascii_case(word.as_bytes()) {
+            return Err(crate::Error::Invalid {
+                what: "statement",
+                reason: format!(
+                    "{word} goes through Tx::savepoint, Tx::rollback_to_savepoint, \
+                     Tx::release_savepoint or Tx::rollback, which also take back what the \
+                     transaction emitted"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn identifier(name: &str) -> Result<()> {
+    let ok = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(crate::Error::Invalid {
+            what: "savepoint name",
+            reason: format!("{name:?} is not an SQL identifier"),
+        })
+    }
+}
+
 /// A write transaction on a [`Db`].
 #[derive(Debug)]
 pub enum Tx {
@@ -193,6 +228,7 @@ impl Tx {
 
     /// Executes a statement; returns the number of rows changed.
     pub async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
+        not_a_savepoint(sql)?;
         match self {
             Tx::Sqlite(t) => sqlite::execute(t.conn(), sql, params),
             Tx::Postgres(t) => t.pipelined(|c| postgres::execute(c, sql, params)).await,
@@ -203,6 +239,11 @@ impl Tx {
     /// bookkeeping upsert). SQLite runs it now. PostgreSQL sends it with the transaction's next
     /// statement or its commit, in the same round trip, and that one fails if it failed.
     pub async fn execute_deferred(&mut self, sql: &str, params: &[Value]) -> Result<()> {
+        not_a_savepoint(sql)?;
+        self.defer_unchecked(sql, params).await
+    }
+
+    async fn defer_unchecked(&mut self, sql: &str, params: &[Value]) -> Result<()> {
         match self {
             Tx::Sqlite(t) => sqlite::execute(t.conn(), sql, params).map(|_| ()),
             Tx::Postgres(t) => {
@@ -217,6 +258,7 @@ impl Tx {
 
     /// Runs a query inside the transaction (sees its own writes).
     pub async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        not_a_savepoint(sql)?;
         match self {
             Tx::Sqlite(t) => sqlite::query(t.conn(), sql, params),
             Tx::Postgres(t) => t.pipelined(|c| postgres::query(c, sql, params)).await,
@@ -225,12 +267,54 @@ impl Tx {
 
     /// Runs several statements without parameters (DDL).
     pub async fn batch(&mut self, sql: &str) -> Result<()> {
+        not_a_savepoint(sql)?;
         match self {
             Tx::Sqlite(t) => Ok(t.conn().execute_batch(sql)?),
             Tx::Postgres(t) => {
                 t.pipelined(|c| async move { Ok(c.batch_execute(sql).await?) })
                     .await
             }
+        }
+    }
+
+    /// Starts a savepoint `name` (an SQL identifier): [`Tx::rollback_to_savepoint`] undoes
+    /// everything the transaction did after it — its statements and what it [`emit`](crate::emit)ted —
+    /// and [`Tx::release_savepoint`] keeps it. Deferred like [`Tx::execute_deferred`]. Savepoints
+    /// go through these three methods only (the statements refuse `SAVEPOINT`, `RELEASE` and
+    /// `ROLLBACK`), because the messages a transaction publishes wait in memory until it commits.
+    pub async fn savepoint(&mut self, name: &str) -> Result<()> {
+        identifier(name)?;
+        self.defer_unchecked(&format!("SAVEPOINT {name}"), &[])
+            .await?;
+        let pending = self.pending_mut();
+        let at = pending.len();
+        pending.mark(name, at);
+        Ok(())
+    }
+
+    /// Undoes what the transaction did since the savepoint `name`, which stays (see
+    /// [`Tx::savepoint`]).
+    pub async fn rollback_to_savepoint(&mut self, name: &str) -> Result<()> {
+        identifier(name)?;
+        self.defer_unchecked(&format!("ROLLBACK TO SAVEPOINT {name}"), &[])
+            .await?;
+        self.pending_mut().rollback_to(name);
+        Ok(())
+    }
+
+    /// Ends the savepoint `name`, keeping what was done since (see [`Tx::savepoint`]).
+    pub async fn release_savepoint(&mut self, name: &str) -> Result<()> {
+        identifier(name)?;
+        self.defer_unchecked(&format!("RELEASE SAVEPOINT {name}"), &[])
+            .await?;
+        self.pending_mut().release(name);
+        Ok(())
+    }
+
+    pub(crate) fn pending_mut(&mut self) -> &mut crate::outbox::Pending {
+        match self {
+            Tx::Sqlite(t) => &mut t.pending,
+            Tx::Postgres(t) => &mut t.pending,
         }
     }
 
@@ -294,8 +378,10 @@ impl Tx {
         }
     }
 
-    /// Commits; when it returns `Ok` the transaction is durable.
-    pub async fn commit(self) -> Result<()> {
+    /// Commits; when it returns `Ok` the transaction is durable. What the transaction emitted is
+    /// written to the outbox first, numbered, in a few statements for all of it.
+    pub async fn commit(mut self) -> Result<()> {
+        crate::outbox::flush(&mut self).await?;
         match self {
             Tx::Sqlite(t) => t.commit(),
             Tx::Postgres(t) => (*t).commit().await,

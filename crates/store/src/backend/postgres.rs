@@ -122,6 +122,7 @@ impl PgDb {
             positions: 0,
             deferred: Vec::new(),
             notifies: false,
+            pending: Default::default(),
         })
     }
 
@@ -334,6 +335,8 @@ pub struct PgTx {
     deferred: Vec<Deferred>,
     /// Whether the relay's wake-up is already queued.
     notifies: bool,
+    /// What the transaction publishes, written to the outbox when it commits.
+    pub(crate) pending: crate::outbox::Pending,
 }
 
 /// A parameter of a deferred statement, owned until it is sent.

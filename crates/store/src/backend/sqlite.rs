@@ -111,6 +111,7 @@ impl SqliteDb {
             wrote_outbox: false,
             relaxed,
             before_commit: Vec::new(),
+            pending: Default::default(),
         };
         began?;
         Ok(tx)
@@ -268,6 +269,8 @@ pub struct SqliteTx {
     pub(crate) wrote_outbox: bool,
     relaxed: bool,
     pub(crate) before_commit: super::Hooks,
+    /// What the transaction publishes, written to the outbox when it commits.
+    pub(crate) pending: crate::outbox::Pending,
 }
 
 impl std::fmt::Debug for SqliteTx {
