@@ -15,7 +15,13 @@ use serde_json::{Value, json};
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct LoadConfig {
+    /// The shop's base URL: `POST /orders` and `GET /orders…` go here.
     pub target: String,
+    /// Where `POST /users` goes, when the users service runs on its own (default: `target`).
+    pub users_target: Option<String>,
+    /// Where `PUT /products/…` goes, when the inventory service runs on its own (default:
+    /// `target`).
+    pub products_target: Option<String>,
     pub orders: u64,
     /// Orders per second; `None` places as fast as the workers can.
     pub rate: Option<f64>,
@@ -39,6 +45,8 @@ impl Default for LoadConfig {
     fn default() -> Self {
         Self {
             target: "http://127.0.0.1:8080".into(),
+            users_target: None,
+            products_target: None,
             orders: 1000,
             rate: None,
             concurrency: 32,
@@ -259,6 +267,18 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
         admin_token: cfg.admin_token.as_deref(),
     };
     let base = cfg.target.trim_end_matches('/').to_owned();
+    let users_base = cfg
+        .users_target
+        .as_deref()
+        .unwrap_or(&cfg.target)
+        .trim_end_matches('/')
+        .to_owned();
+    let products_base = cfg
+        .products_target
+        .as_deref()
+        .unwrap_or(&cfg.target)
+        .trim_end_matches('/')
+        .to_owned();
     let run_id = uuid::Uuid::now_v7().simple().to_string();
     let (s, _) = retrying
         .call("GET", &format!("{base}/health"), None, None)
@@ -269,7 +289,7 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
     let email = format!("load-{}@example.com", chrono::Utc::now().timestamp_micros());
     let (s, user) = retrying.call(
         "POST",
-        &format!("{base}/users"),
+        &format!("{users_base}/users"),
         Some(&json!({"email": email, "name": "Load Test"})),
         None,
     )?;
@@ -281,7 +301,7 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
         for k in 0..cfg.skus {
             let (s, b) = retrying.call(
                 "PUT",
-                &format!("{base}/products/LOAD-{k}"),
+                &format!("{products_base}/products/LOAD-{k}"),
                 Some(
                     &json!({"name": format!("Load item {k}"), "priceMinor": 500 + k as i64, "currency": "EUR", "stock": 1_000_000_000}),
                 ),

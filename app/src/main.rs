@@ -120,9 +120,15 @@ enum Command {
         /// Concurrent clients.
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
-        /// The shop's base URL.
+        /// The shop's base URL (with one process per service: the order service's).
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         target: String,
+        /// The users service's base URL, where it runs on its own (default: --target).
+        #[arg(long)]
+        users_target: Option<String>,
+        /// The inventory service's base URL, where it runs on its own (default: --target).
+        #[arg(long)]
+        products_target: Option<String>,
         /// Do not create the LOAD-* catalog first.
         #[arg(long)]
         no_seed: bool,
@@ -601,6 +607,8 @@ fn run() -> anyhow::Result<()> {
                 rate,
                 concurrency,
                 target,
+                users_target,
+                products_target,
                 no_seed,
                 decline_every,
                 bad_country_every,
@@ -611,6 +619,8 @@ fn run() -> anyhow::Result<()> {
             } => {
                 let cfg = shopflow::load::LoadConfig {
                     target,
+                    users_target,
+                    products_target,
                     admin_token: shopflow::security::client_token(
                         admin_token.as_deref(),
                         &data_dir,

@@ -154,7 +154,7 @@ pub(crate) async fn run(a: E2eArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn drop_schemas(url: &str, prefix: &str) -> anyhow::Result<()> {
+pub(crate) async fn drop_schemas(url: &str, prefix: &str) -> anyhow::Result<()> {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     let rows = client

@@ -1,4 +1,4 @@
-//! `shopflow bench log|store|outbox|e2e|cdc|gateway`: the benchmarks.
+//! `shopflow bench log|store|outbox|e2e|services|cdc|gateway`: the benchmarks.
 //!
 //! Every figure is printed as a row (`bench case metric value unit`), or with `--json` as one JSON
 //! object per line, so tools can track them. Each run first reports the machine and its own fsync
@@ -9,6 +9,7 @@ mod e2e;
 mod gateway;
 mod log;
 mod outbox;
+mod services;
 mod store;
 
 use std::io::Write;
@@ -27,6 +28,9 @@ pub(crate) enum Bench {
     Outbox(outbox::OutboxArgs),
     /// The whole shop in process: orders through the saga over HTTP, throughput and latency.
     E2e(e2e::E2eArgs),
+    /// The distributed deployment as deployed: one process per service (`shopflow service` × 6)
+    /// on Kafka and PostgreSQL, driven over HTTP; the same figures as `e2e`.
+    Services(services::ServicesArgs),
     /// Change data capture: a PostgreSQL snapshot and a bulk update to the bus, changes/s.
     Cdc(cdc::CdcArgs),
     /// The strangler-fig gateway's added latency: direct versus proxied, interleaved.
@@ -49,6 +53,7 @@ pub(crate) async fn run(b: Bench) -> anyhow::Result<()> {
         Bench::Store(a) => store::run(a).await,
         Bench::Outbox(a) => outbox::run(a).await,
         Bench::E2e(a) => e2e::run(a).await,
+        Bench::Services(a) => services::run(a).await,
         Bench::Cdc(a) => cdc::run(a).await,
         Bench::Gateway(a) => gateway::run(a).await,
     }
