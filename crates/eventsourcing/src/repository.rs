@@ -128,7 +128,9 @@ impl<A: Aggregate> Repository<A> {
 
     /// The aggregate's current state inside `tx`: its snapshot, then the events after it.
     pub async fn load_in(&self, tx: &mut Tx, id: &str) -> Result<Versioned<A>> {
-        let mut current = match self.store.load_snapshot_in(tx, id).await? {
+        // The snapshot and the first page after it in one statement.
+        let first = self.store.load_in(tx, id, PAGE).await?;
+        let mut current = match first.snapshot {
             Some(s) => Versioned {
                 state: serde_json::from_slice(&s.state).map_err(|e| Error::Corrupt {
                     what: "snapshot",
@@ -139,6 +141,13 @@ impl<A: Aggregate> Repository<A> {
             },
             None => Versioned::default(),
         };
+        for e in first.events {
+            fold_envelope(&mut current.state, &e.decode(&self.registry)?)?;
+            current.version = e.version;
+        }
+        if !first.more {
+            return Ok(current);
+        }
         loop {
             let events = self
                 .store
@@ -170,7 +179,10 @@ impl<A: Aggregate> Repository<A> {
             Ok(events) => events,
             Err(rejected) => return Ok(Err(rejected)),
         };
-        self.append(tx, id, current, &events, meta).await.map(Ok)
+        // Loaded in this transaction: the append needs no second read of the version.
+        self.append_inner(tx, id, current, &events, meta, true)
+            .await
+            .map(Ok)
     }
 
     /// Appends `events`, decided on `current`, to stream `id` (expecting it still at
@@ -183,6 +195,36 @@ impl<A: Aggregate> Repository<A> {
         current: Versioned<A>,
         events: &[A::Event],
         meta: impl Fn(u64) -> Meta,
+    ) -> Result<Vec<Outgoing>> {
+        self.append_inner(tx, id, current, events, meta, false)
+            .await
+    }
+
+    /// [`Repository::append`] for a stream whose version this transaction knows without
+    /// reading it again: one it has just loaded ([`Repository::load_in`]), or a new one under a
+    /// freshly generated id (`Versioned::default()`). An append of the same version by another
+    /// transaction still fails the call ([`shopflow_store::Error::Conflict`], from the store's
+    /// `(stream, version)` key); then drop the transaction.
+    pub async fn append_known(
+        &self,
+        tx: &mut Tx,
+        id: &str,
+        current: Versioned<A>,
+        events: &[A::Event],
+        meta: impl Fn(u64) -> Meta,
+    ) -> Result<Vec<Outgoing>> {
+        self.append_inner(tx, id, current, events, meta, true).await
+    }
+
+    /// `read_in_tx`: `current` was loaded in `tx` ([`Repository::load_in`]).
+    async fn append_inner(
+        &self,
+        tx: &mut Tx,
+        id: &str,
+        current: Versioned<A>,
+        events: &[A::Event],
+        meta: impl Fn(u64) -> Meta,
+        read_in_tx: bool,
     ) -> Result<Vec<Outgoing>> {
         if events.is_empty() {
             return Ok(Vec::new());
@@ -213,7 +255,13 @@ impl<A: Aggregate> Repository<A> {
         } else {
             ExpectedVersion::Exact(version)
         };
-        let new_version = self.store.append(tx, id, expected, &envelopes).await?;
+        let new_version = if read_in_tx {
+            self.store
+                .append_after_read(tx, id, version, &envelopes)
+                .await?
+        } else {
+            self.store.append(tx, id, expected, &envelopes).await?
+        };
         if self.snapshots.due(version, new_version) {
             let bytes = serde_json::to_vec(&state).map_err(|e| Error::Corrupt {
                 what: "state",

@@ -73,6 +73,16 @@ impl Snapshot {
     }
 }
 
+/// What [`EventStore::load_in`] read.
+#[derive(Clone, Debug, Default)]
+pub struct Loaded {
+    pub snapshot: Option<Snapshot>,
+    /// The events after the snapshot (after version 0 without one), in version order.
+    pub events: Vec<StoredEvent>,
+    /// The row limit was reached: there may be more events.
+    pub more: bool,
+}
+
 /// One stream's part of a batch append.
 #[derive(Clone, Copy, Debug)]
 pub struct AppendStream<'a> {
@@ -151,6 +161,51 @@ impl EventStore {
         ids.sort_unstable();
         ids.dedup();
         let current: HashMap<String, u64> = tx.stream_versions(&ids).await?.into_iter().collect();
+        self.append_on(tx, batch, &current).await
+    }
+
+    /// Appends `events` to `stream` right after version `read`, which this transaction has just
+    /// read ([`EventStore::load_in`]): no second read of the stream's version. Should another
+    /// transaction have appended since, the insert meets its version on the `(stream, version)`
+    /// key and the call fails with [`Error::Conflict`] (on PostgreSQL the transaction is then
+    /// unusable: drop it, as after any failed append). Returns the new version.
+    pub async fn append_after_read(
+        &self,
+        tx: &mut Tx,
+        stream: &str,
+        read: u64,
+        events: &[Envelope],
+    ) -> Result<u64> {
+        let mut current = HashMap::new();
+        if read > 0 {
+            current.insert(stream.to_owned(), read);
+        }
+        let expected = if read == 0 {
+            ExpectedVersion::NoStream
+        } else {
+            ExpectedVersion::Exact(read)
+        };
+        let v = self
+            .append_on(
+                tx,
+                &[AppendStream {
+                    stream,
+                    expected,
+                    events,
+                }],
+                &current,
+            )
+            .await?;
+        Ok(v[0])
+    }
+
+    /// The appends of `batch` on streams at the versions in `current` (absent: no stream).
+    async fn append_on(
+        &self,
+        tx: &mut Tx,
+        batch: &[AppendStream<'_>],
+        current: &HashMap<String, u64>,
+    ) -> Result<Vec<u64>> {
         let mut rows = Vec::new();
         let mut new_versions = Vec::with_capacity(batch.len());
         let mut running: HashMap<&str, u64> = HashMap::new();
@@ -254,6 +309,48 @@ impl EventStore {
     ) -> Result<Vec<StoredEvent>> {
         let p = params![stream, from_version, max as u64];
         stored(tx.query(&read_stream_sql(), p).await?)
+    }
+
+    /// A stream's latest snapshot and the events after it (at most `max` rows in all, the
+    /// snapshot counting as one), inside `tx`, in one statement: what loading an aggregate reads
+    /// first. `more` is true when the limit was reached (read on with
+    /// [`EventStore::read_stream_in`]).
+    pub async fn load_in(&self, tx: &mut Tx, stream: &str, max: usize) -> Result<Loaded> {
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM (
+                         SELECT -1 AS position, stream_id, version, '' AS event_id, '' AS event_type,
+                                0 AS event_version, taken_at AS recorded_at, state AS envelope
+                         FROM snapshots WHERE stream_id = $1
+                         UNION ALL
+                         SELECT {COLUMNS} FROM events
+                         WHERE stream_id = $1
+                           AND version > COALESCE((SELECT version FROM snapshots WHERE stream_id = $1), 0)
+                     ) AS x ORDER BY version LIMIT $2"
+                ),
+                params![stream, max as u64],
+            )
+            .await?;
+        let more = rows.len() >= max;
+        let mut loaded = Loaded {
+            snapshot: None,
+            events: Vec::with_capacity(rows.len()),
+            more,
+        };
+        for r in &rows {
+            if r.i64(0)? < 0 {
+                loaded.snapshot = Some(Snapshot {
+                    stream_id: r.str(1)?.to_owned(),
+                    version: r.u64(2)?,
+                    state: r.bytes(7)?.to_vec(),
+                    taken_at_ms: r.i64(6)?,
+                });
+            } else {
+                loaded.events.push(StoredEvent::from_row(r)?);
+            }
+        }
+        Ok(loaded)
     }
 
     /// The latest snapshot of a stream, read inside `tx`.

@@ -17,7 +17,7 @@ pub use backend::{
     Backend, BeforeCommit, Db, DbUrl, PgDb, PgTx, SqliteDb, SqliteTx, Tx, blocking, copy_tables,
 };
 pub use error::{Error, Result};
-pub use events::{AppendStream, EventStore, Snapshot, StoredEvent};
+pub use events::{AppendStream, EventStore, Loaded, Snapshot, StoredEvent};
 pub use expected::ExpectedVersion;
 pub use migrate::Migration;
 pub use outbox::{Outgoing, emit};

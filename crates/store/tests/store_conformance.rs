@@ -337,6 +337,72 @@ async fn snapshots(t: &TestDb) {
     assert_eq!((s.version, s.state.as_slice()), (20, &b"state@20"[..]));
 }
 
+/// `load_in` reads the snapshot and the events after it in one statement (the snapshot counts
+/// as a row of the limit), and `append_after_read` appends on what it read without reading the
+/// version again: a stale read still fails as a conflict, from the `(stream, version)` key.
+async fn load_in_and_append_after_read(t: &TestDb) {
+    let store = EventStore::new(t.db.clone());
+    let mut tx = t.db.begin().await.unwrap();
+    let loaded = store.load_in(&mut tx, "l", 10).await.unwrap();
+    assert!(loaded.snapshot.is_none() && loaded.events.is_empty() && !loaded.more);
+    let v = store
+        .append_after_read(&mut tx, "l", 0, &[event("l", 1, 1), event("l", 2, 2)])
+        .await
+        .unwrap();
+    assert_eq!(v, 2);
+    tx.commit().await.unwrap();
+
+    let mut tx = t.db.begin().await.unwrap();
+    let loaded = store.load_in(&mut tx, "l", 10).await.unwrap();
+    assert!(loaded.snapshot.is_none());
+    assert_eq!(
+        loaded.events.iter().map(|e| e.version).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    store
+        .append_after_read(&mut tx, "l", 2, &[event("l", 3, 3)])
+        .await
+        .unwrap();
+    store
+        .save_snapshot(&mut tx, "l", 2, b"state@2")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let mut tx = t.db.begin().await.unwrap();
+    let loaded = store.load_in(&mut tx, "l", 10).await.unwrap();
+    let snap = loaded.snapshot.unwrap();
+    assert_eq!((snap.version, snap.state.as_slice()), (2, &b"state@2"[..]));
+    assert_eq!(
+        loaded.events.iter().map(|e| e.version).collect::<Vec<_>>(),
+        [3],
+        "only the events after the snapshot"
+    );
+    assert!(!loaded.more);
+    let limited = store.load_in(&mut tx, "l", 2).await.unwrap();
+    assert!(limited.snapshot.is_some() && limited.events.len() == 1 && limited.more);
+    tx.rollback().await.unwrap();
+
+    // A read that another transaction's append has overtaken (here: version 3 read as 2) makes
+    // the append fail as a conflict, and nothing of it stays.
+    let mut stale = t.db.begin().await.unwrap();
+    let err = store
+        .append_after_read(&mut stale, "l", 2, &[event("l", 3, 30)])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err}");
+    drop(stale);
+    let mut tx = t.db.begin().await.unwrap();
+    store
+        .append_after_read(&mut tx, "l", 3, &[event("l", 4, 4)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let all = store.read_stream("l", 1, 100).await.unwrap();
+    assert_eq!(all.len(), 4);
+    assert_eq!(Envelope::decode(&all[3].envelope).unwrap().data()["n"], 4);
+}
+
 async fn inbox_records_once_and_rolls_back(t: &TestDb) {
     let mut tx = t.db.begin().await.unwrap();
     assert!(inbox::record(&mut tx, "payment", "evt-1").await.unwrap());
@@ -825,6 +891,7 @@ suite!(sqlite:
     concurrent_appenders_one_wins_each_version,
     read_all_in_commit_order_and_batches,
     snapshots,
+    load_in_and_append_after_read,
     inbox_records_once_and_rolls_back,
     inbox_checks_a_batch_and_records_new_ids,
     sequence_reads_a_batch_and_observes_after,
@@ -842,6 +909,7 @@ suite!(postgres:
     concurrent_appenders_one_wins_each_version,
     read_all_in_commit_order_and_batches,
     snapshots,
+    load_in_and_append_after_read,
     inbox_records_once_and_rolls_back,
     inbox_checks_a_batch_and_records_new_ids,
     sequence_reads_a_batch_and_observes_after,

@@ -375,7 +375,8 @@ impl Orders {
             |v: u64| Meta::new(SOURCE, order_id.as_str(), v).with_correlation(correlation.clone());
         let outgoing = self
             .orders
-            .append(tx, order_id.as_str(), new, &events, meta)
+            // A fresh id: nothing to read before the first append.
+            .append_known(tx, order_id.as_str(), new, &events, meta)
             .await
             .map_err(|e| api_error(e.into()))?;
         shopflow_store::emit(tx, outgoing)
