@@ -22,6 +22,13 @@ pub(crate) struct E2eArgs {
     /// Concurrent HTTP clients.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Every n-th order uses a declining card and is cancelled (0: never; the peers' harnesses
+    /// in docs/BENCHMARKS.md use 20).
+    #[arg(long, default_value_t = 0)]
+    decline_every: u64,
+    /// Every n-th order goes to an unsupported country and is compensated (0: never).
+    #[arg(long, default_value_t = 0)]
+    bad_country_every: u64,
     /// `choreography` or `orchestration`.
     #[arg(long, default_value = "choreography")]
     saga: shopflow::shop::SagaStyle,
@@ -88,6 +95,8 @@ pub(crate) async fn run(a: E2eArgs) -> anyhow::Result<()> {
             orders,
             rate,
             concurrency: a.concurrency,
+            decline_every: a.decline_every,
+            bad_country_every: a.bad_country_every,
             progress: false,
             admin_token: Some(shop.admin_token.as_str().to_owned()),
             ..LoadConfig::default()
@@ -134,6 +143,9 @@ pub(crate) async fn run(a: E2eArgs) -> anyhow::Result<()> {
             *r.outcomes.get("SHIPPED").unwrap_or(&0) as f64,
             "orders",
         );
+        if let Some(cancelled) = r.outcomes.get("CANCELLED") {
+            report.row(&case, "cancelled", *cancelled as f64, "orders");
+        }
         // The whole process (the shop and the load clients in it), user and kernel.
         if let Some((user, system)) = cpu {
             let per = |secs: f64| secs * 1000.0 / r.placed.max(1) as f64;

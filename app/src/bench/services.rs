@@ -29,6 +29,13 @@ pub(crate) struct ServicesArgs {
     /// Concurrent HTTP clients.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Every n-th order uses a declining card and is cancelled (0: never; the peers' harnesses
+    /// in docs/BENCHMARKS.md use 20).
+    #[arg(long, default_value_t = 0)]
+    decline_every: u64,
+    /// Every n-th order goes to an unsupported country and is compensated (0: never).
+    #[arg(long, default_value_t = 0)]
+    bad_country_every: u64,
     /// `choreography` or `orchestration`.
     #[arg(long, default_value = "choreography")]
     saga: shopflow::shop::SagaStyle,
@@ -231,6 +238,8 @@ pub(crate) async fn run(a: ServicesArgs) -> anyhow::Result<()> {
             orders,
             rate,
             concurrency: a.concurrency,
+            decline_every: a.decline_every,
+            bad_country_every: a.bad_country_every,
             progress: false,
             admin_token: Some(admin_token.clone()),
             ..LoadConfig::default()
@@ -267,6 +276,9 @@ pub(crate) async fn run(a: ServicesArgs) -> anyhow::Result<()> {
             *r.outcomes.get("SHIPPED").unwrap_or(&0) as f64,
             "orders",
         );
+        if let Some(cancelled) = r.outcomes.get("CANCELLED") {
+            report.row(&case, "cancelled", *cancelled as f64, "orders");
+        }
         // The six processes (the load clients in this one are not counted).
         report.row(
             &case,
