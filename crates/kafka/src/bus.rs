@@ -38,12 +38,14 @@ impl std::fmt::Debug for KafkaBus {
 impl KafkaBus {
     /// Creates the producer and the admin client (connections are made lazily).
     pub fn connect(config: KafkaConfig) -> Result<Self> {
-        let producer: FutureProducer = config
-            .client()
+        let mut producer = config.client();
+        producer
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "1")
-            .set("message.timeout.ms", "30000")
+            .set("message.timeout.ms", "30000");
+        let producer: FutureProducer = config
+            .user_settings_win(&mut producer)
             .create()
             .map_err(kerr)?;
         let admin: AdminClient<DefaultClientContext> = config.client().create().map_err(kerr)?;
@@ -444,10 +446,8 @@ impl Bus for KafkaBus {
         let context = GroupContext {
             group: group.to_owned(),
         };
-        let consumer: StreamConsumer<GroupContext> = self
-            .inner
-            .config
-            .client()
+        let mut settings = self.inner.config.client();
+        settings
             .set("group.id", self.ns(group))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -459,7 +459,11 @@ impl Bus for KafkaBus {
             .set("max.poll.interval.ms", "30000")
             .set("heartbeat.interval.ms", "500")
             .set("fetch.wait.max.ms", "50")
-            .set("partition.assignment.strategy", "range")
+            .set("partition.assignment.strategy", "range");
+        let consumer: StreamConsumer<GroupContext> = self
+            .inner
+            .config
+            .user_settings_win(&mut settings)
             .create_with_context(context)
             .map_err(kerr)?;
         let cluster: Vec<String> = topics.iter().map(|t| self.ns(t)).collect();

@@ -77,6 +77,15 @@ impl KafkaConfig {
         Ok(c)
     }
 
+    /// Applies the user's librdkafka settings again, over the defaults a client type sets after
+    /// [`KafkaConfig::client`]: what the deployment's URL says wins.
+    pub(crate) fn user_settings_win<'a>(&self, c: &'a mut ClientConfig) -> &'a mut ClientConfig {
+        for (k, v) in &self.extra {
+            c.set(k, v);
+        }
+        c
+    }
+
     pub(crate) fn client(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
@@ -119,5 +128,17 @@ mod tests {
         ] {
             assert!(KafkaConfig::from_url(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_urls_settings_win_over_a_clients_defaults() {
+        let c = KafkaConfig::from_url("kafka://h:1?fetch.wait.max.ms=5").unwrap();
+        let mut settings = c.client();
+        settings
+            .set("fetch.wait.max.ms", "50")
+            .set("linger.ms", "1");
+        c.user_settings_win(&mut settings);
+        assert_eq!(settings.get("fetch.wait.max.ms"), Some("5"));
+        assert_eq!(settings.get("linger.ms"), Some("1"));
     }
 }
