@@ -19,6 +19,11 @@ use shopflow_runtime::dlq::{self, Filter};
 use shopflow_service::MetricsHook;
 use shopflow_store::Db;
 
+/// Buckets of the hop lags (relay, delivery), in seconds.
+const LAG_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
 /// The process-wide Prometheus recorder (installed on first use; `None` when another recorder
 /// was installed first).
 pub fn metrics_handle() -> Option<PrometheusHandle> {
@@ -32,6 +37,16 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
                         0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                         0.25, 0.5, 1.0, 2.5, 5.0,
                     ],
+                )
+                .ok()?
+                .set_buckets_for_metric(
+                    Matcher::Full("shopflow_outbox_lag_seconds".into()),
+                    &LAG_BUCKETS,
+                )
+                .ok()?
+                .set_buckets_for_metric(
+                    Matcher::Full("shopflow_consumer_delivery_seconds".into()),
+                    &LAG_BUCKETS,
                 )
                 .ok()?;
             match builder.install_recorder() {

@@ -285,6 +285,33 @@ fn hops(report: &Report, case: &str, c: &Counters, orders: u64, secs: f64) {
         );
         report.row(case, &format!("tx_rate_{consumer}"), batches / secs, "tx/s");
     }
+    // Where a hop's time goes: from a commit to the bus having its events (the relays), and
+    // from the bus to a consumer taking them (delivery and queueing), mean per event.
+    let mean = |name: &str, label: Option<&str>| -> Vec<(String, f64)> {
+        let sums = match label {
+            Some(l) => c.by(&format!("{name}_sum"), l, |_| true),
+            None => vec![(String::new(), c.total(&format!("{name}_sum")))],
+        };
+        let counts: std::collections::BTreeMap<String, f64> = match label {
+            Some(l) => c
+                .by(&format!("{name}_count"), l, |_| true)
+                .into_iter()
+                .collect(),
+            None => [(String::new(), c.total(&format!("{name}_count")))].into(),
+        };
+        sums.into_iter()
+            .filter_map(|(k, sum)| {
+                let n = counts.get(&k).copied().unwrap_or(0.0);
+                (n >= 1.0).then(|| (k, sum / n * 1000.0))
+            })
+            .collect()
+    };
+    for (_, ms) in mean("shopflow_outbox_lag_seconds", None) {
+        report.row(case, "relay_lag_mean", ms, "ms");
+    }
+    for (consumer, ms) in mean("shopflow_consumer_delivery_seconds", Some("consumer")) {
+        report.row(case, &format!("delivery_{consumer}_mean"), ms, "ms");
+    }
     // Only the durable commits are fsynced (relaxed ones ride on the next durable one).
     let durable = |series: &str| series.contains("sync=\"durable\"");
     let mut all = 0.0;

@@ -112,6 +112,8 @@ struct Meters {
     /// Transactions committed (one per polled batch): events per batch = consumed / batches.
     batches: metrics::Counter,
     replays: metrics::Counter,
+    /// From a record's bus timestamp (when it was published) to its batch being taken.
+    delivery: metrics::Histogram,
 }
 
 impl Meters {
@@ -126,6 +128,7 @@ impl Meters {
             failed_unavailable: failed("unavailable"),
             batches: metrics::counter!("shopflow_consumer_batches_total", "consumer" => consumer),
             replays: metrics::counter!("shopflow_consumer_replays_total", "consumer" => consumer),
+            delivery: metrics::histogram!("shopflow_consumer_delivery_seconds", "consumer" => consumer),
         }
     }
 }
@@ -276,6 +279,12 @@ impl<B: Bus> Runner<B> {
             };
             if records.is_empty() {
                 continue;
+            }
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            for r in &records {
+                self.meters
+                    .delivery
+                    .record((now_ms - r.timestamp_ms).max(0) as f64 / 1000.0);
             }
             let outcome = self
                 .handle_batch(&records)

@@ -328,9 +328,12 @@ impl<B: Bus> Relay<B> {
         metrics::counter!("shopflow_outbox_published_total").increment(batch.len() as u64);
         metrics::counter!("shopflow_outbox_batches_total").increment(1);
         let now = now_us();
+        let lag = metrics::histogram!("shopflow_outbox_lag_seconds");
         let mut h = self.stats.lag_us.lock().expect("stats lock");
         for c in &batch.created_us {
-            let _ = h.record((now - c).max(1) as u64);
+            let us = (now - c).max(1);
+            let _ = h.record(us as u64);
+            lag.record(us as f64 / 1e6);
         }
         Ok(())
     }
