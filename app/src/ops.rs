@@ -50,7 +50,24 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
                 )
                 .ok()?;
             match builder.install_recorder() {
-                Ok(h) => Some(h),
+                Ok(h) => {
+                    // Histogram samples wait in the recorder until they are folded into their
+                    // buckets: by a scrape, or here. Without it, a shop nobody scrapes would
+                    // keep every handler's and hop's sample in memory.
+                    let upkeep = h.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("shopflow-metrics".into())
+                        .spawn(move || {
+                            loop {
+                                std::thread::sleep(std::time::Duration::from_secs(5));
+                                upkeep.run_upkeep();
+                            }
+                        });
+                    if let Err(e) = spawned {
+                        tracing::warn!(error = %e, "metrics upkeep thread not started");
+                    }
+                    Some(h)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "metrics recorder not installed");
                     None
