@@ -112,40 +112,7 @@ pub(crate) async fn run(a: E2eArgs) -> anyhow::Result<()> {
             Some(r) => format!("{case}_{r:.0}"),
             None => case.to_owned(),
         };
-        report.row(&case, "placed", r.placed as f64 / r.place_secs, "orders/s");
-        if r.rejected > 0 {
-            report.row(&case, "rejected", r.rejected as f64, "orders");
-        }
-        report.row(
-            &case,
-            "completed",
-            r.placed as f64 / r.total_secs,
-            "orders/s",
-        );
-        for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
-            report.row(
-                &case,
-                &format!("final_{name}"),
-                r.latency_ms.value_at_quantile(q) as f64,
-                "ms",
-            );
-        }
-        report.row(&case, "final_max", r.latency_ms.max() as f64, "ms");
-        report.row(
-            &case,
-            "post_p99",
-            r.accept_ms.value_at_quantile(0.99) as f64,
-            "ms",
-        );
-        report.row(
-            &case,
-            "shipped",
-            *r.outcomes.get("SHIPPED").unwrap_or(&0) as f64,
-            "orders",
-        );
-        if let Some(cancelled) = r.outcomes.get("CANCELLED") {
-            report.row(&case, "cancelled", *cancelled as f64, "orders");
-        }
+        outcome_rows(&report, &case, &r);
         // The whole process (the shop and the load clients in it), user and kernel.
         if let Some((user, system)) = cpu {
             let per = |secs: f64| secs * 1000.0 / r.placed.max(1) as f64;
@@ -164,6 +131,44 @@ pub(crate) async fn run(a: E2eArgs) -> anyhow::Result<()> {
         drop_schemas(&url, &schema_prefix).await?;
     }
     Ok(())
+}
+
+/// The figures of one load case: rates, placed → final latency, the POST's p99, outcomes.
+pub(crate) fn outcome_rows(report: &Report, case: &str, r: &shopflow::load::LoadReport) {
+    report.row(case, "placed", r.placed as f64 / r.place_secs, "orders/s");
+    if r.rejected > 0 {
+        report.row(case, "rejected", r.rejected as f64, "orders");
+    }
+    report.row(
+        case,
+        "completed",
+        r.placed as f64 / r.total_secs,
+        "orders/s",
+    );
+    for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
+        report.row(
+            case,
+            &format!("final_{name}"),
+            r.latency_ms.value_at_quantile(q) as f64,
+            "ms",
+        );
+    }
+    report.row(case, "final_max", r.latency_ms.max() as f64, "ms");
+    report.row(
+        case,
+        "post_p99",
+        r.accept_ms.value_at_quantile(0.99) as f64,
+        "ms",
+    );
+    report.row(
+        case,
+        "shipped",
+        *r.outcomes.get("SHIPPED").unwrap_or(&0) as f64,
+        "orders",
+    );
+    if let Some(cancelled) = r.outcomes.get("CANCELLED") {
+        report.row(case, "cancelled", *cancelled as f64, "orders");
+    }
 }
 
 pub(crate) async fn drop_schemas(url: &str, prefix: &str) -> anyhow::Result<()> {

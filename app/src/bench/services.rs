@@ -251,34 +251,7 @@ pub(crate) async fn run(a: ServicesArgs) -> anyhow::Result<()> {
             Some(r) => format!("{case}_{r:.0}"),
             None => case.to_owned(),
         };
-        report.row(&case, "placed", r.placed as f64 / r.place_secs, "orders/s");
-        if r.rejected > 0 {
-            report.row(&case, "rejected", r.rejected as f64, "orders");
-        }
-        report.row(
-            &case,
-            "completed",
-            r.placed as f64 / r.total_secs,
-            "orders/s",
-        );
-        for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
-            report.row(
-                &case,
-                &format!("final_{name}"),
-                r.latency_ms.value_at_quantile(q) as f64,
-                "ms",
-            );
-        }
-        report.row(&case, "final_max", r.latency_ms.max() as f64, "ms");
-        report.row(
-            &case,
-            "shipped",
-            *r.outcomes.get("SHIPPED").unwrap_or(&0) as f64,
-            "orders",
-        );
-        if let Some(cancelled) = r.outcomes.get("CANCELLED") {
-            report.row(&case, "cancelled", *cancelled as f64, "orders");
-        }
+        super::e2e::outcome_rows(&report, &case, &r);
         // The six processes (the load clients in this one are not counted).
         report.row(
             &case,
