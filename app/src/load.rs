@@ -143,6 +143,10 @@ fn agent() -> ureq::Agent {
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(60)))
         .max_idle_connections_per_host(256)
+        // The shop's answers are small: 128 KiB buffers each way (ureq's default) took 64
+        // clients to 16 MiB, which `bench e2e` counted as the shop's resident memory.
+        .input_buffer_size(16 * 1024)
+        .output_buffer_size(16 * 1024)
         .build()
         .into()
 }

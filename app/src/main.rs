@@ -19,6 +19,16 @@ use shopflow::shop::{Shop, ShopConfig};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// What SQLite may hold in memory across every database of this process, in MiB (page
+    /// caches first; 0: no bound). Resident memory stays flat as history grows; a larger
+    /// budget keeps more of a big database's pages hot (docs/OPERATIONS.md).
+    #[arg(
+        long,
+        global = true,
+        env = "SHOPFLOW_SQLITE_MEMORY_MIB",
+        default_value_t = shopflow_store::DEFAULT_SQLITE_MEMORY_BUDGET / (1024 * 1024)
+    )]
+    sqlite_memory_mib: i64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -463,6 +473,11 @@ fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    anyhow::ensure!(
+        cli.sqlite_memory_mib >= 0,
+        "--sqlite-memory-mib must be 0 (no bound) or a positive number of MiB"
+    );
+    shopflow_store::set_sqlite_memory_budget(cli.sqlite_memory_mib.saturating_mul(1024 * 1024));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

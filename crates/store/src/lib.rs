@@ -14,7 +14,8 @@ pub mod sequence;
 mod value;
 
 pub use backend::{
-    Backend, BeforeCommit, Db, DbUrl, PgDb, PgTx, SqliteDb, SqliteTx, Tx, blocking, copy_tables,
+    Backend, BeforeCommit, DEFAULT_SQLITE_MEMORY_BUDGET, Db, DbUrl, PgDb, PgTx, SqliteDb, SqliteTx,
+    Tx, blocking, copy_tables, set_sqlite_memory_budget, sqlite_memory_budget,
 };
 pub use error::{Error, Result};
 pub use events::{AppendStream, EventStore, Loaded, Snapshot, StoredEvent};

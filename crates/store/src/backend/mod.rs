@@ -17,7 +17,10 @@ use tokio::sync::Notify;
 
 pub use copy::copy_tables;
 pub use postgres::{PgDb, PgTx};
-pub use sqlite::{SqliteDb, SqliteTx, blocking};
+pub use sqlite::{
+    DEFAULT_MEMORY_BUDGET as DEFAULT_SQLITE_MEMORY_BUDGET, SqliteDb, SqliteTx, blocking,
+    memory_budget as sqlite_memory_budget, set_memory_budget as set_sqlite_memory_budget,
+};
 pub use url::DbUrl;
 
 use crate::{Result, Row, Value};

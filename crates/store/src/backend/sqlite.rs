@@ -32,10 +32,36 @@ pub struct SqliteDb {
     pub(crate) inner: Arc<Inner>,
 }
 
-/// Page cache of the writer connection, in KiB (SQLite's default is 2 MiB).
+/// Page cache of the writer connection, in KiB (SQLite's default is 2 MiB). The process-wide
+/// budget ([`set_memory_budget`]) bounds the sum over every connection.
 const WRITER_CACHE_KIB: i64 = 16 * 1024;
 /// Page cache of each reader connection, in KiB: readers are many and read recent rows.
 const READER_CACHE_KIB: i64 = 2 * 1024;
+
+/// SQLite's memory budget for the whole process, in bytes (0: none).
+static MEMORY_BUDGET: std::sync::atomic::AtomicI64 =
+    std::sync::atomic::AtomicI64::new(DEFAULT_MEMORY_BUDGET);
+
+/// The default of [`set_memory_budget`]: 96 MiB.
+pub const DEFAULT_MEMORY_BUDGET: i64 = 96 * 1024 * 1024;
+
+/// Bounds what SQLite holds in memory across every database and connection of this process
+/// (`bytes`; 0 lifts the bound), from the next connection opened on.
+///
+/// SQLite is built with memory management, so all page caches share one pool of pages with one
+/// least-recently-used list: once the process's SQLite memory reaches the budget, a page a
+/// connection needs replaces the page that every cache has used least recently, instead of
+/// growing the total. Each connection's own `cache_size` still caps its share. Without a shared
+/// bound the caches of a shop's databases (seven, embedded) filled one by one as their files
+/// grew, and resident memory grew with history.
+pub fn set_memory_budget(bytes: i64) {
+    MEMORY_BUDGET.store(bytes.max(0), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The budget in force: see [`set_memory_budget`].
+pub fn memory_budget() -> i64 {
+    MEMORY_BUDGET.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 fn configure(conn: &Connection, cache_kib: i64) -> Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -47,6 +73,9 @@ fn configure(conn: &Connection, cache_kib: i64) -> Result<()> {
     // large that memory grows with the files: 64 MiB per connection took a 200,000-order run
     // to 870 MiB of resident memory. Pages beyond it come from the OS page cache.
     conn.pragma_update(None, "cache_size", -cache_kib)?;
+    // The process-wide bound over all of them (a process-wide setting, set again per open so a
+    // change of the budget takes effect).
+    conn.pragma_update(None, "soft_heap_limit", memory_budget())?;
     // Savepoint and statement journals in memory rather than in temporary files: every handled
     // event runs in a savepoint.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
@@ -362,6 +391,25 @@ mod tests {
         assert_eq!(left(), [5, 7]);
         super::delete_outbox(&conn, &[]).unwrap();
         assert_eq!(left(), [5, 7]);
+    }
+
+    #[test]
+    fn every_connection_carries_the_process_memory_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = super::SqliteDb::open(&dir.path().join("budget.db")).unwrap();
+        let limit = |c: &rusqlite::Connection| -> i64 {
+            c.query_row("PRAGMA soft_heap_limit", [], |r| r.get(0))
+                .unwrap()
+        };
+        // The budget is process-wide (other tests in this binary open databases meanwhile):
+        // what a connection reads back is the budget in force, the default unless changed.
+        assert_eq!(super::memory_budget(), super::DEFAULT_MEMORY_BUDGET);
+        let read = db.read(|c| Ok(limit(c))).unwrap();
+        assert_eq!(read, super::DEFAULT_MEMORY_BUDGET);
+        let cache: i64 = db
+            .read(|c| Ok(c.query_row("PRAGMA cache_size", [], |r| r.get(0)).unwrap()))
+            .unwrap();
+        assert_eq!(cache, -super::READER_CACHE_KIB);
     }
 
     #[test]
