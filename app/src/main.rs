@@ -13,6 +13,13 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use shopflow::shop::{Shop, ShopConfig};
 
+/// jemalloc rather than glibc's malloc: a shop's heap mixes long-lived allocations (page caches,
+/// indexes) with several short-lived ones per event, and glibc's free lists grew with that mix
+/// until malloc was a fifth of the CPU after 200,000 orders; jemalloc's size-class slabs keep
+/// the cost per order flat (docs/BENCHMARKS.md, issue 14).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// shopflow: an event-driven commerce backend and the building blocks it is made of.
 #[derive(Debug, Parser)]
 #[command(name = "shopflow", version, about)]
