@@ -292,30 +292,33 @@ fn hops(report: &Report, case: &str, c: &Counters, orders: u64, secs: f64) {
     }
     // Where a hop's time goes: from a commit to the bus having its events (the relays), and
     // from the bus to a consumer taking them (delivery and queueing), mean per event.
-    let mean = |name: &str, label: Option<&str>| -> Vec<(String, f64)> {
-        let sums = match label {
-            Some(l) => c.by(&format!("{name}_sum"), l, |_| true),
-            None => vec![(String::new(), c.total(&format!("{name}_sum")))],
-        };
-        let counts: std::collections::BTreeMap<String, f64> = match label {
-            Some(l) => c
-                .by(&format!("{name}_count"), l, |_| true)
-                .into_iter()
-                .collect(),
-            None => [(String::new(), c.total(&format!("{name}_count")))].into(),
-        };
-        sums.into_iter()
-            .filter_map(|(k, sum)| {
-                let n = counts.get(&k).copied().unwrap_or(0.0);
-                (n >= 1.0).then(|| (k, sum / n * 1000.0))
-            })
-            .collect()
-    };
-    for (_, ms) in mean("shopflow_outbox_lag_seconds", None) {
-        report.row(case, "relay_lag_mean", ms, "ms");
+    let relay = (
+        c.total("shopflow_outbox_lag_seconds_sum"),
+        c.total("shopflow_outbox_lag_seconds_count"),
+    );
+    if relay.1 >= 1.0 {
+        report.row(case, "relay_lag_mean", relay.0 / relay.1 * 1000.0, "ms");
     }
-    for (consumer, ms) in mean("shopflow_consumer_delivery_seconds", Some("consumer")) {
-        report.row(case, &format!("delivery_{consumer}_mean"), ms, "ms");
+    let counts: std::collections::BTreeMap<String, f64> = c
+        .by(
+            "shopflow_consumer_delivery_seconds_count",
+            "consumer",
+            |_| true,
+        )
+        .into_iter()
+        .collect();
+    for (consumer, sum) in c.by("shopflow_consumer_delivery_seconds_sum", "consumer", |_| {
+        true
+    }) {
+        let n = counts.get(&consumer).copied().unwrap_or(0.0);
+        if n >= 1.0 {
+            report.row(
+                case,
+                &format!("delivery_{consumer}_mean"),
+                sum / n * 1000.0,
+                "ms",
+            );
+        }
     }
     // Only the durable commits are fsynced (relaxed ones ride on the next durable one).
     let durable = |series: &str| series.contains("sync=\"durable\"");
