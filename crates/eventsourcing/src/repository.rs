@@ -4,7 +4,7 @@
 //! registry, so upcasting applies to live loads, replays and time travel alike.
 
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use shopflow_envelope::{Envelope, Meta, Registry};
@@ -84,13 +84,65 @@ impl Until {
     }
 }
 
+/// The latest committed state of recently used streams, so that a command on one of them
+/// folds nothing (see [`Repository::cached`]).
+///
+/// An entry is only ever the state as of a committed version: it is put by a hook that runs
+/// after the commit ([`Tx::after_commit`]), and a command takes it out while it runs, so a
+/// command whose transaction fails or is rolled back (wholly or to a savepoint) leaves no
+/// entry behind, and the next one loads from the store. An entry that another process has
+/// overtaken (a second writer of the same streams) fails the append on the store's
+/// `(stream, version)` key, which is a conflict the caller retries, without the entry.
+struct Cache<A> {
+    entries: Mutex<hashlink::LruCache<String, Versioned<A>>>,
+    hits: metrics::Counter,
+    misses: metrics::Counter,
+}
+
+impl<A> Cache<A> {
+    fn take(&self, id: &str) -> Option<Versioned<A>> {
+        let taken = self.lock().remove(id);
+        match taken {
+            Some(_) => self.hits.increment(1),
+            None => self.misses.increment(1),
+        }
+        taken
+    }
+
+    /// Keeps `state` for `id` unless a newer version is there already.
+    fn put(&self, id: String, state: Versioned<A>) {
+        let mut entries = self.lock();
+        if entries
+            .get(&id)
+            .is_none_or(|held| held.version < state.version)
+        {
+            entries.insert(id, state);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, hashlink::LruCache<String, Versioned<A>>> {
+        // A panic while holding the lock cannot leave an entry half-written: recover it.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// The streams of one aggregate type in a service's event store.
-#[derive(Debug)]
 pub struct Repository<A: Aggregate> {
     store: EventStore,
     registry: Arc<Registry>,
     snapshots: SnapshotPolicy,
+    cache: Option<Arc<Cache<A>>>,
     _aggregate: PhantomData<fn() -> A>,
+}
+
+impl<A: Aggregate> std::fmt::Debug for Repository<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("store", &self.store)
+            .field("snapshots", &self.snapshots)
+            .field("cached", &self.cache.as_ref().map(|c| c.lock().capacity()))
+            .finish()
+    }
 }
 
 impl<A: Aggregate> Clone for Repository<A> {
@@ -99,6 +151,7 @@ impl<A: Aggregate> Clone for Repository<A> {
             store: self.store.clone(),
             registry: self.registry.clone(),
             snapshots: self.snapshots,
+            cache: self.cache.clone(),
             _aggregate: PhantomData,
         }
     }
@@ -110,8 +163,25 @@ impl<A: Aggregate> Repository<A> {
             store,
             registry,
             snapshots,
+            cache: None,
             _aggregate: PhantomData,
         }
+    }
+
+    /// Keeps the state of the `capacity` most recently used streams in memory (shared by the
+    /// clones of this repository), so that [`Repository::execute`] on one of them reads and
+    /// folds nothing. What a transaction appends enters the cache only when it commits. Count
+    /// hits and misses under `shopflow_aggregate_cache_total{aggregate, result}`; `name`
+    /// labels them.
+    pub fn cached(mut self, name: &'static str, capacity: usize) -> Self {
+        self.cache = (capacity > 0).then(|| {
+            Arc::new(Cache {
+                entries: Mutex::new(hashlink::LruCache::new(capacity)),
+                hits: metrics::counter!("shopflow_aggregate_cache_total", "aggregate" => name, "result" => "hit"),
+                misses: metrics::counter!("shopflow_aggregate_cache_total", "aggregate" => name, "result" => "miss"),
+            })
+        });
+        self
     }
 
     pub fn store(&self) -> &EventStore {
@@ -174,12 +244,23 @@ impl<A: Aggregate> Repository<A> {
         command: A::Command,
         meta: impl Fn(u64) -> Meta,
     ) -> Result<Result<Vec<Outgoing>, A::Error>> {
-        let current = self.load_in(tx, id).await?;
+        let cached = self.cache.as_ref().and_then(|c| c.take(id));
+        let current = match cached {
+            Some(current) => current,
+            None => self.load_in(tx, id).await?,
+        };
         let events = match current.state.handle(command) {
             Ok(events) => events,
-            Err(rejected) => return Ok(Err(rejected)),
+            Err(rejected) => {
+                // Nothing changed: the state is still the committed one.
+                if let Some(cache) = &self.cache {
+                    cache.put(id.to_owned(), current);
+                }
+                return Ok(Err(rejected));
+            }
         };
-        // Loaded in this transaction: the append needs no second read of the version.
+        // Loaded in this transaction, or the committed state from the cache: the append needs
+        // no second read of the version (the store's key refuses a version taken meanwhile).
         self.append_inner(tx, id, current, &events, meta, true)
             .await
             .map(Ok)
@@ -271,6 +352,19 @@ impl<A: Aggregate> Repository<A> {
             self.store
                 .save_snapshot(tx, id, new_version, &bytes)
                 .await?;
+        }
+        if let Some(cache) = &self.cache {
+            let cache = cache.clone();
+            let id = id.to_owned();
+            tx.after_commit(move || {
+                cache.put(
+                    id,
+                    Versioned {
+                        state,
+                        version: new_version,
+                    },
+                )
+            });
         }
         Ok(outgoing)
     }

@@ -154,6 +154,93 @@ async fn an_append_on_a_stale_state_is_a_conflict() {
     );
 }
 
+/// A repository that keeps the states it committed in memory, as the order service's does.
+fn cached(r: &Rig) -> Repository<Counter> {
+    Repository::new(r.store.clone(), registry(), SnapshotPolicy::Never).cached("counter", 16)
+}
+
+/// [`add`] through another repository on the same store.
+async fn add_with(repo: &Repository<Counter>, db: &Db, id: &str, n: i64) -> Result<usize, TooMuch> {
+    let mut tx = db.begin().await.unwrap();
+    let decided = repo.execute(&mut tx, id, n, meta(id)).await.unwrap();
+    tx.commit().await.unwrap();
+    decided.map(|out| out.len())
+}
+
+#[tokio::test]
+async fn a_cached_repository_decides_on_committed_states_only() {
+    let r = rig(SnapshotPolicy::Never).await;
+    let repo = cached(&r);
+    add_with(&repo, &r.db, "c1", 1).await.unwrap();
+    add_with(&repo, &r.db, "c1", 2).await.unwrap();
+
+    // A transaction that rolls back, and a record rolled back to its savepoint in a transaction
+    // that commits: neither amount may reach the state the next command decides on.
+    let mut tx = r.db.begin().await.unwrap();
+    repo.execute(&mut tx, "c1", 100, meta("c1"))
+        .await
+        .unwrap()
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let mut tx = r.db.begin().await.unwrap();
+    tx.savepoint("record").await.unwrap();
+    repo.execute(&mut tx, "c1", 200, meta("c1"))
+        .await
+        .unwrap()
+        .unwrap();
+    tx.rollback_to_savepoint("record").await.unwrap();
+    tx.release_savepoint("record").await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        add_with(&repo, &r.db, "c1", 20_000).await,
+        Err(TooMuch(10_000)),
+        "a rejection leaves the state as it was"
+    );
+
+    // 3 + 9,997 = 10,000 is allowed only on the true total (3), not on one with 100 or 200 in it.
+    assert_eq!(add_with(&repo, &r.db, "c1", 9_997).await, Ok(1));
+    assert_eq!(r.store.stream_version("c1").await.unwrap(), 3, "no gap");
+    assert_eq!(
+        r.repo.events("c1").await.unwrap(),
+        vec![Added(1), Added(2), Added(9_997)]
+    );
+    assert_eq!(
+        add_with(&repo, &r.db, "c1", 1).await,
+        Err(TooMuch(10_000)),
+        "the cached state is the folded one"
+    );
+    let folded = r.repo.fold("c1", Until::END).await.unwrap().unwrap();
+    assert_eq!((folded.version, folded.state.seen), (3, vec![1, 2, 9_997]));
+}
+
+#[tokio::test]
+async fn a_cached_state_another_writer_overtook_is_a_conflict_and_the_retry_reloads() {
+    let r = rig(SnapshotPolicy::Never).await;
+    let repo = cached(&r);
+    add_with(&repo, &r.db, "c1", 1).await.unwrap();
+    // Another writer of the same stream (a second process): the cache holds version 1.
+    add(&r, "c1", 2).await.unwrap();
+
+    let mut tx = r.db.begin().await.unwrap();
+    let err = repo
+        .execute(&mut tx, "c1", 3, meta("c1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            shopflow_eventsourcing::Error::Store(shopflow_store::Error::Conflict { .. })
+        ),
+        "{err}"
+    );
+    drop(tx);
+    assert_eq!(add_with(&repo, &r.db, "c1", 3).await, Ok(0), "the retry");
+    assert_eq!(
+        r.repo.events("c1").await.unwrap(),
+        vec![Added(1), Added(2), Added(3)]
+    );
+}
+
 #[tokio::test]
 async fn a_long_stream_loads_from_its_snapshot_reading_only_the_events_after_it() {
     let r = rig(SnapshotPolicy::Every(10)).await;

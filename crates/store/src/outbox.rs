@@ -100,11 +100,27 @@ pub async fn enqueue(tx: &mut Tx, messages: &[Message]) -> Result<()> {
 }
 
 /// What a transaction has emitted and not yet written, and where its savepoints began.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Pending {
     entries: Vec<Entry>,
-    /// Open savepoints, oldest first: the name and how many entries there were when it began.
-    marks: Vec<(String, usize)>,
+    /// What runs once the transaction has committed ([`crate::Tx::after_commit`]).
+    after_commit: Vec<AfterCommit>,
+    /// Open savepoints, oldest first: the name, and how many entries and after-commit hooks
+    /// there were when it began.
+    marks: Vec<(String, usize, usize)>,
+}
+
+/// What [`crate::Tx::after_commit`] runs.
+pub type AfterCommit = Box<dyn FnOnce() + Send>;
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("entries", &self.entries)
+            .field("after_commit", &self.after_commit.len())
+            .field("marks", &self.marks)
+            .finish()
+    }
 }
 
 #[derive(Debug)]
@@ -115,27 +131,36 @@ enum Entry {
 }
 
 impl Pending {
-    pub(crate) fn len(&self) -> usize {
-        self.entries.len()
+    /// `SAVEPOINT name`: remembers where it began.
+    pub(crate) fn mark(&mut self, name: &str) {
+        self.marks
+            .push((name.to_owned(), self.entries.len(), self.after_commit.len()));
     }
 
-    pub(crate) fn mark(&mut self, name: &str, at: usize) {
-        self.marks.push((name.to_owned(), at));
-    }
-
-    /// `ROLLBACK TO SAVEPOINT name`: the entries since it go; it stays, the ones inside it end.
+    /// `ROLLBACK TO SAVEPOINT name`: the entries and after-commit hooks since it go; it stays,
+    /// the ones inside it end.
     pub(crate) fn rollback_to(&mut self, name: &str) {
-        if let Some(i) = self.marks.iter().rposition(|(n, _)| n == name) {
-            self.entries.truncate(self.marks[i].1);
+        if let Some(i) = self.marks.iter().rposition(|(n, _, _)| n == name) {
+            let (_, entries, hooks) = self.marks[i];
+            self.entries.truncate(entries);
+            self.after_commit.truncate(hooks);
             self.marks.truncate(i + 1);
         }
     }
 
     /// `RELEASE SAVEPOINT name`: it and the ones inside it end; the entries stay.
     pub(crate) fn release(&mut self, name: &str) {
-        if let Some(i) = self.marks.iter().rposition(|(n, _)| n == name) {
+        if let Some(i) = self.marks.iter().rposition(|(n, _, _)| n == name) {
             self.marks.truncate(i);
         }
+    }
+
+    pub(crate) fn add_after_commit(&mut self, hook: AfterCommit) {
+        self.after_commit.push(hook);
+    }
+
+    pub(crate) fn take_after_commit(&mut self) -> Vec<AfterCommit> {
+        std::mem::take(&mut self.after_commit)
     }
 }
 

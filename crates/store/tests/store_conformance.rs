@@ -777,6 +777,54 @@ async fn relay_wakes_on_commit(t: &TestDb) {
     log.close().await.unwrap();
 }
 
+/// `Tx::after_commit`: the hooks of a committed transaction run after its commit, in order; a
+/// rollback, or a rollback to a savepoint taken before a hook, drops it unrun.
+async fn after_commit_hooks_run_only_for_what_committed(t: &TestDb) {
+    use std::sync::{Arc, Mutex};
+    let ran = Arc::new(Mutex::new(Vec::<&'static str>::new()));
+    let hook = |name: &'static str| {
+        let ran = ran.clone();
+        move || ran.lock().unwrap().push(name)
+    };
+
+    let mut tx = t.db.begin().await.unwrap();
+    tx.after_commit(hook("rolled-back"));
+    tx.rollback().await.unwrap();
+    let mut tx = t.db.begin().await.unwrap();
+    tx.after_commit(hook("dropped"));
+    drop(tx);
+
+    let mut tx = t.db.begin().await.unwrap();
+    tx.after_commit(hook("first"));
+    tx.savepoint("a").await.unwrap();
+    tx.after_commit(hook("kept-in-a"));
+    tx.savepoint("b").await.unwrap();
+    tx.after_commit(hook("undone-in-b"));
+    tx.rollback_to_savepoint("b").await.unwrap();
+    tx.release_savepoint("b").await.unwrap();
+    tx.release_savepoint("a").await.unwrap();
+    tx.savepoint("c").await.unwrap();
+    tx.after_commit(hook("undone-in-c"));
+    tx.rollback_to_savepoint("c").await.unwrap();
+    tx.after_commit(hook("last"));
+    assert!(
+        ran.lock().unwrap().is_empty(),
+        "nothing runs before the commit"
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(*ran.lock().unwrap(), vec!["first", "kept-in-a", "last"]);
+
+    // A commit that fails runs none (here a before-commit sync fails it).
+    let mut tx = t.db.begin().await.unwrap();
+    tx.after_commit(hook("failed"));
+    let spool = Arc::new(());
+    tx.before_commit(&spool, || {
+        Box::new(|| Err(std::io::Error::other("the spool's disk is full")))
+    });
+    assert!(tx.commit().await.is_err());
+    assert_eq!(*ran.lock().unwrap(), vec!["first", "kept-in-a", "last"]);
+}
+
 /// What a transaction emits waits in it until it commits: a rollback (whole or to a savepoint)
 /// takes back exactly what was emitted after it, raw records keep their place among envelopes,
 /// and the numbers of each `(source, aggregate)` are gap-free in the order of the calls —
@@ -901,6 +949,7 @@ suite!(sqlite:
     relaxed_transactions_are_atomic_and_leave_durability_on,
     deferred_statements_keep_their_order_and_their_failures,
     emitted_messages_wait_for_commit_and_follow_savepoints,
+    after_commit_hooks_run_only_for_what_committed,
 );
 
 suite!(postgres:
@@ -919,6 +968,7 @@ suite!(postgres:
     relaxed_transactions_are_atomic_and_leave_durability_on,
     deferred_statements_keep_their_order_and_their_failures,
     emitted_messages_wait_for_commit_and_follow_savepoints,
+    after_commit_hooks_run_only_for_what_committed,
 );
 
 /// A server error reads as what the server said (tokio-postgres alone prints "db error"), so a

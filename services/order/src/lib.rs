@@ -33,6 +33,10 @@ const SOURCE: &str = "order-service";
 /// only an unusually long one (many late facts, many refused cancellations) gets one.
 pub const DEFAULT_SNAPSHOTS: SnapshotPolicy = SnapshotPolicy::Every(50);
 
+/// How many orders' current state the service keeps in memory (~1.3 KiB each), so that moving an
+/// order along its saga does not read and fold its stream again: the orders in flight.
+pub const CACHED_ORDERS: usize = 2048;
+
 /// The order aggregate's snapshot policy (a typed setting of the deployment).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OrderSnapshots(pub SnapshotPolicy);
@@ -77,7 +81,8 @@ impl Orders {
         let registry = Arc::new(registry());
         let store = EventStore::new(db.clone());
         let core = Self {
-            orders: Repository::new(store.clone(), registry.clone(), snapshots),
+            orders: Repository::new(store.clone(), registry.clone(), snapshots)
+                .cached("order", CACHED_ORDERS),
             projector: Projector::new(store, registry.clone(), OrderProjection, ORDER_VIEW),
             db,
             registry,

@@ -289,9 +289,7 @@ impl Tx {
         identifier(name)?;
         self.defer_unchecked(&format!("SAVEPOINT {name}"), &[])
             .await?;
-        let pending = self.pending_mut();
-        let at = pending.len();
-        pending.mark(name, at);
+        self.pending_mut().mark(name);
         Ok(())
     }
 
@@ -381,14 +379,28 @@ impl Tx {
         }
     }
 
+    /// Makes `hook` run once this transaction has committed, on the committing thread, in the
+    /// order of the calls: for caches of what the transaction wrote, which must learn of it
+    /// only once it is durable. A rollback, a failed commit, or a rollback to a savepoint taken
+    /// before this call drops the hook without running it. It must be quick and must not fail.
+    pub fn after_commit(&mut self, hook: impl FnOnce() + Send + 'static) {
+        self.pending_mut().add_after_commit(Box::new(hook));
+    }
+
     /// Commits; when it returns `Ok` the transaction is durable. What the transaction emitted is
-    /// written to the outbox first, numbered, in a few statements for all of it.
+    /// written to the outbox first, numbered, in a few statements for all of it; then the hooks
+    /// of [`Tx::after_commit`] run.
     pub async fn commit(mut self) -> Result<()> {
         crate::outbox::flush(&mut self).await?;
+        let after = self.pending_mut().take_after_commit();
         match self {
-            Tx::Sqlite(t) => t.commit(),
-            Tx::Postgres(t) => (*t).commit().await,
+            Tx::Sqlite(t) => t.commit()?,
+            Tx::Postgres(t) => (*t).commit().await?,
         }
+        for hook in after {
+            hook();
+        }
+        Ok(())
     }
 
     pub async fn rollback(self) -> Result<()> {
