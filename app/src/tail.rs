@@ -92,7 +92,7 @@ pub(crate) fn decoded(r: Record) -> TailedEvent {
             e.source = Some(env.source().to_owned());
             e.kind = Some(env.kind().as_str());
             e.correlation_id = Some(env.correlation_id().to_string());
-            e.data = env.data().clone();
+            e.data = env.data();
         }
         Err(err) => {
             e.data = serde_json::Value::String(String::from_utf8_lossy(&r.value).into_owned());

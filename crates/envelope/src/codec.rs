@@ -139,6 +139,49 @@ mod tests {
     }
 
     #[test]
+    fn data_nesting_deeper_than_a_tree_parses_is_refused() {
+        let nested = |depth: usize| {
+            let mut json: serde_json::Value =
+                serde_json::from_slice(&sample().encode().unwrap()).unwrap();
+            let text = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+            json["data"] = serde_json::Value::Null;
+            let bytes = serde_json::to_string(&json)
+                .unwrap()
+                .replace("\"data\":null", &format!("\"data\":{text}"));
+            Envelope::decode(bytes.as_bytes())
+        };
+        let ok = nested(127).unwrap();
+        assert!(ok.data().is_array(), "the accepted data parses as a tree");
+        assert!(matches!(
+            nested(129),
+            Err(Error::Invalid { field: "data", .. })
+        ));
+        // Brackets inside strings (escaped quotes too) do not nest.
+        let text = format!("\\\"{}", "[".repeat(300));
+        let env = Envelope::from_parts(
+            "OrderCreated",
+            2,
+            Kind::Domain,
+            serde_json::json!({ "note": text }),
+            Meta::new("order-service", "o1", 1),
+        )
+        .unwrap();
+        let back = Envelope::decode(&env.encode().unwrap()).unwrap();
+        assert_eq!(back.data()["note"], serde_json::json!(text));
+    }
+
+    #[test]
+    fn typed_data_is_read_from_the_text_it_arrived_as() {
+        let bytes = br#"{"eventId":"0190a0b0-0000-7000-8000-000000000001","eventType":"OrderCreated","eventVersion":"v2","timestamp":"2026-01-01T00:00:00Z","kind":"domain","source":"s","aggregateId":"o1","sequence":1,"correlationId":"c","data":{ "z" : 1,"a":[true, null] }}"#;
+        let env = Envelope::decode(bytes).unwrap();
+        assert_eq!(env.data_json(), r#"{ "z" : 1,"a":[true, null] }"#);
+        assert_eq!(env.data(), serde_json::json!({"a": [true, null], "z": 1}));
+        // Re-encoding keeps the text; an envelope equal in value but not in text is still equal.
+        let again = Envelope::decode(&env.encode().unwrap()).unwrap();
+        assert_eq!(again, env);
+    }
+
+    #[test]
     fn refuses_oversized_input_before_parsing() {
         let big = vec![b' '; MAX_ENVELOPE_BYTES + 1];
         assert!(matches!(

@@ -2,6 +2,7 @@ use std::fmt;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::{Error, Event, Kind, Result};
@@ -104,8 +105,10 @@ impl From<EventId> for CausationId {
 
 /// The envelope of every event and command. Immutable once built: there are no setters.
 ///
-/// Serialized as camelCase JSON (see the crate docs for an example).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// Serialized as camelCase JSON (see the crate docs for an example). The data is kept as the
+/// JSON text it arrived as (checked to be well-formed JSON, not parsed into a tree): a reader
+/// parses it once, straight into its typed event ([`Envelope::data_as`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Envelope {
     event_id: EventId,
@@ -121,7 +124,25 @@ pub struct Envelope {
     correlation_id: CorrelationId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     causation_id: Option<CausationId>,
-    data: serde_json::Value,
+    data: Box<RawValue>,
+}
+
+impl PartialEq for Envelope {
+    /// Equal data means equal JSON values: the same text, or texts that parse to the same value
+    /// (key order and spacing aside).
+    fn eq(&self, other: &Self) -> bool {
+        self.event_id == other.event_id
+            && self.event_type == other.event_type
+            && self.event_version == other.event_version
+            && self.timestamp == other.timestamp
+            && self.kind == other.kind
+            && self.source == other.source
+            && self.aggregate_id == other.aggregate_id
+            && self.sequence == other.sequence
+            && self.correlation_id == other.correlation_id
+            && self.causation_id == other.causation_id
+            && (self.data.get() == other.data.get() || self.data() == other.data())
+    }
 }
 
 /// Who produced an envelope and where it belongs: everything but the payload.
@@ -185,10 +206,8 @@ impl Meta {
 impl Envelope {
     /// Wraps a typed event (or command) in a new envelope with a fresh id.
     pub fn new<E: Event>(event: &E, meta: Meta) -> Result<Self> {
-        let data = serde_json::to_value(event).map_err(|e| Error::Encode {
-            reason: e.to_string(),
-        })?;
-        Self::from_parts(E::TYPE, E::VERSION, E::KIND, data, meta)
+        // Straight to JSON text: no tree in between.
+        Self::from_raw_parts(E::TYPE, E::VERSION, E::KIND, raw(event)?, meta)
     }
 
     /// Builds an envelope from untyped parts, validating them as [`crate::Registry::decode`] would.
@@ -197,6 +216,16 @@ impl Envelope {
         event_version: u32,
         kind: Kind,
         data: serde_json::Value,
+        meta: Meta,
+    ) -> Result<Self> {
+        Self::from_raw_parts(event_type, event_version, kind, raw(&data)?, meta)
+    }
+
+    fn from_raw_parts(
+        event_type: impl Into<String>,
+        event_version: u32,
+        kind: Kind,
+        data: Box<RawValue>,
         meta: Meta,
     ) -> Result<Self> {
         let envelope = Self {
@@ -238,6 +267,9 @@ impl Envelope {
         }
         if self.correlation_id.as_str().is_empty() {
             return invalid("correlationId", "must not be empty");
+        }
+        if !nesting_within(self.data.get(), MAX_DATA_NESTING) {
+            return invalid("data", "nests arrays and objects more than 128 deep");
         }
         Ok(())
     }
@@ -287,8 +319,16 @@ impl Envelope {
     pub fn causation_id(&self) -> Option<&CausationId> {
         self.causation_id.as_ref()
     }
-    pub fn data(&self) -> &serde_json::Value {
-        &self.data
+    /// The data as a JSON value (parsed on each call: typed readers use [`Envelope::data_as`]).
+    pub fn data(&self) -> serde_json::Value {
+        // The text was checked when the envelope was built or decoded: well-formed JSON nesting
+        // no deeper than a tree parses (see `validate`), so this parse does not fail.
+        serde_json::from_str(self.data.get()).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The data as the JSON text it is carried as.
+    pub fn data_json(&self) -> &str {
+        self.data.get()
     }
 
     /// True when this envelope carries `E` (any version; upcast first to read it).
@@ -312,7 +352,7 @@ impl Envelope {
                 current: E::VERSION,
             });
         }
-        E::deserialize(&self.data).map_err(|e| Error::Data {
+        serde_json::from_str(self.data.get()).map_err(|e| Error::Data {
             event_type: self.event_type.clone(),
             version: self.event_version,
             reason: e.to_string(),
@@ -320,10 +360,10 @@ impl Envelope {
     }
 
     /// The same event moved to another version with new data (used by upcasters only).
-    pub(crate) fn upcast_to(mut self, version: u32, data: serde_json::Value) -> Self {
+    pub(crate) fn upcast_to(mut self, version: u32, data: serde_json::Value) -> Result<Self> {
         self.event_version = version;
-        self.data = data;
-        self
+        self.data = raw(&data)?;
+        Ok(self)
     }
 
     /// JSON bytes of this envelope.
@@ -334,6 +374,59 @@ impl Envelope {
     }
 }
 
+/// How deep the data may nest: as deep as a JSON tree parses (serde_json's limit), so that
+/// [`Envelope::data`] and [`Envelope::data_as`] never meet a text that was accepted here but
+/// does not parse there.
+const MAX_DATA_NESTING: usize = 128;
+
+/// Whether the arrays and objects of the JSON text `json` nest at most `limit` deep (strings,
+/// escapes included, are skipped).
+fn nesting_within(json: &str, limit: usize) -> bool {
+    // Fewer openings than the limit cannot nest deeper: a count the compiler vectorizes, so
+    // the exact walk below runs only for data with many brackets.
+    let openings = json
+        .as_bytes()
+        .iter()
+        .map(|&b| usize::from(b == b'[' || b == b'{'))
+        .sum::<usize>();
+    if openings <= limit {
+        return true;
+    }
+    let mut depth = 0usize;
+    let mut bytes = json.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'"' => {
+                while let Some(c) = bytes.next() {
+                    match c {
+                        b'\\' => {
+                            bytes.next();
+                        }
+                        b'"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
+}
+
+/// JSON text of `value`.
+fn raw<T: Serialize + ?Sized>(value: &T) -> Result<Box<RawValue>> {
+    serde_json::value::to_raw_value(value).map_err(|e| Error::Encode {
+        reason: e.to_string(),
+    })
+}
+
 mod version_format {
     use super::*;
 
@@ -341,22 +434,33 @@ mod version_format {
         s.collect_str(&format_args!("v{v}"))
     }
 
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Repr<'a> {
-        Number(u32),
-        #[serde(borrow)]
-        Text(std::borrow::Cow<'a, str>),
+    /// `"v1"` or `1`, read without buffering the value first (as an untagged enum would).
+    struct Version;
+
+    impl<'de> serde::de::Visitor<'de> for Version {
+        type Value = u32;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an event version like \"v1\"")
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<u32, E> {
+            u32::try_from(n).map_err(|_| E::custom("eventVersion is out of range"))
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<u32, E> {
+            u32::try_from(n).map_err(|_| E::custom("eventVersion is out of range"))
+        }
+
+        fn visit_str<E: serde::de::Error>(self, t: &str) -> Result<u32, E> {
+            t.strip_prefix('v')
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| E::custom("eventVersion must look like \"v1\""))
+        }
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-        match Repr::deserialize(d)? {
-            Repr::Number(n) => Ok(n),
-            Repr::Text(t) => t
-                .strip_prefix('v')
-                .and_then(|n| n.parse().ok())
-                .ok_or_else(|| serde::de::Error::custom("eventVersion must look like \"v1\"")),
-        }
+        d.deserialize_any(Version)
     }
 }
 

@@ -202,7 +202,7 @@ impl Registry {
                 from,
                 reason,
             })?;
-            envelope = envelope.upcast_to(from + 1, data);
+            envelope = envelope.upcast_to(from + 1, data)?;
         }
         Ok(envelope)
     }
@@ -245,7 +245,7 @@ mod tests {
                 Ok(serde_json::json!({"orderId": d["orderId"], "totalMinor": minor, "currency": "EUR"}))
             })
             .upcaster("OrderPlaced", 2, |env| {
-                let mut d = env.data().clone();
+                let mut d = env.data();
                 d["channel"] = serde_json::json!("web");
                 Ok(d)
             });
@@ -342,7 +342,7 @@ mod tests {
         registry().validate().unwrap();
         let mut r = Registry::new();
         r.register::<OrderPlaced>()
-            .upcaster("OrderPlaced", 2, |env| Ok(env.data().clone()));
+            .upcaster("OrderPlaced", 2, |env| Ok(env.data()));
         let err = r.validate().unwrap_err();
         assert_eq!(
             err.to_string(),

@@ -208,7 +208,7 @@ fn a_new_version_needs_its_upcaster_and_its_file() {
     assert!(r.validate().is_err(), "the registry itself refuses the gap");
 
     r.upcaster("Parcel", 1, |env| {
-        let mut d = env.data().clone();
+        let mut d = env.data();
         d["carrier"] = "unknown".into();
         Ok(d)
     });

@@ -288,8 +288,9 @@ impl Orchestrator {
         if !def.listens_to(ty) {
             return Ok(vec![]);
         }
-        let id = env
-            .data()
+        // Parsed once: the key, the reason and the saga's copy all come from it.
+        let data = env.data();
+        let id = data
             .get(def.key_field)
             .and_then(Value::as_str)
             .ok_or_else(|| {
@@ -307,7 +308,7 @@ impl Orchestrator {
                 state: SagaState::Running,
                 step: 0,
                 data: SagaData {
-                    trigger: env.data().clone(),
+                    trigger: data,
                     replies: Default::default(),
                     failure: None,
                 },
@@ -327,8 +328,7 @@ impl Orchestrator {
             return Ok(vec![]);
         };
         let step = &def.steps[inst.step.min(def.steps.len() - 1)];
-        let reason = env
-            .data()
+        let reason = data
             .get("reason")
             .and_then(Value::as_str)
             .unwrap_or(ty)
@@ -336,18 +336,12 @@ impl Orchestrator {
         let mut c = self.change(now, Some(env), inst);
         match c.inst.state {
             SagaState::Running if step.completes_on.iter().any(|(t, _)| *t == ty) => {
-                c.inst
-                    .data
-                    .replies
-                    .insert(ty.to_owned(), env.data().clone());
+                c.inst.data.replies.insert(ty.to_owned(), data);
                 c.close_awaited("completed", None);
                 c.after_completed(c.inst.step)?;
             }
             SagaState::Running if step.fails_on.iter().any(|(t, _)| *t == ty) => {
-                c.inst
-                    .data
-                    .replies
-                    .insert(ty.to_owned(), env.data().clone());
+                c.inst.data.replies.insert(ty.to_owned(), data);
                 c.close_awaited("failed", Some(reason.clone()));
                 c.fail(FailureKind::Reply, Some(ty.to_owned()), reason);
                 let before = c.inst.step.checked_sub(1);
@@ -359,10 +353,7 @@ impl Orchestrator {
                     .as_ref()
                     .is_some_and(|(_, done)| done.iter().any(|(t, _)| *t == ty)) =>
             {
-                c.inst
-                    .data
-                    .replies
-                    .insert(ty.to_owned(), env.data().clone());
+                c.inst.data.replies.insert(ty.to_owned(), data);
                 c.close_awaited("compensated", None);
                 let before = c.inst.step.checked_sub(1);
                 c.compensate_from(before)?;

@@ -532,7 +532,7 @@ pub fn registry() -> Registry {
     r.schema_version::<legacy::OrderCreatedV1>("OrderCreated", 1)
         .upcaster("OrderCreated", 1, |env| {
             let v1: legacy::OrderCreatedV1 =
-                serde_json::from_value(env.data().clone()).map_err(|e| e.to_string())?;
+                serde_json::from_str(env.data_json()).map_err(|e| e.to_string())?;
             serde_json::to_value(v1.into_v2()?).map_err(|e| e.to_string())
         });
     r

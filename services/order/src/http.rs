@@ -153,7 +153,7 @@ pub(crate) async fn events(
                     .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 correlation_id: env.correlation_id().to_string(),
                 causation_id: env.causation_id().map(|c| c.to_string()),
-                data: env.data().clone(),
+                data: env.data(),
             })
             .collect(),
     ))
