@@ -45,9 +45,7 @@ pub struct ParkedKey {
 /// A record's key as parked keys name it (keys are aggregate ids; anything else is kept as
 /// lossy UTF-8, which can only park more records together, never fewer).
 pub fn key_of(r: &Record) -> Option<String> {
-    r.key
-        .as_ref()
-        .map(|k| String::from_utf8_lossy(k).into_owned())
+    r.key.as_ref().map(|k| crate::value::text(k))
 }
 
 /// Whether any key of `consumer` is parked (one index probe; a consumer asks once per batch and

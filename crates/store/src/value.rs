@@ -221,7 +221,7 @@ impl Row {
                         found: "floating point",
                     });
                 }
-                ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+                ValueRef::Text(t) => Value::Text(text(t)),
                 ValueRef::Blob(b) => Value::Bytes(b.to_vec()),
             });
         }
@@ -260,5 +260,25 @@ impl Row {
             out.push(v.unwrap_or(Value::Null));
         }
         Ok(Row(out))
+    }
+}
+
+/// SQLite text as a `String`: invalid UTF-8 (text another program wrote) is replaced, as
+/// `String::from_utf8_lossy` does; valid text, the usual case, takes the faster check of
+/// `str::from_utf8` (lossy conversion walks byte by byte: 1 % of `bench e2e`'s instructions).
+pub(crate) fn text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn text_keeps_valid_utf8_and_replaces_invalid_bytes() {
+        assert_eq!(super::text("grüße €".as_bytes()), "grüße €");
+        assert_eq!(super::text(b"ok \xff\xfe end"), "ok \u{fffd}\u{fffd} end");
+        assert_eq!(super::text(b""), "");
     }
 }
