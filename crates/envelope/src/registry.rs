@@ -1,6 +1,8 @@
 //! Event types, their current versions, and the upcaster chains that bring old versions up to date.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 use std::fmt;
 use std::sync::Arc;
 

@@ -12,7 +12,7 @@
 //! - **Rebuilds while serving.** [`Projector::rebuild`] replays the whole store into a shadow
 //!   table while the live projector goes on, catches up inside one transaction and swaps.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 use std::time::Duration;
 

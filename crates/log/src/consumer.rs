@@ -1,7 +1,7 @@
 //! A member of a consumer group of the embedded log: takes up its generation's partitions,
 //! reads from its positions, commits through the offsets topic.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

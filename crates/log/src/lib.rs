@@ -489,7 +489,7 @@ impl Bus for Log {
             notify,
             generation: 0,
             assigned: Vec::new(),
-            positions: HashMap::new(),
+            positions: Default::default(),
             next_start: 0,
         })
     }

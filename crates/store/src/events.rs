@@ -1,6 +1,6 @@
 //! The event store: append-only streams with optimistic concurrency, a global order, snapshots.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use shopflow_envelope::{Envelope, Registry};
 

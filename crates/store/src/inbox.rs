@@ -1,7 +1,7 @@
 //! The inbox: which messages a consumer has handled, recorded in the same transaction as the
 //! handler's effects. A redelivered message finds its id there and changes nothing.
 
-use std::collections::HashSet;
+use foldhash::{HashSet, HashSetExt};
 
 use crate::{Db, Result, Tx, Value, params};
 

@@ -15,7 +15,7 @@
 //! commit order; one relay per schema runs at a time (a session advisory lock), so two relays can
 //! never interleave.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -7,7 +7,9 @@
 //! producer numbers for the aggregate (`complete`), and then only until the late event arrives:
 //! once the shop has settled, [`gaps`] lists what is still missing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt};
 
 use crate::{Db, Result, Tx, Value, params};
 

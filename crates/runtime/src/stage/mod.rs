@@ -42,7 +42,7 @@ pub mod savepoint;
 pub mod sequence;
 pub mod timeout;
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -149,6 +149,10 @@ impl Batch {
             active: true,
             handled_before,
             last,
+            // Sized for the batch: no rehashing while the records are handled.
+            recorded: HashSet::with_capacity_and_hasher(envelopes.len(), Default::default()),
+            order: Vec::with_capacity(envelopes.len()),
+            tally_of: HashMap::with_capacity_and_hasher(envelopes.len(), Default::default()),
             ..Ahead::default()
         };
         Ok(())

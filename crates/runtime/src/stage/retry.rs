@@ -3,7 +3,7 @@
 //! failure) the record is given up to the dead-letter stage, with its failure count and times.
 //! Failures are counted per record in memory: a restart starts counting again.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Mutex;
 use std::time::Duration;
 
