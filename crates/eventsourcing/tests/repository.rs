@@ -131,6 +131,17 @@ async fn commands_append_decided_events_and_rejections_append_nothing() {
     );
 }
 
+/// `err` is the store's refusal of an append on a version another transaction took.
+fn assert_conflict(err: &shopflow_eventsourcing::Error) {
+    assert!(
+        matches!(
+            err,
+            shopflow_eventsourcing::Error::Store(shopflow_store::Error::Conflict { .. })
+        ),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn an_append_on_a_stale_state_is_a_conflict() {
     let r = rig(SnapshotPolicy::Never).await;
@@ -145,13 +156,7 @@ async fn an_append_on_a_stale_state_is_a_conflict() {
         .append(&mut tx, "c1", stale, &[Added(3)], meta("c1"))
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            shopflow_eventsourcing::Error::Store(shopflow_store::Error::Conflict { .. })
-        ),
-        "{err}"
-    );
+    assert_conflict(&err);
 }
 
 /// A repository that keeps the states it committed in memory, as the order service's does.
@@ -226,13 +231,7 @@ async fn a_cached_state_another_writer_overtook_is_a_conflict_and_the_retry_relo
         .execute(&mut tx, "c1", 3, meta("c1"))
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            shopflow_eventsourcing::Error::Store(shopflow_store::Error::Conflict { .. })
-        ),
-        "{err}"
-    );
+    assert_conflict(&err);
     drop(tx);
     assert_eq!(add_with(&repo, &r.db, "c1", 3).await, Ok(0), "the retry");
     assert_eq!(
