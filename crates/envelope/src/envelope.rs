@@ -108,7 +108,7 @@ impl From<EventId> for CausationId {
 /// Serialized as camelCase JSON (see the crate docs for an example). The data is kept as the
 /// JSON text it arrived as (checked to be well-formed JSON, not parsed into a tree): a reader
 /// parses it once, straight into its typed event ([`Envelope::data_as`]).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Envelope {
     event_id: EventId,
@@ -124,24 +124,39 @@ pub struct Envelope {
     correlation_id: CorrelationId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     causation_id: Option<CausationId>,
-    data: Box<RawValue>,
+    data: Data,
 }
 
-impl PartialEq for Envelope {
+/// An envelope's data: the JSON text it arrived as (or was written as).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+struct Data(Box<RawValue>);
+
+impl Data {
+    fn of<T: Serialize + ?Sized>(value: &T) -> Result<Self> {
+        serde_json::value::to_raw_value(value)
+            .map(Data)
+            .map_err(|e| Error::Encode {
+                reason: e.to_string(),
+            })
+    }
+
+    fn text(&self) -> &str {
+        self.0.get()
+    }
+
+    fn value(&self) -> serde_json::Value {
+        // The text was checked when the envelope was built or decoded: well-formed JSON nesting
+        // no deeper than a tree parses (see `Envelope::validate`), so this parse does not fail.
+        serde_json::from_str(self.text()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl PartialEq for Data {
     /// Equal data means equal JSON values: the same text, or texts that parse to the same value
     /// (key order and spacing aside).
     fn eq(&self, other: &Self) -> bool {
-        self.event_id == other.event_id
-            && self.event_type == other.event_type
-            && self.event_version == other.event_version
-            && self.timestamp == other.timestamp
-            && self.kind == other.kind
-            && self.source == other.source
-            && self.aggregate_id == other.aggregate_id
-            && self.sequence == other.sequence
-            && self.correlation_id == other.correlation_id
-            && self.causation_id == other.causation_id
-            && (self.data.get() == other.data.get() || self.data() == other.data())
+        self.text() == other.text() || self.value() == other.value()
     }
 }
 
@@ -207,7 +222,7 @@ impl Envelope {
     /// Wraps a typed event (or command) in a new envelope with a fresh id.
     pub fn new<E: Event>(event: &E, meta: Meta) -> Result<Self> {
         // Straight to JSON text: no tree in between.
-        Self::from_raw_parts(E::TYPE, E::VERSION, E::KIND, raw(event)?, meta)
+        Self::from_raw_parts(E::TYPE, E::VERSION, E::KIND, Data::of(event)?, meta)
     }
 
     /// Builds an envelope from untyped parts, validating them as [`crate::Registry::decode`] would.
@@ -218,14 +233,14 @@ impl Envelope {
         data: serde_json::Value,
         meta: Meta,
     ) -> Result<Self> {
-        Self::from_raw_parts(event_type, event_version, kind, raw(&data)?, meta)
+        Self::from_raw_parts(event_type, event_version, kind, Data::of(&data)?, meta)
     }
 
     fn from_raw_parts(
         event_type: impl Into<String>,
         event_version: u32,
         kind: Kind,
-        data: Box<RawValue>,
+        data: Data,
         meta: Meta,
     ) -> Result<Self> {
         let envelope = Self {
@@ -268,7 +283,7 @@ impl Envelope {
         if self.correlation_id.as_str().is_empty() {
             return invalid("correlationId", "must not be empty");
         }
-        if !nesting_within(self.data.get(), MAX_DATA_NESTING) {
+        if !nesting_within(self.data.text(), MAX_DATA_NESTING) {
             return invalid("data", "nests arrays and objects more than 128 deep");
         }
         Ok(())
@@ -321,14 +336,12 @@ impl Envelope {
     }
     /// The data as a JSON value (parsed on each call: typed readers use [`Envelope::data_as`]).
     pub fn data(&self) -> serde_json::Value {
-        // The text was checked when the envelope was built or decoded: well-formed JSON nesting
-        // no deeper than a tree parses (see `validate`), so this parse does not fail.
-        serde_json::from_str(self.data.get()).unwrap_or(serde_json::Value::Null)
+        self.data.value()
     }
 
     /// The data as the JSON text it is carried as.
     pub fn data_json(&self) -> &str {
-        self.data.get()
+        self.data.text()
     }
 
     /// True when this envelope carries `E` (any version; upcast first to read it).
@@ -352,7 +365,7 @@ impl Envelope {
                 current: E::VERSION,
             });
         }
-        serde_json::from_str(self.data.get()).map_err(|e| Error::Data {
+        serde_json::from_str(self.data.text()).map_err(|e| Error::Data {
             event_type: self.event_type.clone(),
             version: self.event_version,
             reason: e.to_string(),
@@ -362,7 +375,7 @@ impl Envelope {
     /// The same event moved to another version with new data (used by upcasters only).
     pub(crate) fn upcast_to(mut self, version: u32, data: serde_json::Value) -> Result<Self> {
         self.event_version = version;
-        self.data = raw(&data)?;
+        self.data = Data::of(&data)?;
         Ok(self)
     }
 
@@ -418,13 +431,6 @@ fn nesting_within(json: &str, limit: usize) -> bool {
         }
     }
     true
-}
-
-/// JSON text of `value`.
-fn raw<T: Serialize + ?Sized>(value: &T) -> Result<Box<RawValue>> {
-    serde_json::value::to_raw_value(value).map_err(|e| Error::Encode {
-        reason: e.to_string(),
-    })
 }
 
 mod version_format {
