@@ -1,10 +1,10 @@
 //! Event types, their current versions, and the upcaster chains that bring old versions up to date.
 
 use std::collections::BTreeMap;
-
-use foldhash::HashMap;
 use std::fmt;
 use std::sync::Arc;
+
+use foldhash::HashMap;
 
 use crate::{Envelope, Error, Event, Kind, Result};
 

@@ -12,10 +12,10 @@
 //! - **Rebuilds while serving.** [`Projector::rebuild`] replays the whole store into a shadow
 //!   table while the live projector goes on, catches up inside one transaction and swaps.
 
-use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 use std::time::Duration;
 
+use foldhash::{HashMap, HashMapExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shopflow_envelope::{Envelope, Registry};

@@ -1,10 +1,10 @@
 //! A member of a consumer group of the embedded log: takes up its generation's partitions,
 //! reads from its positions, commits through the offsets topic.
 
-use foldhash::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use foldhash::HashMap;
 use shopflow_bus::{Consumer, Record, TopicPartition};
 use tokio::sync::Notify;
 

@@ -15,13 +15,13 @@
 //! commit order; one relay per schema runs at a time (a session advisory lock), so two relays can
 //! never interleave.
 
-use foldhash::{HashMap, HashMapExt};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use foldhash::{HashMap, HashMapExt};
 use hdrhistogram::Histogram;
 use shopflow_bus::{Bus, Message};
 use shopflow_envelope::{Envelope, Event, Meta, headers};

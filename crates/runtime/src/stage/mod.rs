@@ -42,13 +42,13 @@ pub mod savepoint;
 pub mod sequence;
 pub mod timeout;
 
-use foldhash::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use shopflow_bus::Record;
 use shopflow_envelope::{Envelope, Registry};
 use shopflow_store::Tx;
@@ -150,9 +150,9 @@ impl Batch {
             handled_before,
             last,
             // Sized for the batch: no rehashing while the records are handled.
-            recorded: HashSet::with_capacity_and_hasher(envelopes.len(), Default::default()),
+            recorded: HashSet::with_capacity(envelopes.len()),
             order: Vec::with_capacity(envelopes.len()),
-            tally_of: HashMap::with_capacity_and_hasher(envelopes.len(), Default::default()),
+            tally_of: HashMap::with_capacity(envelopes.len()),
             ..Ahead::default()
         };
         Ok(())

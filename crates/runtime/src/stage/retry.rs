@@ -3,10 +3,10 @@
 //! failure) the record is given up to the dead-letter stage, with its failure count and times.
 //! Failures are counted per record in memory: a restart starts counting again.
 
-use foldhash::{HashMap, HashMapExt};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use foldhash::{HashMap, HashMapExt};
 use shopflow_bus::TopicPartition;
 
 use super::{Ctx, Failures, Next, Outcome, Stage, StageResult};
