@@ -111,7 +111,7 @@ pub(crate) struct Pending {
 }
 
 /// What [`crate::Tx::after_commit`] runs.
-pub type AfterCommit = Box<dyn FnOnce() + Send>;
+pub(crate) type AfterCommit = Box<dyn FnOnce() + Send>;
 
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
