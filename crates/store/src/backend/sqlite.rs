@@ -2,8 +2,12 @@
 //! of reader connections, in WAL mode with `synchronous=FULL`: a commit is fsynced before it
 //! returns.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
+
+use foldhash::{HashMap, HashMapExt};
 
 use rusqlite::Connection;
 use tokio::sync::{Notify, OwnedMutexGuard};
@@ -193,8 +197,35 @@ pub(crate) fn translate(sql: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// How many statements' translations a thread keeps ([`translated`]). The shop's statements are a
+/// few hundred texts; a map that outgrows this (statements built with ever new texts) starts over.
+const TRANSLATED_CAPACITY: usize = 1024;
+
+thread_local! {
+    /// See [`translated`].
+    static TRANSLATED: RefCell<HashMap<Box<str>, Rc<str>>> = RefCell::new(HashMap::new());
+}
+
+/// [`translate`], remembered per thread by the statement's text: every statement runs through
+/// here, and translating it again at each execution (a scan, an allocation and a copy) was ~2 % of
+/// the shop's instructions (issue 14's callgrind profile).
+pub(crate) fn translated(sql: &str) -> Rc<str> {
+    TRANSLATED.with(|cell| {
+        let mut map = cell.borrow_mut();
+        if let Some(t) = map.get(sql) {
+            return t.clone();
+        }
+        if map.len() >= TRANSLATED_CAPACITY {
+            map.clear();
+        }
+        let t: Rc<str> = Rc::from(translate(sql).as_ref());
+        map.insert(sql.into(), t.clone());
+        t
+    })
+}
+
 pub(crate) fn query(conn: &Connection, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-    let mut stmt = conn.prepare_cached(&translate(sql))?;
+    let mut stmt = conn.prepare_cached(&translated(sql))?;
     let columns = stmt.column_count();
     let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
     let mut out = Vec::new();
@@ -205,7 +236,7 @@ pub(crate) fn query(conn: &Connection, sql: &str, params: &[Value]) -> Result<Ve
 }
 
 pub(crate) fn execute(conn: &Connection, sql: &str, params: &[Value]) -> Result<u64> {
-    let mut stmt = conn.prepare_cached(&translate(sql))?;
+    let mut stmt = conn.prepare_cached(&translated(sql))?;
     Ok(stmt.execute(rusqlite::params_from_iter(params))? as u64)
 }
 
@@ -419,5 +450,23 @@ mod tests {
         assert_eq!(super::translate("$ 1, $x, a$1é$2"), "$ 1, $x, a?1é?2");
         assert_eq!(super::translate("ü = $1"), "ü = ?1");
         assert_eq!(super::translate("$"), "$");
+    }
+
+    #[test]
+    fn remembered_translations_are_the_translations_and_the_map_stays_bounded() {
+        for sql in ["a = $1 AND b = $12", "no params", "$ 1, $x, a$1é$2"] {
+            assert_eq!(&*super::translated(sql), super::translate(sql));
+            // The second time from the map: the same text.
+            assert_eq!(&*super::translated(sql), super::translate(sql));
+        }
+        // Ever new texts: the map starts over rather than growing, and answers stay right.
+        for i in 0..(super::TRANSLATED_CAPACITY * 2 + 7) {
+            let sql = format!("SELECT {i} WHERE x = $1");
+            assert_eq!(
+                &*super::translated(&sql),
+                format!("SELECT {i} WHERE x = ?1")
+            );
+        }
+        super::TRANSLATED.with(|m| assert!(m.borrow().len() <= super::TRANSLATED_CAPACITY));
     }
 }
