@@ -118,6 +118,16 @@ pub struct Projector<V: View> {
     registry: Arc<Registry>,
     view: Arc<V>,
     table: ViewTable,
+    /// The statements on the view's own table, built once (a rebuild's shadow table builds
+    /// its own each step: rebuilds are rare).
+    sql: Arc<ViewSql>,
+}
+
+/// See [`Projector::sql`].
+#[derive(Debug, Default)]
+struct ViewSql {
+    upsert: std::sync::OnceLock<String>,
+    rows: shopflow_store::SqlByWidth,
 }
 
 impl<V: View> Clone for Projector<V> {
@@ -127,6 +137,7 @@ impl<V: View> Clone for Projector<V> {
             registry: self.registry.clone(),
             view: self.view.clone(),
             table: self.table,
+            sql: self.sql.clone(),
         }
     }
 }
@@ -138,6 +149,37 @@ impl<V: View> Projector<V> {
             registry,
             view: Arc::new(view),
             table,
+            sql: Arc::default(),
+        }
+    }
+
+    /// The upsert of a row of `table`.
+    fn upsert_sql(&self, table: &str) -> std::borrow::Cow<'_, str> {
+        if table == self.table.table {
+            self.sql
+                .upsert
+                .get_or_init(|| self.table.upsert(table))
+                .into()
+        } else {
+            self.table.upsert(table).into()
+        }
+    }
+
+    /// The read of `width` rows of `table` by key.
+    fn rows_sql(&self, table: &str, width: usize) -> std::borrow::Cow<'_, str> {
+        let key = self.table.key;
+        let build = |width| {
+            format!(
+                "SELECT v.column1, (SELECT version FROM {table} WHERE {key} = v.column1),
+                     (SELECT state FROM {table} WHERE {key} = v.column1)
+                 FROM (VALUES {}) AS v",
+                shopflow_store::values(1, width)
+            )
+        };
+        if table == self.table.table {
+            self.sql.rows.get(width, build)
+        } else {
+            build(width).into()
         }
     }
 
@@ -237,7 +279,7 @@ impl<V: View> Projector<V> {
                 Value::from(json),
             ]);
             // Nothing reads its answer: on PostgreSQL it travels with the next statement.
-            tx.execute_deferred(&self.table.upsert(table), &params)
+            tx.execute_deferred(&self.upsert_sql(table), &params)
                 .await?;
         }
         Ok(())
@@ -259,14 +301,8 @@ impl<V: View> Projector<V> {
                 keys.push(e.stream_id.as_str());
             }
         }
-        let key = self.table.key;
         for run in shopflow_store::in_lists(&keys) {
-            let sql = format!(
-                "SELECT v.column1, (SELECT version FROM {table} WHERE {key} = v.column1),
-                     (SELECT state FROM {table} WHERE {key} = v.column1)
-                 FROM (VALUES {}) AS v",
-                shopflow_store::values(1, run.len())
-            );
+            let sql = self.rows_sql(table, run.len());
             let params: Vec<Value> = run.into_iter().map(Value::from).collect();
             for r in tx.query(&sql, &params).await? {
                 let (Some(version), Some(state)) = (r.opt_i64(1)?, r.opt_str(2)?) else {

@@ -31,11 +31,14 @@ pub async fn handled_among(
     for run in crate::in_lists(message_ids) {
         // One primary-key lookup per id, whatever the planner knows of the table: an `IN`
         // list over a young table's index would be a filter over the consumer's every row.
-        let sql = format!(
-            "SELECT v.column1 FROM (VALUES {}) AS v
-             WHERE (SELECT 1 FROM inbox WHERE consumer = $1 AND message_id = v.column1) IS NOT NULL",
-            crate::values(2, run.len())
-        );
+        static SQL: crate::SqlByWidth = crate::SqlByWidth::new();
+        let sql = SQL.get(run.len(), |width| {
+            format!(
+                "SELECT v.column1 FROM (VALUES {}) AS v
+                 WHERE (SELECT 1 FROM inbox WHERE consumer = $1 AND message_id = v.column1) IS NOT NULL",
+                crate::values(2, width)
+            )
+        });
         let mut params = Vec::with_capacity(run.len() + 1);
         params.push(Value::from(consumer));
         params.extend(run.into_iter().map(Value::from));
@@ -54,20 +57,20 @@ pub async fn handled_among(
 /// again and found handled.
 pub async fn record_all(tx: &mut Tx, consumer: &str, message_ids: &[String]) -> Result<()> {
     let now = chrono::Utc::now().timestamp_millis();
+    static SQL: crate::SqlByWidth = crate::SqlByWidth::new();
     for run in crate::exact_runs(message_ids) {
-        let rows = (0..run.len())
-            .map(|i| format!("($1, ${}, $2)", i + 3))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let sql = SQL.get(run.len(), |width| {
+            let rows = (0..width)
+                .map(|i| format!("($1, ${}, $2)", i + 3))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("INSERT INTO inbox (consumer, message_id, handled_at) VALUES {rows}")
+        });
         let mut params = Vec::with_capacity(run.len() + 2);
         params.push(Value::from(consumer));
         params.push(Value::from(now));
         params.extend(run.iter().map(Value::from));
-        tx.execute_deferred(
-            &format!("INSERT INTO inbox (consumer, message_id, handled_at) VALUES {rows}"),
-            &params,
-        )
-        .await?;
+        tx.execute_deferred(&sql, &params).await?;
     }
     Ok(())
 }

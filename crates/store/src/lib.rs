@@ -24,6 +24,42 @@ pub use migrate::Migration;
 pub use outbox::{Outgoing, emit};
 pub use value::{Row, Value};
 
+/// The widths [`in_lists`] and [`exact_runs`] make.
+const RUN_WIDTHS: [usize; 4] = [1, 4, 16, 64];
+
+/// A multi-row statement's text for each width that [`in_lists`] and [`exact_runs`] make, built
+/// on first use and kept. Formatting it anew at every execution, a `format!` per row, was ~3 % of
+/// the shop's instructions (issue 14's callgrind profile). Another width is built each time.
+#[derive(Debug)]
+pub struct SqlByWidth([std::sync::OnceLock<Box<str>>; 4]);
+
+impl SqlByWidth {
+    pub const fn new() -> Self {
+        Self([const { std::sync::OnceLock::new() }; 4])
+    }
+
+    /// The text for `width`, from `build(width)` the first time.
+    pub fn get(
+        &self,
+        width: usize,
+        build: impl FnOnce(usize) -> String,
+    ) -> std::borrow::Cow<'_, str> {
+        match RUN_WIDTHS.iter().position(|w| *w == width) {
+            Some(i) => self.0[i]
+                .get_or_init(|| build(width).into())
+                .as_ref()
+                .into(),
+            None => build(width).into(),
+        }
+    }
+}
+
+impl Default for SqlByWidth {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Splits `items` into runs for a statement with a `VALUES` list, each padded to 4, 16 or 64
 /// entries by repeating its last one, so that a few prepared statements serve every batch size
 /// (SQLite and PostgreSQL cache a statement per text).
@@ -57,10 +93,15 @@ pub fn exact_runs<T>(items: &[T]) -> Vec<&[T]> {
 
 /// `($from), ($from+1), …` — `count` one-column rows of placeholders for a `VALUES` list.
 pub fn values(from: usize, count: usize) -> String {
-    (from..from + count)
-        .map(|i| format!("(${i})"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(count * 6);
+    for i in from..from + count {
+        if i > from {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "(${i})");
+    }
+    out
 }
 
 /// A migration of this crate: `migrations/sqlite/<file>` and `migrations/postgres/<file>`.
@@ -104,4 +145,35 @@ pub fn test_postgres_url(what: &str) -> Option<String> {
         "postgres://postgres@127.0.0.1:5432/test",
         what,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    #[test]
+    fn values_lists_the_placeholders_from_the_first_given() {
+        assert_eq!(super::values(2, 3), "($2), ($3), ($4)");
+        assert_eq!(super::values(1, 1), "($1)");
+        assert_eq!(super::values(5, 0), "");
+    }
+
+    #[test]
+    fn a_text_by_width_is_built_once_for_the_run_widths_and_each_time_for_others() {
+        static SQL: super::SqlByWidth = super::SqlByWidth::new();
+        let builds = Cell::new(0);
+        let build = |w: usize| {
+            builds.set(builds.get() + 1);
+            format!("rows {w}")
+        };
+        for _ in 0..3 {
+            for w in [1, 4, 16, 64] {
+                assert_eq!(SQL.get(w, build), format!("rows {w}"));
+            }
+        }
+        assert_eq!(builds.get(), 4);
+        assert_eq!(SQL.get(7, build), "rows 7");
+        assert_eq!(SQL.get(7, build), "rows 7");
+        assert_eq!(builds.get(), 6);
+    }
 }

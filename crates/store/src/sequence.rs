@@ -17,11 +17,20 @@ use crate::{Db, Result, Tx, Value, params};
 /// of each, in the order given. A few multi-row statements for all of them.
 pub(crate) async fn take_all(tx: &mut Tx, wanted: &[(String, String, u64)]) -> Result<Vec<u64>> {
     let mut first = Vec::with_capacity(wanted.len());
+    static SQL: crate::SqlByWidth = crate::SqlByWidth::new();
     for run in crate::exact_runs(wanted) {
-        let rows = (0..run.len())
-            .map(|i| format!("(${}, ${}, ${})", 1 + i * 3, 2 + i * 3, 3 + i * 3))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let sql = SQL.get(run.len(), |width| {
+            let rows = (0..width)
+                .map(|i| format!("(${}, ${}, ${})", 1 + i * 3, 2 + i * 3, 3 + i * 3))
+                .collect::<Vec<_>>()
+                .join(", ");
+            // `next` is the number after the last one taken; a new row starts at 1.
+            format!(
+                "INSERT INTO sequences (source, aggregate_id, next) VALUES {rows}
+                 ON CONFLICT (source, aggregate_id) DO UPDATE SET next = sequences.next + excluded.next - 1
+                 RETURNING source, aggregate_id, next"
+            )
+        });
         let mut params = Vec::with_capacity(run.len() * 3);
         for (source, aggregate, count) in run {
             params.extend([
@@ -30,17 +39,7 @@ pub(crate) async fn take_all(tx: &mut Tx, wanted: &[(String, String, u64)]) -> R
                 Value::from(count + 1),
             ]);
         }
-        // `next` is the number after the last one taken; a new row starts at 1.
-        let returned = tx
-            .query(
-                &format!(
-                    "INSERT INTO sequences (source, aggregate_id, next) VALUES {rows}
-                     ON CONFLICT (source, aggregate_id) DO UPDATE SET next = sequences.next + excluded.next - 1
-                     RETURNING source, aggregate_id, next"
-                ),
-                &params,
-            )
-            .await?;
+        let returned = tx.query(&sql, &params).await?;
         let mut next: HashMap<(&str, &str), u64> = HashMap::with_capacity(returned.len());
         for r in &returned {
             next.insert((r.str(0)?, r.str(1)?), r.u64(2)?);
@@ -122,12 +121,15 @@ pub async fn last_among(
         for run in crate::in_lists(&aggregates) {
             // One primary-key lookup per aggregate, whatever the planner knows of the table
             // (see `inbox::handled_among`).
-            let sql = format!(
-                "SELECT v.column1, (SELECT last FROM sequence_seen
-                     WHERE consumer = $1 AND source = $2 AND aggregate_id = v.column1)
-                 FROM (VALUES {}) AS v",
-                crate::values(3, run.len())
-            );
+            static SQL: crate::SqlByWidth = crate::SqlByWidth::new();
+            let sql = SQL.get(run.len(), |width| {
+                format!(
+                    "SELECT v.column1, (SELECT last FROM sequence_seen
+                         WHERE consumer = $1 AND source = $2 AND aggregate_id = v.column1)
+                     FROM (VALUES {}) AS v",
+                    crate::values(3, width)
+                )
+            });
             let mut params = Vec::with_capacity(run.len() + 2);
             params.push(Value::from(consumer));
             params.push(Value::from(source));
@@ -176,22 +178,34 @@ pub struct Handled {
 /// Records what `consumer` handled of each `(source, aggregate)` (one entry each): what
 /// [`observe_after`] records one number at a time, in a few multi-row statements, deferred.
 pub async fn record_all(tx: &mut Tx, consumer: &str, handled: &[Handled]) -> Result<()> {
+    static SQL: crate::SqlByWidth = crate::SqlByWidth::new();
     for run in crate::exact_runs(handled) {
-        let rows = (0..run.len())
-            .map(|i| {
-                let p = 2 + i * 6;
-                format!(
-                    "($1, ${}, ${}, ${}, ${}, ${}, ${})",
-                    p,
-                    p + 1,
-                    p + 2,
-                    p + 3,
-                    p + 4,
-                    p + 5
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+        let sql = SQL.get(run.len(), |width| {
+            let rows = (0..width)
+                .map(|i| {
+                    let p = 2 + i * 6;
+                    format!(
+                        "($1, ${}, ${}, ${}, ${}, ${}, ${})",
+                        p,
+                        p + 1,
+                        p + 2,
+                        p + 3,
+                        p + 4,
+                        p + 5
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "INSERT INTO sequence_seen (consumer, source, aggregate_id, last, seen, complete, anomalies)
+                 VALUES {rows}
+                 ON CONFLICT (consumer, source, aggregate_id) DO UPDATE SET
+                     last = CASE WHEN sequence_seen.last > excluded.last THEN sequence_seen.last ELSE excluded.last END,
+                     seen = sequence_seen.seen + excluded.seen,
+                     complete = excluded.complete,
+                     anomalies = sequence_seen.anomalies + excluded.anomalies"
+            )
+        });
         let mut params = Vec::with_capacity(1 + run.len() * 6);
         params.push(Value::from(consumer));
         for h in run {
@@ -204,19 +218,7 @@ pub async fn record_all(tx: &mut Tx, consumer: &str, handled: &[Handled]) -> Res
                 Value::from(h.anomalies),
             ]);
         }
-        tx.execute_deferred(
-            &format!(
-                "INSERT INTO sequence_seen (consumer, source, aggregate_id, last, seen, complete, anomalies)
-                 VALUES {rows}
-                 ON CONFLICT (consumer, source, aggregate_id) DO UPDATE SET
-                     last = CASE WHEN sequence_seen.last > excluded.last THEN sequence_seen.last ELSE excluded.last END,
-                     seen = sequence_seen.seen + excluded.seen,
-                     complete = excluded.complete,
-                     anomalies = sequence_seen.anomalies + excluded.anomalies"
-            ),
-            &params,
-        )
-        .await?;
+        tx.execute_deferred(&sql, &params).await?;
     }
     Ok(())
 }
