@@ -18,7 +18,13 @@ impl Envelope {
                 limit: MAX_ENVELOPE_BYTES,
             });
         }
-        let envelope: Envelope = serde_json::from_slice(bytes).map_err(|e| Error::Malformed {
+        // JSON is UTF-8: checked once over the whole text, which is cheaper than serde_json's
+        // check of each string when it reads from bytes (1.5 % of the shop's instructions in
+        // issue 14's callgrind profile).
+        let text = std::str::from_utf8(bytes).map_err(|e| Error::Malformed {
+            reason: format!("not UTF-8: {e}"),
+        })?;
+        let envelope: Envelope = serde_json::from_str(text).map_err(|e| Error::Malformed {
             reason: e.to_string(),
         })?;
         envelope.validate()?;
@@ -40,6 +46,17 @@ mod tests {
             Meta::new("order-service", "o1", 1),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_malformed_with_the_reason() {
+        let mut bytes = sample().encode().unwrap().to_vec();
+        let at = bytes.windows(2).position(|w| w == b"o1").unwrap();
+        bytes[at] = 0xff;
+        match Envelope::decode(&bytes) {
+            Err(Error::Malformed { reason }) => assert!(reason.contains("not UTF-8"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
