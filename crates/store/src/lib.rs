@@ -24,18 +24,20 @@ pub use migrate::Migration;
 pub use outbox::{Outgoing, emit};
 pub use value::{Row, Value};
 
-/// The widths [`in_lists`] and [`exact_runs`] make.
+/// The widths [`in_lists`] (from 4 up) and [`exact_runs`] make, smallest first.
 const RUN_WIDTHS: [usize; 4] = [1, 4, 16, 64];
+/// The widest run: statements never carry more rows than this.
+const WIDEST_RUN: usize = RUN_WIDTHS[RUN_WIDTHS.len() - 1];
 
 /// A multi-row statement's text for each width that [`in_lists`] and [`exact_runs`] make, built
 /// on first use and kept. Formatting it anew at every execution, a `format!` per row, was ~3 % of
 /// the shop's instructions (issue 14's callgrind profile). Another width is built each time.
 #[derive(Debug)]
-pub struct SqlByWidth([std::sync::OnceLock<Box<str>>; 4]);
+pub struct SqlByWidth([std::sync::OnceLock<Box<str>>; RUN_WIDTHS.len()]);
 
 impl SqlByWidth {
     pub const fn new() -> Self {
-        Self([const { std::sync::OnceLock::new() }; 4])
+        Self([const { std::sync::OnceLock::new() }; RUN_WIDTHS.len()])
     }
 
     /// The text for `width`, from `build(width)` the first time.
@@ -64,11 +66,12 @@ impl Default for SqlByWidth {
 /// entries by repeating its last one, so that a few prepared statements serve every batch size
 /// (SQLite and PostgreSQL cache a statement per text).
 pub fn in_lists<T: Clone>(items: &[T]) -> impl Iterator<Item = Vec<T>> + '_ {
-    items.chunks(64).map(|chunk| {
-        let width = [4, 16, 64]
-            .into_iter()
+    items.chunks(WIDEST_RUN).map(|chunk| {
+        let width = RUN_WIDTHS[1..]
+            .iter()
+            .copied()
             .find(|w| *w >= chunk.len())
-            .unwrap_or(64);
+            .unwrap_or(WIDEST_RUN);
         let mut run = chunk.to_vec();
         let last = chunk[chunk.len() - 1].clone();
         run.resize(width, last);
@@ -81,7 +84,7 @@ pub fn in_lists<T: Clone>(items: &[T]) -> impl Iterator<Item = Vec<T>> + '_ {
 pub fn exact_runs<T>(items: &[T]) -> Vec<&[T]> {
     let mut runs = Vec::new();
     let mut rest = items;
-    for width in [64, 16, 4, 1] {
+    for &width in RUN_WIDTHS.iter().rev() {
         while rest.len() >= width {
             let (run, tail) = rest.split_at(width);
             runs.push(run);
@@ -156,6 +159,21 @@ mod tests {
         assert_eq!(super::values(2, 3), "($2), ($3), ($4)");
         assert_eq!(super::values(1, 1), "($1)");
         assert_eq!(super::values(5, 0), "");
+    }
+
+    #[test]
+    fn runs_have_only_the_widths_the_texts_are_kept_for() {
+        let items: Vec<u32> = (0..87).collect();
+        let exact: Vec<usize> = super::exact_runs(&items).iter().map(|r| r.len()).collect();
+        assert_eq!(exact, [64, 16, 4, 1, 1, 1]);
+        let padded: Vec<Vec<u32>> = super::in_lists(&items[..70]).collect();
+        assert_eq!(padded.iter().map(Vec::len).collect::<Vec<_>>(), [64, 16]);
+        assert_eq!(padded[1][..6], [64, 65, 66, 67, 68, 69]);
+        assert!(
+            padded[1][6..].iter().all(|i| *i == 69),
+            "padded with the last"
+        );
+        assert_eq!(super::in_lists(&items[..3]).next().unwrap(), [0, 1, 2, 2]);
     }
 
     #[test]
