@@ -124,9 +124,9 @@ pub struct Projector<V: View> {
 }
 
 /// See [`Projector::sql`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ViewSql {
-    upsert: std::sync::OnceLock<String>,
+    upsert: String,
     rows: shopflow_store::SqlByWidth,
 }
 
@@ -149,17 +149,17 @@ impl<V: View> Projector<V> {
             registry,
             view: Arc::new(view),
             table,
-            sql: Arc::default(),
+            sql: Arc::new(ViewSql {
+                upsert: table.upsert(table.table),
+                rows: shopflow_store::SqlByWidth::new(),
+            }),
         }
     }
 
     /// The upsert of a row of `table`.
     fn upsert_sql(&self, table: &str) -> std::borrow::Cow<'_, str> {
         if table == self.table.table {
-            self.sql
-                .upsert
-                .get_or_init(|| self.table.upsert(table))
-                .into()
+            self.sql.upsert.as_str().into()
         } else {
             self.table.upsert(table).into()
         }

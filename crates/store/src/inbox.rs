@@ -27,11 +27,11 @@ pub async fn handled_among(
     consumer: &str,
     message_ids: &[&str],
 ) -> Result<HashSet<String>> {
+    static SQL: crate::SqlByWidth = crate::SqlByWidth::new();
     let mut handled = HashSet::new();
     for run in crate::in_lists(message_ids) {
         // One primary-key lookup per id, whatever the planner knows of the table: an `IN`
         // list over a young table's index would be a filter over the consumer's every row.
-        static SQL: crate::SqlByWidth = crate::SqlByWidth::new();
         let sql = SQL.get(run.len(), |width| {
             format!(
                 "SELECT v.column1 FROM (VALUES {}) AS v

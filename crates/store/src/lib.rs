@@ -96,15 +96,10 @@ pub fn exact_runs<T>(items: &[T]) -> Vec<&[T]> {
 
 /// `($from), ($from+1), …` — `count` one-column rows of placeholders for a `VALUES` list.
 pub fn values(from: usize, count: usize) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(count * 6);
-    for i in from..from + count {
-        if i > from {
-            out.push_str(", ");
-        }
-        let _ = write!(out, "(${i})");
-    }
-    out
+    (from..from + count)
+        .map(|i| format!("(${i})"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A migration of this crate: `migrations/sqlite/<file>` and `migrations/postgres/<file>`.

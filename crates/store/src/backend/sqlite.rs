@@ -8,7 +8,6 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use foldhash::{HashMap, HashMapExt};
-
 use rusqlite::Connection;
 use tokio::sync::{Notify, OwnedMutexGuard};
 
