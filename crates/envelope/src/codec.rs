@@ -60,6 +60,45 @@ mod tests {
     }
 
     #[test]
+    fn numbers_beyond_a_float_are_invalid_data_and_the_rest_is_kept() {
+        let json = |data: &str| {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&sample().encode().unwrap()).unwrap();
+            v["data"] = serde_json::Value::Null;
+            serde_json::to_string(&v)
+                .unwrap()
+                .replace("\"data\":null", &format!("\"data\":{data}"))
+        };
+        let long = format!("{{\"n\":{}}}", "9".repeat(400));
+        for bad in [
+            r#"{"n":1e400}"#,
+            r#"{"n":[-1E000000000000309]}"#,
+            long.as_str(),
+        ] {
+            match Envelope::decode(json(bad).as_bytes()) {
+                Err(Error::Invalid {
+                    field: "data",
+                    reason,
+                }) => {
+                    assert!(reason.contains("beyond the range"), "{reason}")
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        // In range, in strings, or tiny: accepted, and the data parses as a tree.
+        for good in [
+            r#"{"n":1e308,"m":-2.5E-3,"s":"1e999 \\\" 9e9999","t":1e-999}"#,
+            r#"{"id":"0193e4a1-7c3e-7000-8000-00000000e999","q":[1,2,3]}"#,
+        ] {
+            let env = Envelope::decode(json(good).as_bytes()).unwrap();
+            assert!(
+                serde_json::from_str::<serde_json::Value>(env.data_json()).is_ok(),
+                "{good}"
+            );
+        }
+    }
+
+    #[test]
     fn round_trips_through_json() {
         let env = sample();
         let bytes = env.encode().unwrap();

@@ -286,6 +286,9 @@ impl Envelope {
         if !nesting_within(self.data.text(), MAX_DATA_NESTING) {
             return invalid("data", "nests arrays and objects more than 128 deep");
         }
+        if !numbers_in_range(self.data.text()) {
+            return invalid("data", "holds a number beyond the range of a 64-bit float");
+        }
         Ok(())
     }
 
@@ -428,6 +431,49 @@ fn nesting_within(json: &str, limit: usize) -> bool {
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
+        }
+    }
+    true
+}
+
+/// Whether every number of the JSON text `json` is within the range of an `f64`. serde_json
+/// checks only the syntax of the data it keeps as text, but refuses a number beyond that range
+/// (`1e400`, or an integer of 400 digits) when the text is parsed into a tree or a type: such
+/// data is refused here, so that what is accepted parses later.
+fn numbers_in_range(json: &str) -> bool {
+    let b = json.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                // To the closing quote, past escapes.
+                i += 1;
+                while let Some(at) = b.get(i..).and_then(|r| memchr::memchr2(b'"', b'\\', r)) {
+                    i += at;
+                    if b[i] == b'\\' {
+                        i += 2;
+                    } else {
+                        break;
+                    }
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                let mut exponent = false;
+                while i < b.len() && matches!(b[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+                {
+                    exponent |= matches!(b[i], b'e' | b'E');
+                    i += 1;
+                }
+                // Without an exponent, only a number of over 300 digits can overflow.
+                if (exponent || i - start > 300)
+                    && !json[start..i].parse::<f64>().is_ok_and(f64::is_finite)
+                {
+                    return false;
+                }
+            }
+            _ => i += 1,
         }
     }
     true
