@@ -273,6 +273,11 @@ struct RunArgs {
     /// handlers whose effects allow it). Default: 1 on SQLite, the partition count on PostgreSQL.
     #[arg(long)]
     lanes: Option<usize>,
+    /// How often a busy consumer commits its offsets, in milliseconds (an idle one commits what
+    /// is left within this time). A crash redelivers what was handled since, and the inboxes
+    /// skip it; 0 commits after every batch.
+    #[arg(long, default_value_t = 200)]
+    commit_interval_ms: u64,
     /// Attempts per event before a transient failure is dead-lettered.
     #[arg(long, default_value_t = 10)]
     max_attempts: u32,
@@ -382,6 +387,7 @@ impl RunArgs {
                     ..Default::default()
                 },
                 lanes: self.lanes,
+                commit_interval: std::time::Duration::from_millis(self.commit_interval_ms),
                 ..Default::default()
             },
             breaker: shopflow_runtime::BreakerConfig {

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shopflow_bus::{Bus, Consumer, Record, TopicPartition};
 use shopflow_envelope::{Envelope, Event, Registry};
@@ -36,12 +36,20 @@ pub struct RunnerConfig {
     /// keys allows fewer ([`Handler::lanes`]). `None`: the deployment's default (the shop
     /// picks it by backend); a runner alone takes 1.
     pub lanes: Option<usize>,
+    /// How often the consumer commits its offsets while it is busy (Kafka's
+    /// `auto.commit.interval.ms`): the offsets of the batches handled since the last commit go
+    /// in one commit, and an idle consumer commits what is left within this time. A crash
+    /// before a commit redelivers the batches after it, which the inbox skips as duplicates, so
+    /// this trades work at a restart for a durable offsets write (and an fsync of the embedded
+    /// log, a broker round trip on Kafka) per batch. Zero: after every batch.
+    pub commit_interval: Duration,
 }
 
 impl Default for RunnerConfig {
     fn default() -> Self {
         Self {
             max_batch: 500,
+            commit_interval: Duration::from_millis(200),
             retry: RetryPolicy::default(),
             reconnect_backoff: Duration::from_millis(200),
             handler_timeout: None,
@@ -272,12 +280,32 @@ impl<B: Bus> Runner<B> {
         let name = self.name;
         let stop = shutdown.clone().wait();
         tokio::pin!(stop);
+        // Offsets of handled batches not committed yet, and when the last commit was.
+        let mut pending: BTreeMap<TopicPartition, u64> = BTreeMap::new();
+        let mut committed_at = Instant::now();
         loop {
+            let due = self
+                .config
+                .commit_interval
+                .saturating_sub(committed_at.elapsed());
+            // With offsets pending, an idle consumer wakes to commit them when they are due.
+            let wait = if pending.is_empty() {
+                Duration::from_secs(1)
+            } else {
+                due.clamp(Duration::from_millis(1), Duration::from_secs(1))
+            };
             let records = tokio::select! {
-                r = consumer.poll(self.config.max_batch, Duration::from_secs(1)) => r.map_err(|e| e.to_string())?,
-                _ = &mut stop => return Ok(()),
+                r = consumer.poll(self.config.max_batch, wait) => r.map_err(|e| e.to_string())?,
+                _ = &mut stop => {
+                    self.commit(&mut consumer, &mut pending).await?;
+                    return Ok(());
+                }
             };
             if records.is_empty() {
+                if !pending.is_empty() && committed_at.elapsed() >= self.config.commit_interval {
+                    self.commit(&mut consumer, &mut pending).await?;
+                    committed_at = Instant::now();
+                }
                 continue;
             }
             let now_ms = chrono::Utc::now().timestamp_millis();
@@ -286,28 +314,21 @@ impl<B: Bus> Runner<B> {
                     .delivery
                     .record((now_ms - r.timestamp_ms).max(0) as f64 / 1000.0);
             }
-            let outcome = self
-                .handle_batch(&records)
-                .await
-                .map_err(|e| e.to_string())?;
-            if !outcome.next.is_empty() {
-                let offsets: Vec<(TopicPartition, u64)> = outcome.next.into_iter().collect();
-                match consumer.commit(&offsets).await {
-                    Ok(()) => {}
-                    // A rebalance moved a partition away while its batch was handled: its
-                    // effects are committed in the database, the new owner resumes from the last
-                    // committed offset and its inbox skips what was handled here. Carry on with
-                    // the partitions still owned instead of leaving the group.
-                    Err(shopflow_bus::Error::NotAssigned { topic, partition }) => {
-                        tracing::info!(
-                            consumer = name,
-                            topic,
-                            partition,
-                            "partition moved to another member before its commit"
-                        );
+            let outcome = match self.handle_batch(&records).await {
+                Ok(o) => o,
+                Err(e) => {
+                    // What committed before the failure stays committed; the rest is redone.
+                    if let Err(c) = self.commit(&mut consumer, &mut pending).await {
+                        tracing::warn!(consumer = name, error = %c, "offsets commit after a failed batch failed");
                     }
-                    Err(e) => return Err(e.to_string()),
+                    return Err(e.to_string());
                 }
+            };
+            pending.extend(outcome.next);
+            // A stop seeks partitions back: commit first, so what is committed is what was done.
+            if outcome.stop.is_some() || committed_at.elapsed() >= self.config.commit_interval {
+                self.commit(&mut consumer, &mut pending).await?;
+                committed_at = Instant::now();
             }
             let Some(why) = outcome.stop else { continue };
             for (tp, offset) in outcome.resume {
@@ -335,6 +356,33 @@ impl<B: Bus> Runner<B> {
                 _ = &mut stop => return Ok(()),
             }
             self.stats.set_waiting(None);
+        }
+    }
+
+    /// Commits the offsets in `pending` (and empties it). A partition that a rebalance moved
+    /// away is not an error: its new owner resumes from the last committed offset and its inbox
+    /// skips what was handled here.
+    async fn commit(
+        &self,
+        consumer: &mut B::Consumer,
+        pending: &mut BTreeMap<TopicPartition, u64>,
+    ) -> Result<(), String> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let offsets: Vec<(TopicPartition, u64)> = std::mem::take(pending).into_iter().collect();
+        match consumer.commit(&offsets).await {
+            Ok(()) => Ok(()),
+            Err(shopflow_bus::Error::NotAssigned { topic, partition }) => {
+                tracing::info!(
+                    consumer = self.name,
+                    topic,
+                    partition,
+                    "partition moved to another member before its commit"
+                );
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
         }
     }
 

@@ -228,3 +228,109 @@ async fn effects_once_poison_dead_lettered_transient_retried_in(lanes: usize) {
     drop((out, dlq));
     log.close().await.unwrap();
 }
+
+/// The offsets a consumer has committed, summed over its partitions.
+async fn committed_total(log: &Log, group: &str) -> u64 {
+    log.committed(group)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, o)| o)
+        .sum()
+}
+
+async fn counting_shop(dir: &std::path::Path) -> (Log, Db, Arc<Registry>) {
+    let log = Log::open(dir.join("log"), shopflow_log::Config::default()).unwrap();
+    for t in ["in", "out", "in.dlq"] {
+        log.create_topic(t, &TopicSpec::new(2)).await.unwrap();
+    }
+    let db = Db::open_sqlite(dir.join("svc.db")).unwrap();
+    db.migrate_building_blocks().await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    tx.batch("CREATE TABLE seen (n INTEGER NOT NULL)")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut registry = Registry::new();
+    registry.register_type("Numbered", 1, Kind::Integration);
+    (log, db, Arc::new(registry))
+}
+
+/// A busy consumer commits its offsets once per interval, not per batch: handled records whose
+/// interval has not passed are not committed yet, and a shutdown commits them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_wait_for_the_interval_and_a_shutdown_commits_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, db, registry) = counting_shop(dir.path()).await;
+    log.publish((0..10).map(|n| event(n + 100)).collect())
+        .await
+        .unwrap();
+    let (stop, shutdown) = Shutdown::new();
+    let runner = Runner::new(
+        log.clone(),
+        db.clone(),
+        Arc::new(Counter {
+            flaky: AtomicU32::new(u32::MAX),
+        }),
+        registry,
+        RunnerConfig {
+            commit_interval: Duration::from_secs(60),
+            ..Default::default()
+        },
+    );
+    let stats = runner.stats();
+    let task = tokio::spawn(runner.run(shutdown));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while stats.handled.load(Ordering::Relaxed) < 10 {
+        assert!(std::time::Instant::now() < deadline, "not handled in time");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        committed_total(&log, "counter").await,
+        0,
+        "nothing committed before the interval"
+    );
+    stop.trigger();
+    task.await.unwrap();
+    assert_eq!(
+        committed_total(&log, "counter").await,
+        10,
+        "the shutdown committed every handled record"
+    );
+    log.close().await.unwrap();
+}
+
+/// An idle consumer commits what is left once the interval has passed, without a new record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_consumer_commits_what_is_left_within_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, db, registry) = counting_shop(dir.path()).await;
+    log.publish((0..10).map(|n| event(n + 100)).collect())
+        .await
+        .unwrap();
+    let (stop, shutdown) = Shutdown::new();
+    let runner = Runner::new(
+        log.clone(),
+        db.clone(),
+        Arc::new(Counter {
+            flaky: AtomicU32::new(u32::MAX),
+        }),
+        registry,
+        RunnerConfig {
+            commit_interval: Duration::from_millis(300),
+            ..Default::default()
+        },
+    );
+    let task = tokio::spawn(runner.run(shutdown));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while committed_total(&log, "counter").await < 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not committed in time"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.trigger();
+    task.await.unwrap();
+    log.close().await.unwrap();
+}
