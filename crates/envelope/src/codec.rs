@@ -28,6 +28,12 @@ impl Envelope {
             reason: e.to_string(),
         })?;
         envelope.validate()?;
+        if !crate::envelope::numbers_in_range(envelope.data_json()) {
+            return Err(Error::Invalid {
+                field: "data",
+                reason: "holds a number beyond the range of a 64-bit float",
+            });
+        }
         Ok(envelope)
     }
 }

@@ -286,9 +286,6 @@ impl Envelope {
         if !nesting_within(self.data.text(), MAX_DATA_NESTING) {
             return invalid("data", "nests arrays and objects more than 128 deep");
         }
-        if !numbers_in_range(self.data.text()) {
-            return invalid("data", "holds a number beyond the range of a 64-bit float");
-        }
         Ok(())
     }
 
@@ -439,22 +436,23 @@ fn nesting_within(json: &str, limit: usize) -> bool {
 /// Whether every number of the JSON text `json` is within the range of an `f64`. serde_json
 /// checks only the syntax of the data it keeps as text, but refuses a number beyond that range
 /// (`1e400`, or an integer of 400 digits) when the text is parsed into a tree or a type: such
-/// data is refused here, so that what is accepted parses later.
-fn numbers_in_range(json: &str) -> bool {
+/// data is refused when bytes are decoded (`Envelope::decode`), so that what is accepted parses
+/// later. Data built from a tree ([`Envelope::from_parts`]) cannot hold one.
+pub(crate) fn numbers_in_range(json: &str) -> bool {
     let b = json.as_bytes();
     let mut i = 0;
     while i < b.len() {
         match b[i] {
             b'"' => {
-                // To the closing quote, past escapes.
+                // To the closing quote: the next quote not escaped by an odd run of backslashes.
                 i += 1;
-                while let Some(at) = b.get(i..).and_then(|r| memchr::memchr2(b'"', b'\\', r)) {
+                while let Some(at) = b.get(i..).and_then(|r| memchr::memchr(b'"', r)) {
                     i += at;
-                    if b[i] == b'\\' {
-                        i += 2;
-                    } else {
+                    let backslashes = b[..i].iter().rev().take_while(|&&c| c == b'\\').count();
+                    if backslashes % 2 == 0 {
                         break;
                     }
+                    i += 1;
                 }
                 i += 1;
             }
