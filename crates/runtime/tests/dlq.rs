@@ -2,6 +2,8 @@
 //! reason and redriven; a redriven event is handled by the consumer that dead-lettered it and
 //! skipped by the inbox of one that handled it before — never applied twice.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -72,13 +74,11 @@ async fn seen(db: &Db, consumer: &str) -> Vec<i64> {
 
 /// A service's database (with the `seen` table the handlers write) and an operations database.
 async fn databases(dir: &std::path::Path) -> (Db, Db) {
-    let svc = Db::open_sqlite(dir.join("svc.db")).unwrap();
-    svc.migrate_building_blocks().await.unwrap();
-    let mut tx = svc.begin().await.unwrap();
-    tx.batch("CREATE TABLE seen (consumer TEXT NOT NULL, n INTEGER NOT NULL)")
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    let svc = common::service_db(
+        &dir.join("svc.db"),
+        "CREATE TABLE seen (consumer TEXT NOT NULL, n INTEGER NOT NULL)",
+    )
+    .await;
     let ops = Db::open_sqlite(dir.join("ops.db")).unwrap();
     ops.migrate_service("ops", dlq::MIGRATIONS).await.unwrap();
     (svc, ops)

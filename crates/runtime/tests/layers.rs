@@ -2,6 +2,8 @@
 //! paused clock), a panicking handler dead-lettered with its message, and a paused consumer that
 //! burns no attempts while a dependency is unavailable.
 
+mod common;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -100,13 +102,11 @@ async fn rig(behaviour: Behaviour, retry: RetryPolicy, events: &[i64]) -> Rig {
     for t in ["in", "in.dlq"] {
         log.create_topic(t, &TopicSpec::new(1)).await.unwrap();
     }
-    let db = Db::open_sqlite(dir.path().join("svc.db")).unwrap();
-    db.migrate_building_blocks().await.unwrap();
-    let mut tx = db.begin().await.unwrap();
-    tx.batch("CREATE TABLE seen (n INTEGER NOT NULL)")
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    let db = common::service_db(
+        &dir.path().join("svc.db"),
+        "CREATE TABLE seen (n INTEGER NOT NULL)",
+    )
+    .await;
     log.publish(events.iter().map(|n| event(*n)).collect())
         .await
         .unwrap();

@@ -1,6 +1,8 @@
 //! The runner: effects once per event under redelivery, poison records dead-lettered with their
 //! reason while valid events around them are handled, transient failures retried.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -86,21 +88,7 @@ async fn effects_once_poison_dead_lettered_transient_retried_with_lanes() {
 
 async fn effects_once_poison_dead_lettered_transient_retried_in(lanes: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path().join("log"), shopflow_log::Config::default()).unwrap();
-    for t in ["in", "out", "in.dlq"] {
-        log.create_topic(t, &TopicSpec::new(2)).await.unwrap();
-    }
-    let db = Db::open_sqlite(dir.path().join("svc.db")).unwrap();
-    db.migrate_building_blocks().await.unwrap();
-    let mut tx = db.begin().await.unwrap();
-    tx.batch("CREATE TABLE seen (n INTEGER NOT NULL)")
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-
-    let mut registry = Registry::new();
-    registry.register_type("Numbered", 1, Kind::Integration);
-    let registry = Arc::new(registry);
+    let (log, db, registry) = counting_shop(dir.path()).await;
 
     // 20 valid events, each published twice (redelivery), plus poison of every kind.
     let batch: Vec<Message> = (0..20).map(event).collect();
@@ -244,16 +232,46 @@ async fn counting_shop(dir: &std::path::Path) -> (Log, Db, Arc<Registry>) {
     for t in ["in", "out", "in.dlq"] {
         log.create_topic(t, &TopicSpec::new(2)).await.unwrap();
     }
-    let db = Db::open_sqlite(dir.join("svc.db")).unwrap();
-    db.migrate_building_blocks().await.unwrap();
-    let mut tx = db.begin().await.unwrap();
-    tx.batch("CREATE TABLE seen (n INTEGER NOT NULL)")
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    let db = common::service_db(
+        &dir.join("svc.db"),
+        "CREATE TABLE seen (n INTEGER NOT NULL)",
+    )
+    .await;
     let mut registry = Registry::new();
     registry.register_type("Numbered", 1, Kind::Integration);
     (log, db, Arc::new(registry))
+}
+
+/// A counting consumer over ten published records, committing every `interval`.
+async fn counting_ten(
+    dir: &std::path::Path,
+    interval: Duration,
+) -> (
+    Log,
+    shopflow_runtime::ShutdownTrigger,
+    Arc<shopflow_runtime::RunnerStats>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (log, db, registry) = counting_shop(dir).await;
+    log.publish((0..10).map(|n| event(n + 100)).collect())
+        .await
+        .unwrap();
+    let (stop, shutdown) = Shutdown::new();
+    let runner = Runner::new(
+        log.clone(),
+        db,
+        Arc::new(Counter {
+            flaky: AtomicU32::new(u32::MAX),
+        }),
+        registry,
+        RunnerConfig {
+            commit_interval: interval,
+            ..Default::default()
+        },
+    );
+    let stats = runner.stats();
+    let task = tokio::spawn(runner.run(shutdown));
+    (log, stop, stats, task)
 }
 
 /// A busy consumer commits its offsets once per interval, not per batch: handled records whose
@@ -261,25 +279,7 @@ async fn counting_shop(dir: &std::path::Path) -> (Log, Db, Arc<Registry>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offsets_wait_for_the_interval_and_a_shutdown_commits_them() {
     let dir = tempfile::tempdir().unwrap();
-    let (log, db, registry) = counting_shop(dir.path()).await;
-    log.publish((0..10).map(|n| event(n + 100)).collect())
-        .await
-        .unwrap();
-    let (stop, shutdown) = Shutdown::new();
-    let runner = Runner::new(
-        log.clone(),
-        db.clone(),
-        Arc::new(Counter {
-            flaky: AtomicU32::new(u32::MAX),
-        }),
-        registry,
-        RunnerConfig {
-            commit_interval: Duration::from_secs(60),
-            ..Default::default()
-        },
-    );
-    let stats = runner.stats();
-    let task = tokio::spawn(runner.run(shutdown));
+    let (log, stop, stats, task) = counting_ten(dir.path(), Duration::from_secs(60)).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while stats.handled.load(Ordering::Relaxed) < 10 {
         assert!(std::time::Instant::now() < deadline, "not handled in time");
@@ -304,24 +304,7 @@ async fn offsets_wait_for_the_interval_and_a_shutdown_commits_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_consumer_commits_what_is_left_within_the_interval() {
     let dir = tempfile::tempdir().unwrap();
-    let (log, db, registry) = counting_shop(dir.path()).await;
-    log.publish((0..10).map(|n| event(n + 100)).collect())
-        .await
-        .unwrap();
-    let (stop, shutdown) = Shutdown::new();
-    let runner = Runner::new(
-        log.clone(),
-        db.clone(),
-        Arc::new(Counter {
-            flaky: AtomicU32::new(u32::MAX),
-        }),
-        registry,
-        RunnerConfig {
-            commit_interval: Duration::from_millis(300),
-            ..Default::default()
-        },
-    );
-    let task = tokio::spawn(runner.run(shutdown));
+    let (log, stop, _, task) = counting_ten(dir.path(), Duration::from_millis(300)).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while committed_total(&log, "counter").await < 10 {
         assert!(
