@@ -361,7 +361,8 @@ impl<B: Bus> Runner<B> {
 
     /// Commits the offsets in `pending` (and empties it). A partition that a rebalance moved
     /// away is not an error: its new owner resumes from the last committed offset and its inbox
-    /// skips what was handled here.
+    /// skips what was handled here. Such partitions are left out first, so that they do not
+    /// take the offsets of the partitions still assigned down with them.
     async fn commit(
         &self,
         consumer: &mut B::Consumer,
@@ -370,7 +371,14 @@ impl<B: Bus> Runner<B> {
         if pending.is_empty() {
             return Ok(());
         }
-        let offsets: Vec<(TopicPartition, u64)> = std::mem::take(pending).into_iter().collect();
+        let assigned = consumer.assignment();
+        let offsets: Vec<(TopicPartition, u64)> = std::mem::take(pending)
+            .into_iter()
+            .filter(|(tp, _)| assigned.contains(tp))
+            .collect();
+        if offsets.is_empty() {
+            return Ok(());
+        }
         match consumer.commit(&offsets).await {
             Ok(()) => Ok(()),
             Err(shopflow_bus::Error::NotAssigned { topic, partition }) => {
