@@ -28,7 +28,7 @@ impl Envelope {
             reason: e.to_string(),
         })?;
         envelope.validate()?;
-        if !crate::envelope::numbers_in_range(envelope.data_json()) {
+        if !numbers_in_range(envelope.data_json()) {
             return Err(Error::Invalid {
                 field: "data",
                 reason: "holds a number beyond the range of a 64-bit float",
@@ -36,6 +36,50 @@ impl Envelope {
         }
         Ok(envelope)
     }
+}
+
+/// Whether every number of the JSON text `json` is within the range of an `f64`. serde_json
+/// checks only the syntax of the data it keeps as text, but refuses a number beyond that range
+/// (`1e400`, or an integer of 400 digits) when the text is parsed into a tree or a type: such
+/// data is refused when bytes are decoded, so that what is accepted parses later. Data built
+/// from a tree ([`Envelope::from_parts`]) cannot hold one, so only decoding checks.
+fn numbers_in_range(json: &str) -> bool {
+    let b = json.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                // To the closing quote: the next quote not escaped by an odd run of backslashes.
+                i += 1;
+                while let Some(at) = b.get(i..).and_then(|r| memchr::memchr(b'"', r)) {
+                    i += at;
+                    let backslashes = b[..i].iter().rev().take_while(|&&c| c == b'\\').count();
+                    if backslashes % 2 == 0 {
+                        break;
+                    }
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                let mut exponent = false;
+                while i < b.len() && matches!(b[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+                {
+                    exponent |= matches!(b[i], b'e' | b'E');
+                    i += 1;
+                }
+                // Without an exponent, only a number of over 300 digits can overflow.
+                if (exponent || i - start > 300)
+                    && !json[start..i].parse::<f64>().is_ok_and(f64::is_finite)
+                {
+                    return false;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    true
 }
 
 #[cfg(test)]

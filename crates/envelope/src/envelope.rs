@@ -433,50 +433,6 @@ fn nesting_within(json: &str, limit: usize) -> bool {
     true
 }
 
-/// Whether every number of the JSON text `json` is within the range of an `f64`. serde_json
-/// checks only the syntax of the data it keeps as text, but refuses a number beyond that range
-/// (`1e400`, or an integer of 400 digits) when the text is parsed into a tree or a type: such
-/// data is refused when bytes are decoded (`Envelope::decode`), so that what is accepted parses
-/// later. Data built from a tree ([`Envelope::from_parts`]) cannot hold one.
-pub(crate) fn numbers_in_range(json: &str) -> bool {
-    let b = json.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'"' => {
-                // To the closing quote: the next quote not escaped by an odd run of backslashes.
-                i += 1;
-                while let Some(at) = b.get(i..).and_then(|r| memchr::memchr(b'"', r)) {
-                    i += at;
-                    let backslashes = b[..i].iter().rev().take_while(|&&c| c == b'\\').count();
-                    if backslashes % 2 == 0 {
-                        break;
-                    }
-                    i += 1;
-                }
-                i += 1;
-            }
-            b'-' | b'0'..=b'9' => {
-                let start = i;
-                let mut exponent = false;
-                while i < b.len() && matches!(b[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
-                {
-                    exponent |= matches!(b[i], b'e' | b'E');
-                    i += 1;
-                }
-                // Without an exponent, only a number of over 300 digits can overflow.
-                if (exponent || i - start > 300)
-                    && !json[start..i].parse::<f64>().is_ok_and(f64::is_finite)
-                {
-                    return false;
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    true
-}
-
 mod version_format {
     use super::*;
 
