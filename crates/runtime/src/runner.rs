@@ -297,14 +297,14 @@ impl<B: Bus> Runner<B> {
             let records = tokio::select! {
                 r = consumer.poll(self.config.max_batch, wait) => r.map_err(|e| e.to_string())?,
                 _ = &mut stop => {
-                    self.commit(&mut consumer, &mut pending).await?;
+                    self.commit(&mut consumer, &mut pending, &mut committed_at).await?;
                     return Ok(());
                 }
             };
             if records.is_empty() {
                 if !pending.is_empty() && committed_at.elapsed() >= self.config.commit_interval {
-                    self.commit(&mut consumer, &mut pending).await?;
-                    committed_at = Instant::now();
+                    self.commit(&mut consumer, &mut pending, &mut committed_at)
+                        .await?;
                 }
                 continue;
             }
@@ -318,7 +318,10 @@ impl<B: Bus> Runner<B> {
                 Ok(o) => o,
                 Err(e) => {
                     // What committed before the failure stays committed; the rest is redone.
-                    if let Err(c) = self.commit(&mut consumer, &mut pending).await {
+                    if let Err(c) = self
+                        .commit(&mut consumer, &mut pending, &mut committed_at)
+                        .await
+                    {
                         tracing::warn!(consumer = name, error = %c, "offsets commit after a failed batch failed");
                     }
                     return Err(e.to_string());
@@ -327,8 +330,8 @@ impl<B: Bus> Runner<B> {
             pending.extend(outcome.next);
             // A stop seeks partitions back: commit first, so what is committed is what was done.
             if outcome.stop.is_some() || committed_at.elapsed() >= self.config.commit_interval {
-                self.commit(&mut consumer, &mut pending).await?;
-                committed_at = Instant::now();
+                self.commit(&mut consumer, &mut pending, &mut committed_at)
+                    .await?;
             }
             let Some(why) = outcome.stop else { continue };
             for (tp, offset) in outcome.resume {
@@ -359,7 +362,7 @@ impl<B: Bus> Runner<B> {
         }
     }
 
-    /// Commits the offsets in `pending` (and empties it). A partition that a rebalance moved
+    /// Commits the offsets in `pending` (and empties it), and sets `committed_at` to now. A partition that a rebalance moved
     /// away is not an error: its new owner resumes from the last committed offset and its inbox
     /// skips what was handled here. Such partitions are left out first, so that they do not
     /// take the offsets of the partitions still assigned down with them.
@@ -367,7 +370,9 @@ impl<B: Bus> Runner<B> {
         &self,
         consumer: &mut B::Consumer,
         pending: &mut BTreeMap<TopicPartition, u64>,
+        committed_at: &mut Instant,
     ) -> Result<(), String> {
+        *committed_at = Instant::now();
         if pending.is_empty() {
             return Ok(());
         }
