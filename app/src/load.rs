@@ -299,10 +299,21 @@ fn ms_of(rfc3339: &str) -> Option<i64> {
         .map(|t| t.timestamp_millis())
 }
 
-/// Runs the load (blocking: call it from a plain thread or `spawn_blocking`).
-/// Below this many orders on their way, the wait for final states reads each alone.
-const FEW_LEFT: usize = 500;
+/// Orders per page of the listing the wait for final states reads; with at most this many
+/// orders still on their way, it reads each of them alone instead.
+const PAGE: usize = 500;
 
+/// An order's final status and when it got there, from its view (`None` while it is on its way).
+fn final_state(o: &Value) -> Option<(&'static str, i64)> {
+    let status = match o["status"].as_str() {
+        Some("SHIPPED") => "SHIPPED",
+        Some("CANCELLED") => "CANCELLED",
+        _ => return None,
+    };
+    Some((status, o["updatedAt"].as_str().and_then(ms_of).unwrap_or(0)))
+}
+
+/// Runs the load (blocking: call it from a plain thread or `spawn_blocking`).
 pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
     let agent = agent();
     let retried = Arc::new(AtomicU64::new(0));
@@ -474,16 +485,14 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
     let placed_count = placed.len();
     let mut orders: Vec<(i64, Option<(&'static str, i64)>)> = Vec::with_capacity(placed_count);
     let mut index: HashMap<String, usize> = HashMap::with_capacity(placed_count);
+    let mut ids: Vec<String> = Vec::with_capacity(placed_count);
     for (id, at) in placed {
         // An id answered twice (a retried request of the same key) is one order.
         if let std::collections::hash_map::Entry::Vacant(e) = index.entry(id) {
+            ids.push(e.key().clone());
             e.insert(orders.len());
             orders.push((at, None));
         }
-    }
-    let mut ids: Vec<&str> = vec![""; orders.len()];
-    for (id, &i) in &index {
-        ids[i] = id.as_str();
     }
     let mut finished = 0usize;
 
@@ -493,53 +502,43 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
     // lists 20 pages of 500 per round).
     let deadline = Instant::now() + Duration::from_secs(300);
     while finished < orders.len() {
-        let pending: Vec<usize> = (0..orders.len())
-            .filter(|&i| orders[i].1.is_none())
-            .collect();
-        if pending.len() <= FEW_LEFT {
-            for i in pending {
-                let (s, o) =
-                    retrying.call("GET", &format!("{base}/orders/{}", ids[i]), None, None)?;
+        if orders.len() - finished <= PAGE {
+            for (i, id) in ids.iter().enumerate() {
+                if orders[i].1.is_some() {
+                    continue;
+                }
+                let (s, o) = retrying.call("GET", &format!("{base}/orders/{id}"), None, None)?;
                 if s == 404 {
                     continue; // accepted, not readable yet
                 }
                 if s != 200 {
-                    bail!("reading order {} failed: {s} {o}", ids[i]);
+                    bail!("reading order {id} failed: {s} {o}");
                 }
-                let status = match o["status"].as_str() {
-                    Some("SHIPPED") => "SHIPPED",
-                    Some("CANCELLED") => "CANCELLED",
-                    _ => continue,
-                };
-                let at = o["updatedAt"].as_str().and_then(ms_of).unwrap_or(0);
-                orders[i].1 = Some((status, at));
-                finished += 1;
+                if let Some(done) = final_state(&o) {
+                    orders[i].1 = Some(done);
+                    finished += 1;
+                }
             }
         }
         let mut cursor: Option<String> = None;
-        while finished < orders.len() && orders.len() - finished > FEW_LEFT {
+        while orders.len() - finished > PAGE {
             let url = match &cursor {
-                Some(c) => format!("{base}/orders?customerId={customer}&limit=500&cursor={c}"),
-                None => format!("{base}/orders?customerId={customer}&limit=500"),
+                Some(c) => format!("{base}/orders?customerId={customer}&limit={PAGE}&cursor={c}"),
+                None => format!("{base}/orders?customerId={customer}&limit={PAGE}"),
             };
             let (s, page) = retrying.call("GET", &url, None, None)?;
             if s != 200 {
                 bail!("listing orders failed: {s} {page}");
             }
             for o in page["orders"].as_array().into_iter().flatten() {
-                let status = match o["status"].as_str() {
-                    Some("SHIPPED") => "SHIPPED",
-                    Some("CANCELLED") => "CANCELLED",
-                    _ => continue,
-                };
+                let Some(done) = final_state(o) else { continue };
                 let Some(&i) = o["orderId"].as_str().and_then(|id| index.get(id)) else {
                     continue; // an order of another run of the same customer
                 };
                 if orders[i].1.is_none() {
                     finished += 1;
                 }
-                let at = o["updatedAt"].as_str().and_then(ms_of).unwrap_or(0);
-                orders[i].1 = Some((status, at));
+                orders[i].1 = Some(done);
             }
             match page["nextCursor"].as_str() {
                 Some(c) => cursor = Some(c.to_owned()),

@@ -362,10 +362,11 @@ impl<B: Bus> Runner<B> {
         }
     }
 
-    /// Commits the offsets in `pending` (and empties it), and sets `committed_at` to now. A partition that a rebalance moved
-    /// away is not an error: its new owner resumes from the last committed offset and its inbox
-    /// skips what was handled here. Such partitions are left out first, so that they do not
-    /// take the offsets of the partitions still assigned down with them.
+    /// Commits the offsets in `pending` (and empties it), and sets `committed_at` to now. A
+    /// partition that a rebalance moved away is not an error: its new owner resumes from the
+    /// last committed offset and its inbox skips what was handled here. Such partitions are left
+    /// out first, so that they do not take the offsets of the partitions still assigned down
+    /// with them.
     async fn commit(
         &self,
         consumer: &mut B::Consumer,
