@@ -48,19 +48,7 @@ fn numbers_in_range(json: &str) -> bool {
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            b'"' => {
-                // To the closing quote: the next quote not escaped by an odd run of backslashes.
-                i += 1;
-                while let Some(at) = b.get(i..).and_then(|r| memchr::memchr(b'"', r)) {
-                    i += at;
-                    let backslashes = b[..i].iter().rev().take_while(|&&c| c == b'\\').count();
-                    if backslashes % 2 == 0 {
-                        break;
-                    }
-                    i += 1;
-                }
-                i += 1;
-            }
+            b'"' => i = crate::envelope::after_string(b, i),
             b'-' | b'0'..=b'9' => {
                 let start = i;
                 let mut exponent = false;

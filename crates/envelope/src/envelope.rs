@@ -405,20 +405,14 @@ fn nesting_within(json: &str, limit: usize) -> bool {
     if openings <= limit {
         return true;
     }
+    let b = json.as_bytes();
     let mut depth = 0usize;
-    let mut bytes = json.bytes();
-    while let Some(b) = bytes.next() {
-        match b {
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
             b'"' => {
-                while let Some(c) = bytes.next() {
-                    match c {
-                        b'\\' => {
-                            bytes.next();
-                        }
-                        b'"' => break,
-                        _ => {}
-                    }
-                }
+                i = after_string(b, i);
+                continue;
             }
             b'[' | b'{' => {
                 depth += 1;
@@ -429,8 +423,24 @@ fn nesting_within(json: &str, limit: usize) -> bool {
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
     true
+}
+
+/// The index just past the JSON string whose opening quote is at `open` in `b`: past the next
+/// quote not escaped by an odd run of backslashes (the end of `b` for an unterminated string).
+pub(crate) fn after_string(b: &[u8], open: usize) -> usize {
+    let mut i = open + 1;
+    while let Some(at) = b.get(i..).and_then(|r| memchr::memchr(b'"', r)) {
+        i += at;
+        let backslashes = b[..i].iter().rev().take_while(|&&c| c == b'\\').count();
+        if backslashes % 2 == 0 {
+            return i + 1;
+        }
+        i += 1;
+    }
+    b.len()
 }
 
 mod version_format {
